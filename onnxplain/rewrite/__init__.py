@@ -1,0 +1,1 @@
+"""Graph rewriting: expose tensors, make the batch dynamic, append gradient subgraphs."""

@@ -1,0 +1,98 @@
+"""Append the vector-Jacobian subgraph of a graph to itself, using standard ONNX ops only.
+
+The walk follows tinygrad's gradient.py: keep the nodes on a path from the requested tensors (`wrt`) to the
+differentiated outputs (`ys`), visit them in reverse topological order, ask each node's rule for its input
+cotangents, and sum cotangents where a tensor fans out. Integer and boolean tensors carry no gradient, so shape
+arithmetic and indices drop out of the walk by themselves.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable, Mapping
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..errors import OnnxplainError, UnsupportedOpError
+from .builder import Builder
+from .rules import NOT_DIFFERENTIABLE, RULES
+
+
+def is_float(t: gs.Tensor) -> bool:
+    """Whether a tensor can carry a gradient (unknown dtypes are assumed to)."""
+    return t.dtype is None or np.issubdtype(np.dtype(t.dtype), np.floating)
+
+
+class VJPBuilder(Builder):
+    """The builder handed to rules: it also knows which tensors are on the differentiation path."""
+
+    def __init__(self, graph: gs.Graph, opset: int, needed: set[str], prefix: str = "vjp"):
+        super().__init__(graph, opset, prefix)
+        self._needed = needed
+
+    def needs(self, t: gs.Tensor) -> bool:
+        return not isinstance(t, gs.Constant) and t.name in self._needed
+
+
+Rules = Mapping[str, Callable]
+
+
+def path_tensors(graph: gs.Graph, ys: list[gs.Tensor], wrt: list[gs.Tensor]) -> set[str]:
+    """Names of the float tensors that depend on `wrt` and that `ys` depend on."""
+    forward = {t.name for t in wrt}
+    for node in graph.nodes:  # graph is topologically sorted
+        if node.op not in NOT_DIFFERENTIABLE and any(t.name in forward for t in node.inputs):
+            forward.update(t.name for t in node.outputs if is_float(t))
+    backward = {t.name for t in ys}
+    for node in reversed(graph.nodes):
+        if any(t.name in backward for t in node.outputs) and node.op not in NOT_DIFFERENTIABLE:
+            backward.update(t.name for t in node.inputs if t.name and not isinstance(t, gs.Constant))
+    return forward & backward
+
+
+def append_vjp(graph: gs.Graph, opset: int, ys: list[gs.Tensor], dys: list[gs.Tensor], wrt: list[gs.Tensor],
+               rules: Rules = RULES) -> list[gs.Tensor]:
+    """Emit nodes computing d<dys, ys>/d(wrt); returns one gradient tensor per `wrt` entry.
+
+    `graph` must be topologically sorted and carry shape-inference results. `dys` are tensors (usually graph inputs)
+    shaped like `ys`. `rules` maps op types to VJP rules; a composite passes an override of the plain registry.
+    """
+    needed = path_tensors(graph, ys, wrt)
+    missing = [t.name for t in wrt if t.name not in needed]
+    if missing:
+        raise OnnxplainError(f"the score does not depend on tensor '{missing[0]}': nothing to differentiate")
+    g = VJPBuilder(graph, opset, needed)
+    pending: dict[str, list[gs.Tensor]] = defaultdict(list)
+    for y, dy in zip(ys, dys):
+        pending[y.name].append(dy)
+
+    def total(t: gs.Tensor):
+        parts = pending.pop(t.name, [])
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else g.Sum(*parts)
+
+    wanted = {t.name for t in wrt}
+    results: dict[str, gs.Tensor] = {}
+    for node in list(reversed(graph.nodes)):
+        if not any(t.name in needed for t in node.outputs):
+            continue
+        douts = []
+        for t in node.outputs:
+            d = total(t)
+            if d is not None and t.name in wanted:
+                results[t.name] = d
+            douts.append(d)
+        if all(d is None for d in douts) or not any(g.needs(t) for t in node.inputs):
+            continue
+        rule = rules.get(node.op)
+        if rule is None:
+            raise UnsupportedOpError(node.op, node.name, opset)
+        dins = rule(node, douts, g)
+        for t, d in zip(node.inputs, dins):
+            if d is not None and g.needs(t):
+                pending[t.name].append(d)
+    for t in wrt:  # graph inputs are produced by no node
+        if t.name not in results:
+            results[t.name] = total(t)
+    return [results[t.name] for t in wrt]

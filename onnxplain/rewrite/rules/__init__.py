@@ -1,0 +1,35 @@
+"""Vector-Jacobian product rules, one short function per ONNX op, registered by op type.
+
+A rule has the signature ``rule(node, dys, g) -> list`` where ``node`` is the forward onnx-graphsurgeon node (shapes
+and dtypes from shape inference), ``dys`` holds one cotangent per node output (``None`` for outputs that are not on
+the differentiation path) and ``g`` is a :class:`~onnxplain.rewrite.autodiff.VJPBuilder`. It returns one cotangent per
+node input, ``None`` where the input gets no gradient (indices, shapes, or inputs off the path: ``g.needs(t)`` tells).
+
+Ops listed in NOT_DIFFERENTIABLE have no input gradient by definition; an op in neither table fails with one
+sentence that names it (see :class:`~onnxplain.errors.UnsupportedOpError`).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+RULES: dict[str, Callable] = {}
+
+# Ops whose outputs do not depend differentiably on their inputs: the walk stops here.
+NOT_DIFFERENTIABLE = frozenset({
+    "Shape", "Size", "ArgMax", "ArgMin", "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not",
+    "And", "Or", "Xor", "NonZero", "ConstantOfShape", "Constant", "Range", "EyeLike", "RandomNormal",
+    "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Floor", "Ceil", "Round", "Sign", "IsNaN", "IsInf",
+    "OneHot",
+})
+
+
+def vjp(*op_types: str):
+    """Register a rule for one or more op types."""
+    def register(fn):
+        for op in op_types:
+            RULES[op] = fn
+        return fn
+    return register
+
+
+from . import activation, conv, elementwise, linear, norm, pool, shape  # noqa: E402,F401  (they register)

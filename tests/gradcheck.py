@@ -1,0 +1,84 @@
+"""Check VJP rules against central finite differences of onnxruntime's own forward pass.
+
+`check_vjp` builds a one-node graph, appends its gradient subgraph with onnxplain's engine, and compares the
+gradient's directional derivatives <grad, v> with (L(x + eps v) - L(x - eps v)) / 2 eps, L = sum <u, f(x)> for a
+random cotangent u, along the coordinate axes (small tensors) or random directions. Ops that onnxruntime runs in
+float64 are checked in float64; float32-only ops (Conv, ...) use a larger step, exact for the linear ones.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from onnxplain.rewrite.graph import COTANGENT, GRAD, Request, build
+
+RNG = np.random.default_rng(0)
+
+
+def one_node_model(op, inputs, attrs=None, constants=None, n_outputs=1, opset=17, dtype=np.float64, order=None):
+    """A model with one `op` node; `inputs` are graph inputs (name -> array), `constants` initializers.
+
+    `order` lists the node's input names when they are not `inputs` then `constants` ("" for an omitted input).
+    """
+    constants = constants or {}
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    order = order if order is not None else list(inputs) + list(constants)
+    node = helper.make_node(op, order, [f"y{i}" for i in range(n_outputs)], **(attrs or {}))
+    graph = helper.make_graph(
+        [node], "one_node",
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+         for n, a in inputs.items()],
+        [helper.make_tensor_value_info(f"y{i}", elem, None) for i in range(n_outputs)],
+        [numpy_helper.from_array(a, n) for n, a in constants.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
+
+
+def _session(model):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def check_vjp(op, inputs, attrs=None, constants=None, n_outputs=1, opset=17, wrt=None, order=None, rtol=1e-4,
+              atol=1e-6, directions=6):
+    """Assert that onnxplain's gradient of `op` matches finite differences; returns the max relative error."""
+    float_inputs = {n: a for n, a in inputs.items() if np.issubdtype(a.dtype, np.floating)}
+    wrt = wrt or list(float_inputs)
+    for dtype, eps in ((np.float64, 1e-6), (np.float32, 1e-2)):
+        cast = {n: (a.astype(dtype) if n in float_inputs else a) for n, a in inputs.items()}
+        consts = {n: (a.astype(dtype) if np.issubdtype(a.dtype, np.floating) else a)
+                  for n, a in (constants or {}).items()}
+        model = one_node_model(op, cast, attrs, consts, n_outputs, opset, dtype, order)
+        try:
+            fwd = _session(model)
+        except Exception as exc:  # this op has no float64 kernel: fall back to float32
+            if dtype is np.float64 and ("NOT_IMPLEMENTED" in str(exc) or "Could not find an implementation" in str(exc)):
+                continue
+            raise
+        break
+    ys = [f"y{i}" for i in range(n_outputs)]
+    outs = fwd.run(ys, cast)
+    us = [RNG.standard_normal(o.shape).astype(o.dtype) for o in outs]
+    grad_model = build(model, Request(differentiate=tuple(ys), wrt=tuple(wrt)))
+    onnx.checker.check_model(grad_model)
+    feeds = dict(cast, **{COTANGENT.format(y): u for y, u in zip(ys, us)})
+    grads = dict(zip(wrt, _session(grad_model).run([GRAD.format(n) for n in wrt], feeds)))
+
+    def loss(feed):
+        return sum(float(np.sum(u.astype(np.float64) * o)) for u, o in zip(us, fwd.run(ys, feed)))
+
+    worst = 0.0
+    for name in wrt:
+        x = cast[name]
+        assert grads[name].shape == x.shape, f"{op}: gradient of {name} has shape {grads[name].shape}, not {x.shape}"
+        vs = ([np.eye(x.size, dtype=x.dtype)[i].reshape(x.shape) for i in range(x.size)] if x.size <= 64 else
+              [RNG.standard_normal(x.shape).astype(x.dtype) for _ in range(directions)])
+        for v in vs:
+            numeric = (loss(dict(cast, **{name: x + eps * v})) - loss(dict(cast, **{name: x - eps * v}))) / (2 * eps)
+            analytic = float(np.sum(grads[name].astype(np.float64) * v))
+            err = abs(numeric - analytic) / max(abs(numeric), abs(analytic), 1.0)
+            worst = max(worst, err)
+            assert abs(numeric - analytic) <= atol + rtol * max(abs(numeric), abs(analytic), 1.0), (
+                f"{op} d/d{name}: finite difference {numeric:.6g} vs gradient {analytic:.6g}")
+    return worst
