@@ -7,9 +7,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+import warnings
+
 from ..errors import OnnxplainError
 from .autodiff import append_vjp
-from .rules import RULES
+from .rules import MIN_OPSET, RULES
 
 COTANGENT = "{}__cotangent"  # graph input holding the cotangent (target weights) of a differentiated output
 GRAD = "{}__grad"            # graph output holding the gradient of a wanted tensor
@@ -43,8 +45,11 @@ class Request:
 
 def build(model: onnx.ModelProto, request: Request, rules=RULES) -> onnx.ModelProto:
     """The model with `request` applied: exposed tensors, cotangent inputs and gradient outputs."""
+    if request.differentiate:
+        model = upgrade_opset(model, max((MIN_OPSET.get(n.op_type, 0) for n in model.graph.node), default=0))
     opset = opset_of(model)
     graph = gs.import_onnx(infer_shapes(model))
+    lift_constants(graph)
     graph.toposort()
     tensors = graph.tensors()
 
@@ -68,6 +73,35 @@ def build(model: onnx.ModelProto, request: Request, rules=RULES) -> onnx.ModelPr
     graph.outputs = [_as_output(t) for t in outputs]
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return gs.export_onnx(graph, do_type_check=False)
+
+
+def upgrade_opset(model: onnx.ModelProto, needed: int) -> onnx.ModelProto:
+    """Convert `model` to opset `needed` when a gradient rule needs a newer op than the model imports, and say so."""
+    have = opset_of(model)
+    if needed <= have:
+        return model
+    try:
+        converted = onnx.version_converter.convert_version(model, needed)
+    except Exception as exc:
+        raise OnnxplainError(f"the gradient needs opset {needed} but converting this opset-{have} model failed: "
+                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+    warnings.warn(f"onnxplain: converted the model from opset {have} to {needed} for its gradient graph",
+                  stacklevel=3)
+    return converted
+
+
+def lift_constants(graph: gs.Graph) -> None:
+    """Turn Constant nodes into initializers so rules can read weights as arrays."""
+    for node in graph.nodes:
+        if node.op == "Constant" and "value" in node.attrs and len(node.outputs) == 1:
+            out, value = node.outputs[0], node.attrs["value"]
+            const = gs.Constant(out.name, values=value.values if isinstance(value, gs.Constant) else value)
+            for consumer in list(out.outputs):
+                consumer.inputs[:] = [const if t is out else t for t in consumer.inputs]
+            if out in graph.outputs:
+                continue
+            node.outputs.clear()
+    graph.cleanup(remove_unused_graph_inputs=False)
 
 
 def _renamed(graph: gs.Graph, t: gs.Tensor, name: str, like: gs.Tensor) -> gs.Tensor:

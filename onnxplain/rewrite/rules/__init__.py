@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Callable
 
 RULES: dict[str, Callable] = {}
+MIN_OPSET: dict[str, int] = {}  # ops whose rule emits an op newer than some models' opset
 
 # Ops whose outputs do not depend differentiably on their inputs: the walk stops here.
 NOT_DIFFERENTIABLE = frozenset({
@@ -23,11 +24,13 @@ NOT_DIFFERENTIABLE = frozenset({
 })
 
 
-def vjp(*op_types: str):
-    """Register a rule for one or more op types."""
+def vjp(*op_types: str, min_opset: int | None = None):
+    """Register a rule for one or more op types; `min_opset`: the opset its emitted nodes need."""
     def register(fn):
         for op in op_types:
             RULES[op] = fn
+            if min_opset:
+                MIN_OPSET[op] = min_opset
         return fn
     return register
 
