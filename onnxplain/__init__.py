@@ -1,4 +1,12 @@
-"""onnxplain: explain image models from the exported ONNX file itself."""
-from .errors import OnnxplainError, UnsupportedOpError
+"""onnxplain: explain image models from the exported ONNX file itself.
 
-__all__ = ["OnnxplainError", "UnsupportedOpError"]
+    m = onnxplain.load("models/mobilenet_v2.onnx")
+    e = onnxplain.explain(m, ["models/images/chelsea.png"], method="gradcam")
+    e.maps  # N×H×W at input resolution
+"""
+from .errors import OnnxplainError, UnsupportedOpError
+from .explain import Explanation, explain
+from .methods import METHODS
+from .model import Model, load
+
+__all__ = ["METHODS", "Explanation", "Model", "OnnxplainError", "UnsupportedOpError", "explain", "load"]

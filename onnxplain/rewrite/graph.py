@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import numpy_helper
 
 import warnings
 
@@ -15,6 +16,7 @@ from .rules import MIN_OPSET, RULES
 
 COTANGENT = "{}__cotangent"  # graph input holding the cotangent (target weights) of a differentiated output
 GRAD = "{}__grad"            # graph output holding the gradient of a wanted tensor
+TARGET = "target"            # with seed="target": int64 class per image, -1 (the default) for the top-1 class
 
 
 def opset_of(model: onnx.ModelProto) -> int:
@@ -41,6 +43,8 @@ class Request:
     wrt: tuple[str, ...] = ()            # tensors whose gradient is wanted
     rules: str = "plain"                 # name of the rule composite (modified backward passes)
     keep_outputs: bool = True            # keep the model's own outputs
+    seed: str = "cotangent"              # "cotangent": fed per differentiated tensor; "target": one-hot in-graph
+    head: object = None                  # appends a method's formula: head.build(g, tensors, grads) -> {name: tensor}
 
 
 def build(model: onnx.ModelProto, request: Request, rules=RULES) -> onnx.ModelProto:
@@ -63,16 +67,40 @@ def build(model: onnx.ModelProto, request: Request, rules=RULES) -> onnx.ModelPr
         t = find(name)
         if t not in outputs:
             outputs.append(t)
+    grads = {}
     if request.differentiate:
         ys = [find(n) for n in request.differentiate]
-        dys = [gs.Variable(COTANGENT.format(y.name), dtype=y.dtype or np.float32, shape=y.shape) for y in ys]
-        grads = append_vjp(graph, opset, ys, dys, [find(n) for n in request.wrt], rules)
-        graph.inputs.extend(dys)
-        for name, grad in zip(request.wrt, grads):
-            outputs.append(_renamed(graph, grad, GRAD.format(name), find(name)))
+        if request.seed == "target":
+            dys, target = _target_seed(Builder(graph, opset, "seed"), ys)
+            outputs.append(_renamed(graph, target, TARGET + "_used", np.int64, [ys[0].shape[0]]))
+        else:
+            dys = [gs.Variable(COTANGENT.format(y.name), dtype=y.dtype or np.float32, shape=y.shape) for y in ys]
+            graph.inputs.extend(dys)
+        wrt = [find(n) for n in request.wrt]
+        grads = dict(zip(request.wrt, append_vjp(graph, opset, ys, dys, wrt, rules)))
+        if request.head is None:
+            outputs += [_renamed(graph, grads[t.name], GRAD.format(t.name), t.dtype, t.shape) for t in wrt]
+    if request.head is not None:
+        built = request.head.build(Builder(graph, opset, "head"), tensors, grads)
+        outputs += [_renamed(graph, t, name, np.float32) for name, t in built.items()]
     graph.outputs = [_as_output(t) for t in outputs]
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return gs.export_onnx(graph, do_type_check=False)
+    proto = gs.export_onnx(graph, do_type_check=False)
+    if request.seed == "target":  # an overridable default: no target fed means the top-1 class
+        proto.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), TARGET))
+    return proto
+
+
+def _target_seed(g: Builder, ys: list[gs.Tensor]):
+    """Cotangent = one-hot of the `target` input, or of the arg-max of y where the target is negative."""
+    if len(ys) != 1 or ys[0].shape is None or len(ys[0].shape) != 2 or not isinstance(ys[0].shape[1], int):
+        raise OnnxplainError("a target seed needs one differentiated N×classes tensor")
+    y = ys[0]
+    target = gs.Variable(TARGET, dtype=np.int64, shape=[y.shape[0]])
+    g.graph.inputs.append(target)
+    chosen = g.Where(g.Less(target, g.ints(0)), g.ArgMax(y, axis=1, keepdims=0), target)
+    onehot = g.OneHot(chosen, g.ints([y.shape[1]]), g.const([0, 1], like=y), axis=-1)
+    return [onehot], chosen
 
 
 def upgrade_opset(model: onnx.ModelProto, needed: int) -> onnx.ModelProto:
@@ -104,9 +132,9 @@ def lift_constants(graph: gs.Graph) -> None:
     graph.cleanup(remove_unused_graph_inputs=False)
 
 
-def _renamed(graph: gs.Graph, t: gs.Tensor, name: str, like: gs.Tensor) -> gs.Tensor:
-    """An Identity giving `t` a stable output name, dtype and shape of `like`."""
-    out = gs.Variable(name, dtype=like.dtype or np.float32, shape=like.shape)
+def _renamed(graph: gs.Graph, t: gs.Tensor, name: str, dtype, shape=None) -> gs.Tensor:
+    """An Identity giving `t` a stable output name, with its dtype and (if known) shape."""
+    out = gs.Variable(name, dtype=dtype or np.float32, shape=shape)
     graph.nodes.append(gs.Node("Identity", name=f"{name}/identity", inputs=[t], outputs=[out]))
     return out
 
@@ -117,3 +145,46 @@ def _as_output(t: gs.Tensor) -> gs.Tensor:
     if t.dtype is None:
         t.dtype = np.float32
     return t
+
+
+def dynamic_batch(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
+    """Make the batch dimension of `input_name` symbolic, also in exports that hard-code batch 1 in Reshape targets.
+
+    A constant Reshape target whose first entry equals the exported batch size and whose data depends on the input
+    gets -1 there (or 0, copy-from-input, when -1 is taken). Stale intermediate shapes are dropped.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    inp = next(i for i in graph.input if i.name == input_name)
+    dim0 = inp.type.tensor_type.shape.dim[0]
+    if not dim0.HasField("dim_value"):
+        return model
+    batch = dim0.dim_value
+    dim0.dim_param = "N"
+    for out in graph.output:
+        dims = out.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value == batch:
+            dims[0].dim_param = "N"
+    del graph.value_info[:]
+    constants = {t.name: t for t in graph.initializer}
+    constants.update({n.output[0]: n.attribute[0].t for n in graph.node
+                      if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    depends = {input_name}
+    for node in graph.node:  # exporters emit nodes in topological order
+        if any(i in depends for i in node.input) and node.op_type not in ("Shape", "Size"):
+            depends.update(node.output)
+        if node.op_type != "Reshape" or node.input[0] not in depends or node.input[1] not in constants:
+            continue
+        target = numpy_helper.to_array(constants[node.input[1]])
+        if target.ndim != 1 or not target.size or target[0] != batch:
+            continue
+        allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
+        fixed = target.copy()
+        fixed[0] = -1 if -1 not in target else 0
+        if fixed[0] == 0 and allowzero:
+            raise OnnxplainError(f"Reshape node '{node.name}' hard-codes the batch size; re-export with a dynamic batch")
+        name = f"{node.input[1]}__dynamic_batch"
+        graph.initializer.append(numpy_helper.from_array(fixed, name))
+        constants[name] = graph.initializer[-1]
+        node.input[1] = name
+    return model

@@ -1,0 +1,1 @@
+"""The `onnxplain` command line (Click); the library itself never imports click."""

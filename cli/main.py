@@ -1,0 +1,165 @@
+"""onnxplain command line: inspect, explain, methods, export."""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import click
+import numpy as np
+
+import onnxplain
+from onnxplain import methods as method_registry
+from onnxplain.errors import OnnxplainError
+from onnxplain.explain import candidate_layers, cam_layer
+from onnxplain.export import export as export_graph
+from onnxplain.preprocess import PRESETS
+from onnxplain.render import check_writable, overlay, save_npy, save_png
+from onnxplain.rewrite.graph import opset_of
+from onnxplain.rewrite.rules import unsupported_ops
+
+MODEL = click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+DEVICE = click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+PRESET = click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
+                      help="Preprocessing preset when the model has no sidecar JSON or metadata.")
+PROBS = click.option("--probabilities", is_flag=True, help="Explain the Softmax output rather than its input logits.")
+
+
+def _load(model: Path, preset: str | None, device: str = "auto", probabilities: bool = False, batch_size: int = 16):
+    return onnxplain.load(model, preprocessing=preset, device=device, probabilities=probabilities,
+                          batch_size=batch_size)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="onnxplain")
+def cli():
+    """Explain image classifiers from their exported ONNX file."""
+
+
+@cli.command()
+@MODEL
+@PRESET
+def inspect(model, preset):
+    """Show inputs, outputs, preprocessing, CAM layers and ops without a gradient rule."""
+    m = _load(model, preset)
+    p = m.preprocessing
+    click.echo(f"model      {model}  (opset {opset_of(m.proto)}, {len(m.proto.graph.node)} nodes)")
+    click.echo(f"input      {m.input}  {m.layout}  {p.size[0]}x{p.size[1]}")
+    click.echo(f"output     {m.output}  {m.num_classes} classes" + ("" if m.output == m.score else
+                                                                       f"  (Softmax; explaining its input {m.score})"))
+    click.echo(f"labels     {'%d names' % len(m.labels) if m.labels else 'none'}")
+    click.echo(f"preprocess resize {p.resize or 'direct'} -> {p.size[0]}x{p.size[1]} {p.interpolation}, "
+               f"scale {p.scale:.6g}, mean {list(p.mean)}, std {list(p.std)}, {p.channel_order}")
+    default = cam_layer(m, None)
+    click.echo("CAM layers (block ends; * = default):")
+    for name in dict.fromkeys(candidate_layers(m) + [default]):
+        click.echo(f"  {'*' if name == default else ' '} {name}")
+    missing = unsupported_ops(m.proto)
+    if missing:
+        click.echo("ops without a gradient rule (white-box methods fail; black-box methods work):")
+        for op, nodes in missing.items():
+            click.echo(f"    {op}: {len(nodes)} node(s), e.g. '{nodes[0]}'")
+    else:
+        click.echo("gradient rules: every op of the model has one")
+
+
+@cli.command()
+def methods():
+    """List the explanation methods, grouped by what they use."""
+    for group, title in method_registry.GROUPS.items():
+        members = [c for c in method_registry.METHODS.values() if c.group == group]
+        if members:
+            click.echo(f"{title}:")
+            for c in members:
+                click.echo(f"  {c.name:<12} {c.summary}")
+
+
+@cli.command()
+@MODEL
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-m", "--method", default="gradcam", show_default=True, help="See `onnxplain methods`.")
+@click.option("-t", "--target", type=int, multiple=True,
+              help="Class to explain: once for all images or once per image (default: each image's top-1).")
+@click.option("--layer", default=None, help="Tensor for CAM methods (default: last spatial tensor).")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out"),
+              show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("-k", "--top-k", default=3, show_default=True, help="Classes to print per image.")
+@click.option("--batch-size", default=16, show_default=True)
+@DEVICE
+@PRESET
+@PROBS
+def explain(model, images, method, target, layer, out_dir, force, top_k, batch_size, device, preset, probabilities):
+    """Explain MODEL on IMAGES: writes an overlay PNG and the raw map (.npy) per image to OUT."""
+    method_registry.get(method)
+    if target and len(target) not in (1, len(images)):
+        raise OnnxplainError(f"{len(target)} targets for {len(images)} images: give one, or one per image")
+    outputs = [(out_dir / f"{p.stem}.{method}.png", out_dir / f"{p.stem}.{method}.npy") for p in images]
+    if len({o[0] for o in outputs}) != len(outputs):
+        raise OnnxplainError("two images share a file name; explain them into different --out folders")
+    check_writable([f for pair in outputs for f in pair], force)
+    m = _load(model, preset, device, probabilities, batch_size)
+    targets = list(target) * (len(images) if len(target) == 1 else 1) if target else [None] * len(images)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chunks = [range(i, min(i + batch_size, len(images))) for i in range(0, len(images), batch_size)]
+    with click.progressbar(chunks, label="explaining", file=sys.stderr, hidden=len(images) <= batch_size) as bar:
+        for chunk in bar:
+            tgt = None if targets[chunk[0]] is None else [targets[i] for i in chunk]
+            e = onnxplain.explain(m, [images[i] for i in chunk], method=method, target=tgt, layer=layer)
+            for j, i in enumerate(chunk):
+                png, npy = outputs[i]
+                save_png(png, overlay(e.views[j], e.maps[j]))
+                save_npy(npy, e.maps[j])
+                _report(m, images[i], e, j, top_k, png)
+
+
+def _report(m, image, e, j, top_k, png):
+    probs = m.probabilities(e.logits[j].astype(np.float64))
+    c = int(e.targets[j])
+    click.echo(f"{image}: explained {m.label(c)} [{c}] (score {e.scores[j]:.3f}) -> {png}")
+    for rank, k in enumerate(np.argsort(-probs)[:top_k], 1):
+        click.echo(f"  {rank}. {m.label(int(k)):<30} [{int(k)}]  p={probs[k]:.3f}")
+
+
+@cli.command()
+@MODEL
+@click.option("-m", "--method", default="gradcam", show_default=True)
+@click.option("--layer", default=None)
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True)
+@PRESET
+@PROBS
+def export(model, method, layer, out, force, preset, probabilities):
+    """Write the explanation as a standalone ONNX graph (image in; outputs, map and class out)."""
+    method_registry.get(method)
+    check_writable([out], force)
+    m = _load(model, preset, probabilities=probabilities)
+    export_graph(m, method, out, layer=layer)
+    click.echo(f"wrote {out}: inputs {m.input}, target (optional, int64 per image; default top-1); "
+               f"outputs {', '.join(o.name for o in m.proto.graph.output)}, attributions, maps, target_used")
+
+
+def _warn(message, category, filename, lineno, file=None, line=None):
+    click.echo(f"warning: {str(message).removeprefix('onnxplain: ')}", err=True)
+
+
+def main(argv=None):
+    warnings.showwarning = _warn
+    try:
+        cli.main(args=argv, prog_name="onnxplain", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except OnnxplainError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except Exception as exc:  # a bug of ours: still one line, the traceback on request
+        if os.environ.get("ONNXPLAIN_DEBUG"):
+            raise
+        click.echo(f"error: internal error {type(exc).__name__}: {exc} (set ONNXPLAIN_DEBUG=1 for the traceback)",
+                   err=True)
+        sys.exit(1)

@@ -1,0 +1,106 @@
+"""The Python API: `explain(model, x, method=..., target=...)` → an `Explanation`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import methods
+from .errors import OnnxplainError
+from .model import Model
+from .preprocess import read_image
+from .rewrite.graph import TARGET, Request, build
+from .rewrite.layers import block_ends, default_layer, spatial_tensors
+from .runtime import Session
+
+
+@dataclass
+class Explanation:
+    method: str
+    attributions: np.ndarray   # raw: shaped like the input, or N×h×w at the layer for CAM methods
+    maps: np.ndarray           # N×H×W float32 at input resolution
+    targets: np.ndarray        # class explained, per image
+    scores: np.ndarray         # differentiated score of that class (the logit, unless probabilities were asked for)
+    logits: np.ndarray         # the differentiated scores of every class (N×classes)
+    layer: str | None = None
+    views: list[np.ndarray] | None = field(default=None, repr=False)  # the images as the model saw them (uint8)
+
+
+def session(model: Model, request: Request) -> Session:
+    """The cached session computing `request` on `model`."""
+    if request not in model._sessions:
+        model._sessions[request] = Session(build(model.proto, request), model.device)
+    return model._sessions[request]
+
+
+def layers(model: Model) -> list[tuple[str, tuple]]:
+    """Tensors with spatial extent between input and score (cached on the model)."""
+    if "layers" not in model._sessions:
+        model._sessions["layers"] = spatial_tensors(model.proto, model.input, model.score, model.layout)
+    return model._sessions["layers"]
+
+
+def cam_layer(model: Model, layer: str | None) -> str:
+    found = layers(model)
+    if layer is None:
+        layer = default_layer(found)
+        if layer is None:
+            raise OnnxplainError("the model has no tensor with spatial extent to explain at; give --layer NAME")
+    return layer
+
+
+def candidate_layers(model: Model) -> list[str]:
+    return block_ends(layers(model), model.layout)
+
+
+def as_batch(model: Model, x) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """A preprocessed float32 batch in the model's layout, from an array or a list of image paths."""
+    if isinstance(x, (str, Path)):
+        x = [x]
+    if isinstance(x, (list, tuple)) and x and isinstance(x[0], (str, Path)):
+        views, inputs = zip(*(read_image(p, model.preprocessing) for p in x))
+        return np.stack(inputs), list(views)
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise OnnxplainError(f"input must be a float array or image paths, not {x.dtype}")
+    h, w = model.input_size
+    want = (3, h, w) if model.layout == "NCHW" else (h, w, 3)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1:] != want:
+        raise OnnxplainError(f"input has shape {tuple(x.shape)}; the model takes N×{'×'.join(map(str, want))} "
+                             f"({model.layout})")
+    return np.ascontiguousarray(x, dtype=np.float32), None
+
+
+def as_targets(model: Model, target, n: int) -> np.ndarray:
+    """Class per image; -1 means the model's top-1 class (chosen inside the graph)."""
+    t = np.full(n, -1, np.int64) if target is None else np.asarray(target, dtype=np.int64).reshape(-1)
+    if t.size == 1 and n > 1:
+        t = np.repeat(t, n)
+    if t.size != n:
+        raise OnnxplainError(f"{t.size} targets for {n} images: give one class, or one per image")
+    if ((t < -1) | (t >= model.num_classes)).any():
+        raise OnnxplainError(f"target {int(t[(t < -1) | (t >= model.num_classes)][0])} is not a class of this model "
+                             f"(0..{model.num_classes - 1})")
+    return t
+
+
+def explain(model: Model, x, method: str = "saliency", target=None, layer: str | None = None,
+            batch_size: int | None = None, **params) -> Explanation:
+    """Explain `model` on `x` (a preprocessed float32 batch in the model's layout, or image paths).
+
+    target: None for each image's top-1 class, a class index for all images, or one index per image.
+    layer: the tensor a CAM method reads (default: the last tensor with spatial extent before global pooling).
+    """
+    m = methods.get(method, **params)
+    inputs, views = as_batch(model, x)
+    targets = as_targets(model, target, len(inputs))
+    layer = cam_layer(model, layer) if m.at_layer else None
+    sess = session(model, m.request(model, layer))
+    attributions, maps, logits, used = sess.run(
+        ["attributions", "maps", model.score, TARGET + "_used"], {model.input: inputs, TARGET: targets},
+        batch_size or model.batch_size)
+    scores = logits[np.arange(len(used)), used]
+    return Explanation(method, attributions, maps.astype(np.float32), used, scores, logits, layer, views)

@@ -1,0 +1,29 @@
+"""Write an explanation as a standalone ONNX graph: image in; the model's outputs, the map and the class out."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from . import methods
+from .errors import OnnxplainError
+from .explain import cam_layer
+from .model import Model
+from .rewrite.graph import build
+
+
+def export(model: Model, method: str, path: str | Path, layer: str | None = None, **params) -> onnx.ModelProto:
+    """Save `method` on `model` as one ONNX graph.
+
+    Inputs: the image tensor and an optional int64 `target` per image (default -1: the top-1 class, found in the
+    graph). Outputs: the model's own outputs, `attributions`, `maps` (N×H×W) and `target_used`.
+    """
+    m = methods.get(method, **params)
+    proto = build(model.proto, m.request(model, cam_layer(model, layer) if m.at_layer else None))
+    proto.producer_name = "onnxplain"
+    onnx.checker.check_model(proto)
+    try:
+        onnx.save(proto, str(path))
+    except OSError as exc:
+        raise OnnxplainError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return proto

@@ -1,0 +1,93 @@
+"""What every white-box method shares: the graph it needs, and its formula appended to that graph as nodes.
+
+A method is its equation over named tensors (`Tensors`): the input x and its gradient dx, or a layer's activation A
+and its gradient dA. It returns (attributions, low-resolution or input-resolution map); the base class brings the
+map to input resolution. Because the formula is graph nodes, `onnxplain export` writes the same computation as a
+standalone ONNX file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import onnx_graphsurgeon as gs
+
+from ..errors import OnnxplainError
+from ..rewrite.builder import Builder
+from ..rewrite.graph import Request
+
+METHODS: dict[str, type["Method"]] = {}
+GROUPS = {  # the survey's grouping (Ayyar, Benois-Pineau, Zemmari 2021): what a method uses
+    "gradients": "gradients of the score",
+    "modified": "modified backward rules",
+    "activations": "activations (CAM family)",
+    "perturbation": "forward passes only (black-box)",
+}
+
+
+@dataclass(frozen=True)
+class Tensors:
+    """The graph tensors a formula reads, and the geometry it needs."""
+
+    x: gs.Tensor
+    dx: gs.Tensor | None
+    a: gs.Tensor | None
+    da: gs.Tensor | None
+    channel_axis: int
+    spatial_axes: tuple[int, int]
+    size: tuple[int, int]
+
+
+class Method:
+    name: ClassVar[str] = ""
+    group: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    at_layer: ClassVar[bool] = False  # differentiates at a layer (CAM family) instead of the input
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            METHODS[cls.name] = cls
+
+    def formula(self, g: Builder, t: Tensors):
+        """Return (attributions, map); the map may be at layer resolution (N×h×w) or input resolution."""
+        raise NotImplementedError
+
+    def request(self, model, layer: str | None) -> Request:
+        head = Head(self, model.input, layer, model.layout, model.input_size)
+        wrt = layer if self.at_layer else model.input
+        return Request(expose=(model.score,), differentiate=(model.score,), wrt=(wrt,), seed="target", head=head)
+
+
+@dataclass(frozen=True)
+class Head:
+    """The request's hashable link to a method's formula (sessions are cached by request)."""
+
+    method: Method
+    input: str
+    layer: str | None
+    layout: str
+    size: tuple[int, int]
+
+    def build(self, g: Builder, tensors: dict, grads: dict) -> dict:
+        channel, spatial = (1, (2, 3)) if self.layout == "NCHW" else (3, (1, 2))
+        a = tensors[self.layer] if self.layer else None
+        t = Tensors(tensors[self.input], grads.get(self.input), a, grads.get(self.layer), channel, spatial, self.size)
+        attributions, low = self.method.formula(g, t)
+        return {"attributions": attributions, "maps": upsample(g, low, self.size)}
+
+
+def upsample(g: Builder, m: gs.Tensor, size: tuple[int, int]) -> gs.Tensor:
+    """Bilinear N×h×w → N×H×W (half-pixel centres, as torch's interpolate with align_corners=False)."""
+    m4 = g.unsqueeze(m, [1])
+    sizes = g.Concat(g.slice(g.Shape(m4), [0], [2], [0]), g.ints(size), axis=0)
+    return g.squeeze(g.resize(m4, sizes, mode="linear", coordinate_transformation_mode="half_pixel"), [1])
+
+
+def get(name: str, **params) -> Method:
+    if name not in METHODS:
+        raise OnnxplainError(f"unknown method '{name}' (available: {', '.join(sorted(METHODS))})")
+    try:
+        return METHODS[name](**params)
+    except TypeError as exc:
+        raise OnnxplainError(f"bad parameters for method '{name}': {exc}") from None

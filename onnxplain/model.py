@@ -1,0 +1,247 @@
+"""Load an exported model: validate it, find its image input and score output, read its preprocessing and labels."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from .errors import OnnxplainError
+from .preprocess import Preprocessing, preset
+from .rewrite.graph import dynamic_batch, opset_of
+
+SIDECAR_KEY = "onnxplain"  # metadata_props key holding the same JSON as a sidecar file
+
+
+@dataclass
+class Model:
+    """A loaded model: the graph (batch made dynamic) and everything needed to feed and read it."""
+
+    path: Path | None
+    proto: onnx.ModelProto
+    input: str                      # image input name
+    output: str                     # score output the user reads (logits or probabilities)
+    score: str                      # tensor that is differentiated: the logits unless probabilities were asked for
+    num_classes: int
+    softmax_output: bool            # the output is a Softmax (probabilities)
+    preprocessing: Preprocessing
+    labels: list[str] | None = None
+    device: str = "auto"
+    batch_size: int = 16
+    _sessions: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def opset(self) -> int:
+        return opset_of(self.proto)
+
+    @property
+    def layout(self) -> str:
+        return self.preprocessing.layout
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.preprocessing.size
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """Class probabilities from the differentiated scores (softmax, unless they are probabilities already)."""
+        if self.softmax_output and self.score == self.output:
+            return scores
+        z = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        return z / z.sum(axis=-1, keepdims=True)
+
+    def label(self, c: int) -> str:
+        return self.labels[c] if self.labels and 0 <= c < len(self.labels) else f"class {c}"
+
+
+def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict | Preprocessing | None = None,
+         probabilities: bool = False, output: str | None = None, device: str = "auto", batch_size: int = 16,
+         labels: list[str] | None = None) -> Model:
+    """Load an ONNX image classifier (a path or a ModelProto).
+
+    preprocessing: a preset name (see `onnxplain.preprocess.PRESETS`), a dict of fields or a Preprocessing; by
+    default read from `MODEL.json` beside the file or the model's metadata (key "onnxplain").
+    probabilities: differentiate the Softmax output instead of its input (the logits) when the model ends in one.
+    """
+    if device not in ("auto", "cuda", "cpu"):
+        raise OnnxplainError(f"device must be auto, cuda or cpu, not '{device}'")
+    if batch_size < 1:
+        raise OnnxplainError("batch_size must be at least 1")
+    model_path = None if isinstance(path, onnx.ModelProto) else Path(path)
+    proto = path if model_path is None else _read(model_path)
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        raise OnnxplainError(f"{_where(model_path)} is not a valid ONNX model: {_first_line(exc)}") from None
+    opset_of(proto)
+    inp = _image_input(proto, model_path)
+    sidecar = _sidecar(proto, model_path)
+    pre = _preprocessing(inp, sidecar, preprocessing)
+    out, score, num_classes, softmax = _score_output(proto, output or sidecar.get("output"), probabilities)
+    if labels is None:
+        labels = _labels(sidecar, model_path)
+    if labels is not None and len(labels) != num_classes:
+        raise OnnxplainError(f"the model scores {num_classes} classes but {len(labels)} labels were given")
+    return Model(model_path, dynamic_batch(proto, inp.name), inp.name, out, score, num_classes, softmax, pre, labels,
+                 device, batch_size)
+
+
+# -- reading the file safely ---------------------------------------------------------------------------------------
+def _where(path: Path | None) -> str:
+    return str(path) if path else "the model"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _read(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise OnnxplainError(f"model file not found: {path}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError, OSError) as exc:
+        raise OnnxplainError(f"{path} is not a readable ONNX file (truncated or corrupt?): {_first_line(exc)}") from None
+    if not proto.graph.node:
+        raise OnnxplainError(f"{path} is not an ONNX model (no graph nodes): truncated or not an .onnx file?")
+    _load_external_data(proto, path.parent.resolve())
+    return proto
+
+
+def _load_external_data(proto: onnx.ModelProto, folder: Path) -> None:
+    """Load tensors stored beside the model, refusing any location that leaves the model's own folder."""
+    from onnx.external_data_helper import _get_all_tensors, load_external_data_for_tensor, uses_external_data
+
+    for tensor in _get_all_tensors(proto):
+        if not uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if os.path.isabs(location) or not target.is_relative_to(folder) or not target.is_file():
+            raise OnnxplainError(f"tensor '{tensor.name}' points to external data '{location}' outside the model's "
+                                 f"folder or missing; refusing to read it")
+        try:
+            load_external_data_for_tensor(tensor, str(folder))
+        except Exception as exc:
+            raise OnnxplainError(f"cannot read external data '{location}' of tensor '{tensor.name}': "
+                                 f"{_first_line(exc)}") from None
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+
+
+# -- finding the input and the score ---------------------------------------------------------------------------------
+def _dims(value_info) -> list:
+    dims = value_info.type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+
+
+def _image_input(proto: onnx.ModelProto, path: Path | None):
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    images = [i for i in inputs if i.type.HasField("tensor_type") and len(_dims(i)) == 4]
+    if len(images) != 1:
+        described = ", ".join(f"{i.name}{_dims(i)}" for i in inputs) or "none"
+        what = "no image input (a rank-4 tensor)" if not images else "several rank-4 inputs"
+        raise OnnxplainError(f"{_where(path)} has {what}; its inputs: {described}")
+    if len(inputs) > 1:
+        others = ", ".join(i.name for i in inputs if i is not images[0])
+        raise OnnxplainError(f"{_where(path)} needs inputs besides the image ({others}); onnxplain feeds one image input")
+    return images[0]
+
+
+def _guess_layout(dims: list) -> str:
+    channels = (1, 3, 4)
+    if dims[3] in channels and dims[1] not in channels:
+        return "NHWC"
+    return "NCHW"
+
+
+def _preprocessing(inp, sidecar: dict, requested) -> Preprocessing:
+    dims = _dims(inp)
+    if isinstance(requested, Preprocessing):
+        pre = requested
+    else:
+        base = Preprocessing.from_dict(sidecar["preprocessing"]) if "preprocessing" in sidecar else Preprocessing()
+        if isinstance(requested, str):
+            base = replace(preset(requested), layout=base.layout, size=base.size)
+        pre = Preprocessing.from_dict(requested, base) if isinstance(requested, dict) else base
+    layout_known = isinstance(requested, Preprocessing) or "layout" in sidecar.get("preprocessing", {}) or (
+        isinstance(requested, dict) and "layout" in requested)
+    if not layout_known:
+        pre = replace(pre, layout=_guess_layout(dims))
+    spatial = dims[2:4] if pre.layout == "NCHW" else dims[1:3]
+    channels = dims[1] if pre.layout == "NCHW" else dims[3]
+    if pre.size is None:
+        if not all(isinstance(d, int) and d > 0 for d in spatial):
+            raise OnnxplainError(f"input '{inp.name}' has no fixed height and width {spatial}; give the input size "
+                                 f"(--size H W, or preprocessing={{'size': [H, W]}})")
+        pre = replace(pre, size=tuple(spatial))
+    pre = replace(pre, size=tuple(int(s) for s in pre.size))
+    if all(isinstance(d, int) and d > 0 for d in spatial) and tuple(spatial) != pre.size:
+        raise OnnxplainError(f"preprocessing size {list(pre.size)} does not match input '{inp.name}' of shape {dims}")
+    if isinstance(channels, int) and channels not in (3, len(pre.mean)):
+        raise OnnxplainError(f"input '{inp.name}' has {channels} channels; onnxplain reads RGB images (3 channels)")
+    return pre
+
+
+def _producer(proto: onnx.ModelProto, name: str):
+    return next((n for n in proto.graph.node if name in n.output), None)
+
+
+def _score_output(proto: onnx.ModelProto, wanted: str | None, probabilities: bool) -> tuple[str, str, int, bool]:
+    outputs = {o.name: _dims(o) for o in proto.graph.output}
+    if wanted is not None and wanted not in outputs:
+        raise OnnxplainError(f"the model has no output '{wanted}' (outputs: {', '.join(outputs)})")
+    candidates = [wanted] if wanted else [n for n, d in outputs.items() if len(d) == 2]
+    if not candidates:
+        described = ", ".join(f"{n}{d}" for n, d in outputs.items())
+        raise OnnxplainError(f"the model has no class-score output (N×classes); its outputs: {described}")
+    out = candidates[0]
+    dims = outputs[out]
+    if len(dims) != 2 or not isinstance(dims[1], int) or dims[1] < 1:
+        raise OnnxplainError(f"output '{out}' has shape {dims}, not N×classes with a fixed number of classes")
+    score = out
+    node = _producer(proto, out)
+    while node is not None and node.op_type == "Identity":
+        node = _producer(proto, node.input[0])
+    softmax = node is not None and node.op_type == "Softmax"
+    if softmax and not probabilities:
+        score = node.input[0]
+    return out, score, dims[1], softmax
+
+
+# -- sidecar, metadata and labels ------------------------------------------------------------------------------------
+def _sidecar(proto: onnx.ModelProto, path: Path | None) -> dict:
+    text, origin = None, None
+    if path is not None and path.with_suffix(".json").is_file():
+        origin = path.with_suffix(".json")
+        text = origin.read_text(encoding="utf-8", errors="replace")
+    else:
+        meta = {p.key: p.value for p in proto.metadata_props}
+        if SIDECAR_KEY in meta:
+            text, origin = meta[SIDECAR_KEY], f"metadata '{SIDECAR_KEY}' of {_where(path)}"
+    if text is None:
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise OnnxplainError(f"{origin} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise OnnxplainError(f"{origin} must hold a JSON object")
+    return data
+
+
+def _labels(sidecar: dict, path: Path | None) -> list[str] | None:
+    if "labels" in sidecar:
+        return [str(s) for s in sidecar["labels"]]
+    if "labels_file" not in sidecar or path is None:
+        return None
+    folder = path.parent.resolve()
+    target = (folder / sidecar["labels_file"]).resolve()
+    if not target.is_relative_to(folder) or not target.is_file():
+        raise OnnxplainError(f"labels_file '{sidecar['labels_file']}' is missing or outside the model's folder")
+    return [line.strip() for line in target.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,116 @@
+"""Image preprocessing: how a photo becomes the model's input tensor, read from a sidecar, metadata or a preset."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import OnnxplainError
+
+_IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    layout: str = "NCHW"                 # NCHW or NHWC, found from the model when not given
+    size: tuple[int, int] | None = None  # model input (H, W), found from the model when not given
+    resize: int | None = None            # shorter side before a center crop; None: resize straight to `size`
+    interpolation: str = "bilinear"
+    scale: float = 1 / 255
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    channel_order: str = "RGB"
+
+    @classmethod
+    def from_dict(cls, d: dict, base: "Preprocessing | None" = None) -> "Preprocessing":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known - {"crop"})
+        if unknown:
+            raise OnnxplainError(f"unknown preprocessing field '{unknown[0]}' (known: {', '.join(sorted(known))})")
+        if d.get("crop", "center") != "center":
+            raise OnnxplainError(f"only a center crop is supported, not '{d['crop']}'")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
+        p = replace(base or cls(), **values)
+        p.validate()
+        return p
+
+    def validate(self) -> None:
+        if self.layout not in ("NCHW", "NHWC"):
+            raise OnnxplainError(f"layout must be NCHW or NHWC, not '{self.layout}'")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise OnnxplainError(f"channel_order must be RGB or BGR, not '{self.channel_order}'")
+        if self.interpolation not in _PIL_FILTERS:
+            raise OnnxplainError(f"interpolation must be one of {', '.join(_PIL_FILTERS)}")
+        if len(self.mean) != len(self.std) or any(s == 0 for s in self.std):
+            raise OnnxplainError("preprocessing mean and std need the same length and a non-zero std")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+PRESETS = {
+    "imagenet": Preprocessing(resize=256, **_IMAGENET),        # torchvision classification models
+    "imagenet-noresize": Preprocessing(**_IMAGENET),
+    "inception": Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),  # [-1, 1]
+    "caffe": Preprocessing(scale=1.0, mean=(103.939, 116.779, 123.68), channel_order="BGR"),
+    "unit": Preprocessing(),                                   # [0, 1], no normalisation
+}
+
+
+def preset(name: str) -> Preprocessing:
+    if name not in PRESETS:
+        raise OnnxplainError(f"unknown preprocessing preset '{name}' (known: {', '.join(PRESETS)})")
+    return PRESETS[name]
+
+
+def _pil():
+    from PIL import Image
+    return Image
+
+
+_PIL_FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1}
+
+
+def read_image(path: str | Path, p: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    """Open, resize and crop an image as the model sees it: returns (uint8 H×W×3 RGB view, model input C×H×W or
+    H×W×C float32)."""
+    Image = _pil()
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxplainError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            rgb = im.convert("RGB")
+    except Exception as exc:
+        raise OnnxplainError(f"cannot read image {path}: {exc}") from None
+    h, w = p.size
+    resample = _PIL_FILTERS[p.interpolation]
+    if p.resize:
+        s = p.resize / min(rgb.size)
+        rgb = rgb.resize((max(w, round(rgb.width * s)), max(h, round(rgb.height * s))), resample)
+        left, top = (rgb.width - w) // 2, (rgb.height - h) // 2
+        rgb = rgb.crop((left, top, left + w, top + h))
+    else:
+        rgb = rgb.resize((w, h), resample)
+    view = np.asarray(rgb, dtype=np.uint8)
+    return view, to_input(view, p)
+
+
+def to_input(view: np.ndarray, p: Preprocessing) -> np.ndarray:
+    """uint8 H×W×3 RGB → normalised float32 in the model's layout and channel order."""
+    x = view.astype(np.float32)
+    if p.channel_order == "BGR":
+        x = x[..., ::-1]
+    x = (x * np.float32(p.scale) - np.asarray(p.mean, np.float32)) / np.asarray(p.std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1) if p.layout == "NCHW" else x)
+
+
+def to_view(x: np.ndarray, p: Preprocessing) -> np.ndarray:
+    """The inverse of `to_input`: a model input back to a uint8 H×W×3 RGB picture for overlays."""
+    hwc = x.transpose(1, 2, 0) if p.layout == "NCHW" else x
+    rgb = (hwc * np.asarray(p.std, np.float32) + np.asarray(p.mean, np.float32)) / np.float32(p.scale)
+    if p.channel_order == "BGR":
+        rgb = rgb[..., ::-1]
+    return np.clip(rgb, 0, 255).round().astype(np.uint8)

@@ -1,0 +1,74 @@
+"""Render maps: heat-map overlays on the image as the model saw it (PNG), raw arrays (.npy)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import OnnxplainError
+
+# Turbo colormap, polynomial fit by Mikhailov (Google, 2019), for maps of one sign.
+_TURBO = np.array([
+    [0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943],
+    [0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604],
+    [0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973],
+])
+# Diverging blue - white - red for signed evidence (for / against).
+_BLUE, _WHITE, _RED = np.array([59, 76, 192]) / 255, np.ones(3), np.array([180, 4, 38]) / 255
+
+
+def turbo(t: np.ndarray) -> np.ndarray:
+    """[0, 1] → RGB in [0, 1]."""
+    t = np.clip(t, 0, 1)[..., None]
+    powers = t ** np.arange(6)
+    return np.clip(powers @ _TURBO.T, 0, 1)
+
+
+def diverging(t: np.ndarray) -> np.ndarray:
+    """[-1, 1] → RGB in [0, 1]: blue for negative, white at zero, red for positive."""
+    t = np.clip(t, -1, 1)[..., None]
+    return np.where(t < 0, _WHITE + (_BLUE - _WHITE) * -t, _WHITE + (_RED - _WHITE) * t)
+
+
+def is_signed(m: np.ndarray) -> bool:
+    return bool((m < 0).any() and (m > 0).any())
+
+
+def normalise(m: np.ndarray, signed: bool, percentile: float = 99.5) -> np.ndarray:
+    """Scale to [0, 1] (or [-1, 1] when signed) by a high percentile of |m|, so one outlier does not wash out the
+    map."""
+    m = np.asarray(m, np.float64)
+    scale = np.percentile(np.abs(m), percentile) or np.abs(m).max() or 1.0
+    lo = 0.0 if signed else min(m.min(), 0.0)
+    out = (m - lo) / (scale - lo) if not signed else m / scale
+    return np.clip(out, -1 if signed else 0, 1)
+
+
+def overlay(view: np.ndarray, m: np.ndarray, alpha: float = 0.5, signed: bool | None = None) -> np.ndarray:
+    """Blend the heat map `m` (H×W) over the uint8 H×W×3 `view`; signed maps use the diverging colormap and are
+    transparent where the evidence is zero."""
+    if view.shape[:2] != m.shape:
+        raise OnnxplainError(f"map of shape {m.shape} does not fit image of shape {view.shape[:2]}")
+    signed = is_signed(m) if signed is None else signed
+    t = normalise(m, signed)
+    colour = diverging(t) if signed else turbo(t)
+    a = alpha * (np.abs(t)[..., None] if signed else 1.0)
+    blended = (1 - a) * (view / 255.0) + a * colour
+    return (np.clip(blended, 0, 1) * 255).round().astype(np.uint8)
+
+
+def check_writable(paths: list[Path], force: bool) -> None:
+    """Refuse, before any work, to overwrite existing files unless `force`."""
+    existing = [p for p in paths if p.exists()]
+    if existing and not force:
+        raise OnnxplainError(f"{existing[0]} exists (and {len(existing) - 1} more); use --force to overwrite"
+                             if len(existing) > 1 else f"{existing[0]} exists; use --force to overwrite")
+
+
+def save_png(path: Path, rgb: np.ndarray) -> None:
+    from PIL import Image
+    Image.fromarray(rgb).save(path)
+
+
+def save_npy(path: Path, a: np.ndarray) -> None:
+    np.save(path, a)

@@ -1,0 +1,67 @@
+"""Run compiled graphs: one cached onnxruntime session per (model, request), CUDA when present, batched feeds."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .errors import OnnxplainError
+
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class Session:
+    """An onnxruntime session on the requested device, run in batches along axis 0 of every feed."""
+
+    def __init__(self, proto: onnx.ModelProto, device: str = "auto"):
+        data = proto.SerializeToString()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.session = None
+        if device in ("auto", "cuda") and CUDA in ort.get_available_providers():
+            self.session = self._create(data, options, [CUDA, CPU])
+            if self.session is not None and self.session.get_providers()[0] != CUDA:
+                self.session = None
+            if self.session is None and device == "auto":
+                warnings.warn("onnxplain: the CUDA provider could not start (no usable GPU or CUDA libraries); "
+                              "running on the CPU", stacklevel=3)
+        if self.session is None and device == "cuda":
+            raise OnnxplainError("device 'cuda' was asked for but onnxruntime's CUDA provider is not usable here "
+                                 f"(available: {', '.join(ort.get_available_providers())}); use --device cpu")
+        if self.session is None:
+            self.session = self._create(data, options, [CPU])
+            if self.session is None:
+                raise OnnxplainError(f"onnxruntime cannot run the rewritten graph: {self._error}")
+        self.device = "cuda" if self.session.get_providers()[0] == CUDA else "cpu"
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _create(self, data: bytes, options, providers):
+        try:
+            return ort.InferenceSession(data, options, providers=providers)
+        except Exception as exc:  # reported by the caller, which knows what was asked for
+            self._error = _first_line(exc)
+            return None
+
+    def run(self, outputs: list[str], feeds: dict[str, np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
+        """Run `outputs` for `feeds`, every feed batched along axis 0, `batch_size` rows at a time."""
+        n = max(len(v) for v in feeds.values())
+        step = batch_size or n
+        parts = []
+        for start in range(0, n, step):
+            chunk = {k: v[start:start + step] for k, v in feeds.items()}
+            try:
+                parts.append(self.session.run(outputs, chunk))
+            except Exception as exc:
+                raise OnnxplainError(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
+        if len(parts) == 1:
+            return parts[0]
+        return [np.concatenate(col) for col in zip(*parts)]
+
