@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+import onnx_graphsurgeon as gs
+
+from ...errors import OnnxplainError
+
 RULES: dict[str, Callable] = {}
 MIN_OPSET: dict[str, int] = {}  # ops whose rule emits an op newer than some models' opset
 
@@ -33,6 +37,20 @@ def vjp(*op_types: str, min_opset: int | None = None):
                 MIN_OPSET[op] = min_opset
         return fn
     return register
+
+
+def optional_input(node, i):
+    """Input i of `node`, None when it is omitted."""
+    return node.inputs[i] if i < len(node.inputs) and node.inputs[i].name else None
+
+
+def constant_input(node, i):
+    """The values of input i as a numpy array, None when it is omitted; it must be a constant of the model."""
+    t = optional_input(node, i)
+    if t is not None and not isinstance(t, gs.Constant):
+        raise OnnxplainError(f"{node.op} node '{node.name}' gets '{t.name}' computed at run time; its gradient "
+                             "needs that input to be a constant")
+    return None if t is None else t.values
 
 
 from . import activation, conv, elementwise, linear, norm, pool, shape  # noqa: E402,F401  (they register)

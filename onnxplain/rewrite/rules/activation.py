@@ -1,14 +1,156 @@
-"""VJP rules for pointwise activations: dx = dy * f'(x), written with the forward tensors of the node."""
+"""VJP rules for pointwise activations: dx = dy * f'(x), written with the node's forward input x and output y.
+
+Kinks follow torch: at x = 0 the derivative is that of the x <= 0 branch (Relu 0, LeakyRelu/PRelu the slope,
+Elu/Selu/Celu their left limit); HardSigmoid and HardSwish take their flat pieces' derivatives at their corners;
+Clip passes the gradient only strictly inside (min, max), like torch's hardtanh and ReLU6, which export to Clip
+(torch.clamp would also pass it at x = min and x = max).
+"""
 from __future__ import annotations
 
-from . import vjp
+import math
+
+from ...errors import OnnxplainError
+from . import optional_input, vjp
 
 
-def _mask(g, cond, like):
-    return g.cast_like(cond, like)
+def pointwise(*ops, **kw):
+    """Register `deriv(g, c, x, y, attrs) -> f'(x)` as the rule dx = dy * f'(x); `c(v)` is a constant typed like x."""
+    def register(deriv):
+        @vjp(*ops, **kw)
+        def rule(node, dys, g):
+            x, y = node.inputs[0], node.outputs[0]
+            return [g.Mul(dys[0], deriv(g, lambda v: g.const(v, like=x), x, y, node.attrs))]
+        return deriv
+    return register
 
 
-@vjp("Relu")
-def relu(node, dys, g):
-    (x,), (y,), (dy,) = node.inputs, node.outputs, dys
-    return [g.Mul(dy, _mask(g, g.Greater(x, g.const(0, like=x)), x))]
+def step(g, x):
+    """1 where x > 0, else 0."""
+    return g.cast_like(g.Greater(x, g.const(0, like=x)), x)
+
+
+def equal(g, a, b, like):
+    """1 where a == b, else 0, typed like `like` (Equal takes floats only from opset 11)."""
+    return g.cast_like(g.Not(g.Or(g.Less(a, b), g.Greater(a, b))), like)
+
+
+def _positive(g, x, then, otherwise):
+    """then where x > 0, otherwise elsewhere (arithmetic: Where needs opset 9)."""
+    return g.Add(otherwise, g.Mul(step(g, x), g.Sub(then, otherwise)))
+
+
+@pointwise("Relu")
+def relu(g, c, x, y, a):
+    return step(g, x)
+
+
+@pointwise("LeakyRelu")
+def leaky_relu(g, c, x, y, a):
+    return _positive(g, x, c(1), c(a.get("alpha", 0.01)))
+
+
+@pointwise("Elu")
+def elu(g, c, x, y, a):
+    return _positive(g, x, c(1), g.Add(y, c(a.get("alpha", 1.0))))
+
+
+@pointwise("Selu")
+def selu(g, c, x, y, a):
+    alpha, gamma = a.get("alpha", 1.67326319217681884765625), a.get("gamma", 1.05070102214813232421875)
+    return _positive(g, x, c(gamma), g.Add(y, c(alpha * gamma)))
+
+
+@pointwise("Celu")
+def celu(g, c, x, y, a):
+    return _positive(g, x, c(1), g.Add(g.Div(y, c(a.get("alpha", 1.0))), c(1)))
+
+
+@pointwise("Sigmoid")
+def sigmoid(g, c, x, y, a):
+    return g.Mul(y, g.Sub(c(1), y))
+
+
+@pointwise("HardSigmoid")
+def hard_sigmoid(g, c, x, y, a):
+    inside = g.And(g.Greater(y, c(0)), g.Less(y, c(1)))
+    return g.Mul(c(a.get("alpha", 0.2)), g.cast_like(inside, x))
+
+
+@pointwise("HardSwish")
+def hard_swish(g, c, x, y, a):  # y = x h(x), h = HardSigmoid(alpha=1/6, beta=1/2): y' = h + x h'
+    h = g.HardSigmoid(x, alpha=1 / 6, beta=0.5)
+    return g.Add(h, g.Mul(x, hard_sigmoid(g, c, x, h, {"alpha": 1 / 6})))
+
+
+@pointwise("Tanh")
+def tanh(g, c, x, y, a):
+    return g.Sub(c(1), g.Mul(y, y))
+
+
+@pointwise("Erf")
+def erf(g, c, x, y, a):
+    return g.Mul(c(2 / math.sqrt(math.pi)), g.Exp(g.Neg(g.Mul(x, x))))
+
+
+@pointwise("Softplus")
+def softplus(g, c, x, y, a):
+    return g.Sigmoid(x)
+
+
+@pointwise("Gelu")
+def gelu(g, c, x, y, a):
+    if a.get("approximate", "none") == "tanh":  # y = x/2 (1 + t), t = tanh(k (x + 0.044715 x^3))
+        k, x2 = math.sqrt(2 / math.pi), g.Mul(x, x)
+        t = g.Tanh(g.Mul(c(k), g.Mul(x, g.Add(c(1), g.Mul(c(0.044715), x2)))))
+        du = g.Mul(c(k), g.Add(c(1), g.Mul(c(3 * 0.044715), x2)))
+        return g.Mul(c(0.5), g.Add(g.Add(c(1), t), g.Mul(g.Mul(x, g.Sub(c(1), g.Mul(t, t))), du)))
+    cdf = g.Mul(c(0.5), g.Add(c(1), g.Erf(g.Mul(x, c(math.sqrt(0.5))))))  # y = x Phi(x): y' = Phi + x phi
+    pdf = g.Mul(c(1 / math.sqrt(2 * math.pi)), g.Exp(g.Mul(c(-0.5), g.Mul(x, x))))
+    return g.Add(cdf, g.Mul(x, pdf))
+
+
+@pointwise("Mish")
+def mish(g, c, x, y, a):  # y = x t, t = tanh(softplus(x)): y' = t + x (1 - t^2) sigmoid(x)
+    t = g.Tanh(g.Softplus(x))
+    return g.Add(t, g.Mul(g.Mul(x, g.Sub(c(1), g.Mul(t, t))), g.Sigmoid(x)))
+
+
+@vjp("PRelu")
+def prelu(node, dys, g):
+    (x, slope), (y,), (dy,) = node.inputs, node.outputs, dys
+    dslope = g.unbroadcast(g.Mul(dy, g.Sub(x, g.Relu(x))), slope, y) if g.needs(slope) else None  # dy min(x, 0)
+    return [g.Mul(dy, _positive(g, x, g.const(1, like=x), slope)), dslope]
+
+
+@vjp("Clip")
+def clip(node, dys, g):
+    """dx = dy where min < x < max; bounds are attributes before opset 11, optional inputs after."""
+    x, dy = node.inputs[0], dys[0]
+    if any(g.needs(t) for t in node.inputs[1:]):
+        raise OnnxplainError(f"Clip node '{node.name}' has bounds computed from the input, which is not supported")
+    lo, hi = optional_input(node, 1), optional_input(node, 2)
+    lo = g.const(node.attrs["min"], like=x) if "min" in node.attrs else lo
+    hi = g.const(node.attrs["max"], like=x) if "max" in node.attrs else hi
+    for keep, bound in ((g.Greater, lo), (g.Less, hi)):
+        if bound is not None:
+            dy = g.Mul(dy, g.cast_like(keep(x, bound), x))
+    return [dy]
+
+
+def _softmax_axes(node, g):
+    """Softmax's axes: from opset 13 one axis (default -1); before, every axis from `axis` (default 1) on."""
+    rank = len(node.inputs[0].shape)
+    axis = node.attrs.get("axis", -1 if g.opset >= 13 else 1) % rank
+    return [axis] if g.opset >= 13 else list(range(axis, rank))
+
+
+@vjp("Softmax")
+def softmax(node, dys, g):
+    (y,), (dy,) = node.outputs, dys
+    return [g.Mul(y, g.Sub(dy, g.reduce_sum(g.Mul(dy, y), _softmax_axes(node, g))))]
+
+
+@vjp("LogSoftmax")
+def log_softmax(node, dys, g):
+    (y,), (dy,) = node.outputs, dys
+    return [g.Sub(dy, g.Mul(g.Exp(y), g.reduce_sum(dy, _softmax_axes(node, g))))]

@@ -1,1 +1,191 @@
-"""VJP rules."""
+"""VJP rules for ops that move data without arithmetic: reshapes, transposes, joins, splits, slices, gathers, pads.
+
+Also the readers of a node's form shared by all rule modules: optional inputs, and inputs that must be constants
+(indices, sizes, pads, axes) because the gradient's structure depends on their values.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from onnx import TensorProto
+
+from ...errors import OnnxplainError
+from ..builder import np_dtype
+from . import constant_input, optional_input, vjp
+
+
+def _static_dim(node, x, axis):
+    """The size of x along `axis`, which must be known when the graph is built."""
+    dim = x.shape[axis]
+    if not isinstance(dim, int):
+        raise OnnxplainError(f"the gradient of {node.op} node '{node.name}' needs a fixed size along axis {axis} "
+                             f"of '{x.name}', which has size '{dim}'")
+    return dim
+
+
+def _transpose(g, t, perm):
+    return t if list(perm) == sorted(perm) else g.Transpose(t, perm=list(perm))
+
+
+def _onehot(g, idx, dim, like):
+    """(len(idx), dim) one-hot rows of the flattened indices: folded in numpy when `idx` and `dim` are known,
+    computed in the graph when either is a tensor (indices or size known at run time only)."""
+    if isinstance(dim, int) and not isinstance(idx, gs.Tensor):
+        return g.const(np.reshape(idx, (-1, 1)) % dim == np.arange(dim), like=like)
+    if g.opset < 11:
+        raise OnnxplainError("gradients through gathers and slices whose sizes are known at run time only need "
+                             f"opset 11 or newer, not {g.opset}")
+    idx = g.Cast(idx, to=TensorProto.INT64) if isinstance(idx, gs.Tensor) else g.ints(idx)  # may be int32
+    dim = dim if isinstance(dim, gs.Tensor) else g.ints(dim)
+    hits = g.Equal(g.Mod(g.Reshape(idx, g.ints([-1, 1])), dim), g.Range(g.ints(0), dim, g.ints(1)))
+    return g.cast_like(hits, like)
+
+
+def _ungather(g, dy, onehot, ndim, axis, x):
+    """Adjoint of Gather(x, idx, axis) for `ndim`-D indices given as one-hot rows: a MatMul, so repeats sum."""
+    rank = len(x.shape)
+    dims = range(axis, axis + ndim)  # the axes of dy that index into x's axis
+    t = _transpose(g, dy, [i for i in range(rank - 1 + ndim) if i not in dims] + list(dims))
+    t = g.MatMul(g.Reshape(t, g.ints([0] * (rank - 1) + [-1])), onehot)  # (..., len(idx)) @ (len(idx), dim)
+    return _transpose(g, t, [*range(axis), rank - 1, *range(axis, rank - 1)])
+
+
+def _dim(g, x, axis):
+    """x's size along `axis`: an int when shape inference knows it, else a scalar computed at run time."""
+    return x.shape[axis] if isinstance(x.shape[axis], int) else g.Gather(g.Shape(x), g.ints(axis))
+
+
+@vjp("Identity", "Dropout")  # Dropout at inference is the identity
+def identity(node, dys, g):
+    return [dys[0]]
+
+
+@vjp("Cast", "CastLike")
+def cast(node, dys, g):
+    x = node.inputs[0]
+    return [g.cast_like(dys[0], x) if np.issubdtype(np_dtype(x), np.floating) else None]
+
+
+@vjp("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def reshape(node, dys, g):
+    return [g.Reshape(dys[0], g.Shape(node.inputs[0]))]
+
+
+@vjp("Transpose")
+def transpose(node, dys, g):
+    perm = node.attrs.get("perm", list(range(len(node.inputs[0].shape)))[::-1])
+    return [g.Transpose(dys[0], perm=np.argsort(perm).tolist())]
+
+
+@vjp("Expand")
+def expand(node, dys, g):
+    return [g.unbroadcast(dys[0], node.inputs[0], node.outputs[0])]
+
+
+@vjp("Tile")
+def tile(node, dys, g):
+    """View dy as (r0, d0, r1, d1, ...) and sum over the repeats r_i."""
+    x, reps = node.inputs[0], constant_input(node, 1).reshape(-1, 1)
+    split = g.Reshape(g.Concat(g.ints(reps), g.unsqueeze(g.Shape(x), [1]), axis=1), g.ints([-1]))
+    return [g.reduce_sum(g.Reshape(dys[0], split), range(0, 2 * len(reps), 2), keepdims=False)]
+
+
+@vjp("Concat")
+def concat(node, dys, g):
+    axis = node.attrs["axis"] % len(node.outputs[0].shape)
+    sizes = [t.shape[axis] for t in node.inputs]
+    if all(isinstance(s, int) for s in sizes):
+        parts = g.split(dys[0], sizes, axis)
+        return parts if len(sizes) > 1 else [parts]
+    parts, start = [], g.ints([0])
+    for t in node.inputs:  # sizes known at run time only: slice dy at running offsets
+        end = g.Add(start, g.slice(g.Shape(t), [axis], [axis + 1], [0]))
+        parts.append(g.Slice(dys[0], start, end, g.ints([axis])))
+        start = end
+    return parts
+
+
+@vjp("Split")
+def split(node, dys, g):
+    parts = [g.zeros_like(y) if d is None else d for y, d in zip(node.outputs, dys)]
+    return [g.Concat(*parts, axis=node.attrs.get("axis", 0))]
+
+
+def _slices(node, rank):
+    """(axis, start, stop, step) per sliced axis; attributes before opset 10, constant inputs after."""
+    if "starts" in node.attrs:
+        starts, ends, axes, steps = node.attrs["starts"], node.attrs["ends"], node.attrs.get("axes"), None
+    else:
+        starts, ends, axes, steps = (constant_input(node, i) for i in range(1, 5))
+    axes = range(len(starts)) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    return [(int(a) % rank, int(s), int(e), int(k)) for a, s, e, k in zip(axes, starts, ends, steps)]
+
+
+@vjp("Slice")
+def slice_(node, dys, g):
+    """Zero-pad dy back along unit-step axes of known size; scatter it with a one-hot MatMul along the others."""
+    x, dy = node.inputs[0], dys[0]
+    rank = len(x.shape)
+    pads = [0] * (2 * rank)
+    for axis, start, stop, step in _slices(node, rank):
+        dim = _dim(g, x, axis)
+        if isinstance(dim, int):
+            idx = range(dim)[start:stop:step]  # Python's clamping is ONNX's
+            if step == 1:
+                pads[axis], pads[rank + axis] = idx.start, dim - idx.start - len(idx)
+                continue
+        else:  # the indices the forward slice took, at run time
+            idx = g.slice(g.Range(g.ints(0), dim, g.ints(1)), [start], [stop], [0], [step])
+        dy = _ungather(g, dy, _onehot(g, idx, dim, x), 1, axis, x)
+    return [g.pad(dy, pads) if any(pads) else dy]
+
+
+@vjp("Gather")
+def gather(node, dys, g):
+    """Indices may be constants or computed at run time; repeated indices sum their cotangents."""
+    x, idx = node.inputs
+    axis = node.attrs.get("axis", 0) % len(x.shape)
+    idx = idx.values if isinstance(idx, gs.Constant) else idx
+    return [_ungather(g, dys[0], _onehot(g, idx, _dim(g, x, axis), x), len(idx.shape), axis, x)]
+
+
+def _pads(node, rank):
+    """Pad's begin and end pads for every axis: an attribute before opset 11, then constant inputs (axes from 18)."""
+    if "pads" in node.attrs:
+        return list(node.attrs["pads"])
+    pads, axes = constant_input(node, 1).tolist(), constant_input(node, 3)
+    if axes is None:
+        return pads
+    full = [0] * (2 * rank)
+    for i, a in enumerate(int(a) % rank for a in axes):
+        full[a], full[rank + a] = pads[i], pads[len(axes) + i]
+    return full
+
+
+@vjp("Pad")
+def pad(node, dys, g):
+    """Constant mode: crop dy by the same pads (pads may be computed at run time). reflect/edge/wrap: Pad gathers
+    along each padded axis, so ungather each; the constant value gets the cotangent that fell on the padding."""
+    x, dy = node.inputs[0], dys[0]
+    rank, mode = len(x.shape), node.attrs.get("mode", "constant")
+    if mode == "constant":
+        if "pads" in node.attrs:
+            dx = g.pad(dy, [-p for p in node.attrs["pads"]])
+        else:
+            axes = optional_input(node, 3)
+            dx = g.Pad(dy, g.Neg(node.inputs[1]), *([] if axes is None else [None, axes]), mode="constant")
+        value = optional_input(node, 2)
+        if value is None or not g.needs(value):
+            return [dx]
+        padding = g.Sub(g.reduce_sum(dy, range(rank)), g.reduce_sum(dx, range(rank)))
+        return [dx, None, g.Reshape(padding, g.Shape(value))]
+    pads = _pads(node, rank)
+    if min(pads) < 0:
+        raise OnnxplainError(f"Pad node '{node.name}' crops in {mode} mode, which is not supported")
+    for axis in range(rank):
+        if pads[axis] or pads[rank + axis]:
+            dim = _static_dim(node, x, axis)
+            idx = np.pad(np.arange(dim), (pads[axis], pads[rank + axis]), mode=mode)  # numpy's modes are ONNX's
+            dy = _ungather(g, dy, _onehot(g, idx, dim, x), 1, axis, x)
+    return [dy]

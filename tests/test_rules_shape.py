@@ -1,0 +1,158 @@
+"""Shape and data-movement VJP rules against finite differences (gradcheck.py), and a symbolic-batch check."""
+import numpy as np
+import onnxruntime as ort
+import pytest
+from gradcheck import check_vjp, exact_vjp, one_node_model
+from onnx import TensorProto
+
+R = np.random.default_rng(1)
+BIG = np.iinfo(np.int64).max
+
+
+def rand(*shape):
+    return R.standard_normal(shape)
+
+
+def ints(*values):
+    return np.array(values, np.int64)
+
+
+@pytest.mark.parametrize("op, shape, attrs, consts, opset", [
+    ("Reshape", (2, 3, 4), {}, {"shape": ints(4, -1)}, 13), ("Reshape", (2, 3, 4), {}, {"shape": ints(0, 12)}, 13),
+    ("Flatten", (2, 3, 4), {"axis": 0}, {}, 11), ("Flatten", (2, 3, 4), {}, {}, 13),
+    ("Flatten", (2, 3, 4), {"axis": -1}, {}, 13),
+    ("Squeeze", (2, 1, 3, 1), {"axes": [1]}, {}, 11), ("Squeeze", (2, 1, 3, 1), {}, {"axes": ints(-1)}, 13),
+    ("Squeeze", (2, 1, 3, 1), {}, {}, 13),
+    ("Unsqueeze", (2, 3), {"axes": [0, 3]}, {}, 11), ("Unsqueeze", (2, 3), {}, {"axes": ints(-1, 1)}, 13),
+    ("Transpose", (2, 3, 4), {"perm": [2, 0, 1]}, {}, 13), ("Transpose", (2, 3, 4), {}, {}, 13),
+    ("Expand", (3, 1), {}, {"shape": ints(2, 3, 4)}, 13), ("Expand", (2, 3), {}, {"shape": ints(3, 1, 1)}, 13),
+    ("Tile", (2, 3), {}, {"repeats": ints(2, 1)}, 13), ("Tile", (2, 1, 3), {}, {"repeats": ints(2, 3, 2)}, 13),
+    ("Identity", (2, 3), {}, {}, 13), ("Dropout", (2, 3), {"ratio": 0.3}, {}, 7),
+    ("Dropout", (2, 3), {}, {"ratio": np.array(0.3)}, 13), ("Cast", (2, 3), {"to": TensorProto.DOUBLE}, {}, 13),
+])
+def test_unary(op, shape, attrs, consts, opset):
+    check_vjp(op, {"x": rand(*shape)}, attrs, consts, opset=opset)
+
+
+def test_dropout_mask_and_cast_back():
+    """Dropout's mask output is off the path; a float32 Cast of a float64 input sends a float64 gradient back."""
+    x, u = rand(2, 3), rand(2, 3).astype(np.float32)
+    model = one_node_model("Dropout", {"x": x}, n_outputs=2, opset=13)
+    model.graph.output[1].type.tensor_type.elem_type = TensorProto.BOOL
+    np.testing.assert_array_equal(exact_vjp(model, {"x": x}, {"y0": u.astype(x.dtype)}, ["x"])[0], u)
+    for op, attrs, consts in (("Cast", {"to": TensorProto.FLOAT}, {}),
+                              ("CastLike", {}, {"like": np.zeros(1, np.float32)})):
+        model = one_node_model(op, {"x": x}, attrs, consts, opset=15, dtype=np.float32)
+        (dx,) = exact_vjp(model, {"x": x}, {"y0": u}, ["x"])
+        assert dx.dtype == np.float64
+        np.testing.assert_array_equal(dx, u)
+
+
+@pytest.mark.parametrize("shapes, axis", [([(2, 3, 4), (2, 1, 4), (2, 2, 4)], 1), ([(2, 3), (2, 1)], -1),
+                                          ([(1, 3), (2, 3)], 0), ([(2, 3)], 1)])
+@pytest.mark.parametrize("opset", [11, 13])
+def test_concat(shapes, axis, opset):
+    check_vjp("Concat", {f"x{i}": rand(*s) for i, s in enumerate(shapes)}, {"axis": axis}, opset=opset)
+
+
+@pytest.mark.parametrize("opset, attrs, consts, n", [
+    (11, {"split": [1, 2, 3]}, {}, 3), (13, {"axis": 1}, {"split": ints(1, 3)}, 2), (13, {}, {}, 3),
+    (18, {"num_outputs": 3}, {}, 3),
+])
+def test_split(opset, attrs, consts, n):
+    check_vjp("Split", {"x": rand(6, 4)}, attrs, consts, n_outputs=n, opset=opset)
+
+
+def test_split_some_outputs_off_path():
+    x, u = rand(6, 4), rand(2, 4)
+    model = one_node_model("Split", {"x": x}, n_outputs=3, opset=13)
+    (dx,) = exact_vjp(model, {"x": x}, {"y1": u}, ["x"])
+    np.testing.assert_array_equal(dx, np.concatenate([np.zeros((2, 4)), u, np.zeros((2, 4))]))
+
+
+@pytest.mark.parametrize("starts, ends, axes, steps", [
+    ([1], [2], [0], None), ([-4], [-2], [1], None), ([0, 2], [BIG, -1], None, None), ([4], [0], [2], [-1]),
+    ([-1], [-BIG], [1], [-2]), ([0, 1], [100, 6], [2, 0], [2, 1]), ([1, 5, -2], [3, 0, 0], [-3, 1, 2], [1, -3, -1]),
+])
+def test_slice(starts, ends, axes, steps):
+    consts = {"starts": ints(*starts), "ends": ints(*ends)}
+    consts.update({k: ints(*v) for k, v in (("axes", axes), ("steps", steps)) if v is not None})
+    order = ["x", "starts", "ends"] + (["axes"] if axes else [""] * (steps is not None)) + (["steps"] if steps else [])
+    check_vjp("Slice", {"x": rand(4, 5, 6)}, constants=consts, order=order, opset=13)
+
+
+def test_slice_attribute_form():
+    check_vjp("Slice", {"x": rand(4, 5)}, {"starts": [1, -3], "ends": [3, BIG], "axes": [0, 1]}, opset=9)
+
+
+@pytest.mark.parametrize("axis, indices", [(0, ints(2, 0, 2)), (1, np.array(3)), (-1, ints([0, 2], [-1, 1])),
+                                           (2, ints([[1]]))])
+@pytest.mark.parametrize("runtime_indices", [False, True])
+def test_gather(axis, indices, runtime_indices):
+    inputs, consts = ({"x": rand(4, 5, 3)}, {"indices": indices})
+    if runtime_indices:
+        inputs, consts = dict(inputs, indices=indices.astype(np.int32)), {}
+    check_vjp("Gather", inputs, {"axis": axis}, consts)
+
+
+@pytest.mark.parametrize("mode, pads, opset", [
+    ("constant", [0, 1, 2, 1, 0, 1], 13), ("constant", [0, -1, 1, 0, 1, -2], 13), ("reflect", [0, 1, 2, 0, 2, 1], 13),
+    ("edge", [1, 0, 3, 0, 2, 1], 13), ("wrap", [0, 2, 4, 1, 0, 5], 19),
+])
+def test_pad(mode, pads, opset):
+    check_vjp("Pad", {"x": rand(2, 3, 4)}, {"mode": mode}, {"pads": ints(*pads), "value": np.array(0.5)},
+              opset=opset, order=["x", "pads"] + (["value"] if mode == "constant" else []))
+
+
+@pytest.mark.parametrize("mode", ["constant", "edge"])
+def test_pad_axes_and_value_on_path(mode):
+    inputs = {"x": rand(2, 3, 4), **({"value": rand(1)} if mode == "constant" else {})}
+    check_vjp("Pad", inputs, {"mode": mode}, {"pads": ints(1, 2), "axes": ints(-2)}, opset=18,
+              order=["x", "pads", "value" if mode == "constant" else "", "axes"])
+
+
+def test_pad_computed_pads():
+    """Pads computed at run time (as torch's legacy exporter writes them) are fine in constant mode."""
+    check_vjp("Pad", {"x": rand(2, 3), "pads": ints(1, -1, 0, 2)}, opset=13)
+
+
+def test_pad_attribute_form():
+    check_vjp("Pad", {"x": rand(2, 3)}, {"pads": [0, 1, 1, 0], "value": 0.5}, opset=9)
+
+
+def _symbolic_batch(model):
+    for vi in model.graph.input:
+        vi.type.tensor_type.shape.dim[0].dim_param = "N"
+    return model
+
+
+@pytest.mark.parametrize("op, shapes, attrs, consts", [
+    ("Concat", {"a": (3,), "b": (3,)}, {"axis": 0}, {}),
+    ("Concat", {"a": (3,), "b": (2,)}, {"axis": 1}, {}),
+    ("Tile", {"x": (3,)}, {}, {"repeats": ints(2, 2)}),
+    ("Reshape", {"x": (3, 4)}, {}, {"shape": ints(0, -1)}),
+    ("Flatten", {"x": (3, 4)}, {}, {}),
+    ("ReduceMean", {"x": (3,)}, {"axes": [0], "keepdims": 0}, {}),
+    ("MatMul", {"a": (3, 4)}, {}, {"b": rand(4, 2)}),
+    ("Gemm", {"a": (4,)}, {}, {"b": rand(4, 2), "c": rand(2)}),
+    ("Add", {"a": (3,), "b": (1,)}, {}, {}),
+    ("Slice", {"x": (5,)}, {}, {"starts": ints(1), "ends": ints(4), "axes": ints(1)}),
+    ("Slice", {"x": (2,)}, {}, {"starts": ints(-1, 0), "ends": ints(-BIG, 1), "axes": ints(0, 1),
+               "steps": ints(-2, 1)}),
+    ("Gather", {"x": (5,)}, {"axis": 1}, {"indices": ints(1, 1, 3)}),
+    ("Gather", {"x": (2,)}, {}, {"indices": ints(0, -1, 0)}),
+    ("Split", {"x": (4,)}, {"axis": 1}, {}),
+    ("BatchNormalization", {"x": (3, 2)}, {}, {"s": rand(3), "b": rand(3), "m": rand(3), "v": rand(3) ** 2 + 1}),
+])
+def test_symbolic_batch(op, shapes, attrs, consts):
+    """A graph built for batch 'N' gives, at batch 1 and 3, the gradients of the graph built for that batch."""
+    n_outputs = 2 if op == "Split" else 1
+    for batch in (1, 3):
+        inputs = {name: rand(batch, *s) for name, s in shapes.items()}
+        static = one_node_model(op, inputs, attrs, consts, n_outputs)
+        ys = ort.InferenceSession(static.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, inputs)
+        us = {f"y{i}": rand(*y.shape) for i, y in enumerate(ys)}
+        expected = exact_vjp(static, inputs, us, list(inputs))
+        dynamic = _symbolic_batch(one_node_model(op, inputs, attrs, consts, n_outputs))
+        for got, want in zip(exact_vjp(dynamic, inputs, us, list(inputs)), expected):
+            np.testing.assert_allclose(got, want, rtol=1e-12)
