@@ -89,12 +89,18 @@ class Builder:
         return self.op("Unsqueeze", x, axes=list(axes))
 
     def slice(self, x, starts, ends, axes, steps=None):
+        if self.opset < 10:
+            if steps is not None and any(s != 1 for s in steps):
+                raise ValueError("Slice with steps needs opset 10")
+            return self.op("Slice", x, starts=list(starts), ends=list(ends), axes=list(axes))
         args = [x, self.ints(starts), self.ints(ends), self.ints(axes)]
         if steps is not None:
             args.append(self.ints(steps))
         return self.op("Slice", *args)
 
     def pad(self, x, pads, mode: str = "constant"):
+        if self.opset < 11:
+            return self.op("Pad", x, pads=[int(p) for p in pads], mode=mode)
         return self.op("Pad", x, self.ints(pads), mode=mode)
 
     def split(self, x, sizes, axis: int):

@@ -1,7 +1,7 @@
 """Turn a model plus a request (tensors to expose, outputs to differentiate, tensors wanted) into a runnable graph."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -12,6 +12,7 @@ import warnings
 
 from ..errors import OnnxplainError
 from .autodiff import append_vjp
+from .builder import Builder
 from .rules import MIN_OPSET, RULES
 
 COTANGENT = "{}__cotangent"  # graph input holding the cotangent (target weights) of a differentiated output
@@ -52,8 +53,7 @@ def build(model: onnx.ModelProto, request: Request, rules=RULES) -> onnx.ModelPr
     if request.differentiate:
         model = upgrade_opset(model, max((MIN_OPSET.get(n.op_type, 0) for n in model.graph.node), default=0))
     opset = opset_of(model)
-    graph = gs.import_onnx(infer_shapes(model))
-    lift_constants(graph)
+    graph = gs.import_onnx(infer_shapes(fold_constants(model)))
     graph.toposort()
     tensors = graph.tensors()
 
@@ -118,6 +118,18 @@ def upgrade_opset(model: onnx.ModelProto, needed: int) -> onnx.ModelProto:
     return converted
 
 
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Evaluate the subgraphs that depend on no input (exporters compute pads and shapes that way), so rules see
+    constants and shape inference sees static shapes."""
+    graph = gs.import_onnx(model)
+    lift_constants(graph)
+    if any(n.op != "Constant" and n.inputs and all(isinstance(t, gs.Constant) for t in n.inputs if t.name)
+           for n in graph.nodes):
+        graph.fold_constants(error_ok=True)
+    graph.cleanup(remove_unused_graph_inputs=False)
+    return gs.export_onnx(graph, do_type_check=False)
+
+
 def lift_constants(graph: gs.Graph) -> None:
     """Turn Constant nodes into initializers so rules can read weights as arrays."""
     for node in graph.nodes:
@@ -125,7 +137,9 @@ def lift_constants(graph: gs.Graph) -> None:
             out, value = node.outputs[0], node.attrs["value"]
             const = gs.Constant(out.name, values=value.values if isinstance(value, gs.Constant) else value)
             for consumer in list(out.outputs):
-                consumer.inputs[:] = [const if t is out else t for t in consumer.inputs]
+                for i, t in enumerate(consumer.inputs):
+                    if t is out:
+                        consumer.inputs[i] = const
             if out in graph.outputs:
                 continue
             node.outputs.clear()
