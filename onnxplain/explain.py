@@ -10,7 +10,7 @@ from . import methods
 from .errors import OnnxplainError
 from .model import Model
 from .preprocess import read_image
-from .rewrite.graph import TARGET, Request, build
+from .rewrite.graph import Request, build
 from .rewrite.layers import block_ends, default_layer, spatial_tensors
 from .runtime import Session
 
@@ -98,9 +98,12 @@ def explain(model: Model, x, method: str = "saliency", target=None, layer: str |
     inputs, views = as_batch(model, x)
     targets = as_targets(model, target, len(inputs))
     layer = cam_layer(model, layer) if m.at_layer else None
-    sess = session(model, m.request(model, layer))
-    attributions, maps, logits, used = sess.run(
-        ["attributions", "maps", model.score, TARGET + "_used"], {model.input: inputs, TARGET: targets},
-        batch_size or model.batch_size)
+    attributions, maps, logits, used = m.run(model, inputs, targets, layer, batch_size or model.batch_size)
     scores = logits[np.arange(len(used)), used]
     return Explanation(method, attributions, maps.astype(np.float32), used, scores, logits, layer, views)
+
+
+def forward(model: Model, inputs: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    """The differentiated scores (N×classes) of a preprocessed batch: one plain forward pass."""
+    sess = session(model, Request(expose=(model.score,), keep_outputs=False))
+    return sess.run([model.score], {model.input: inputs}, batch_size or model.batch_size)[0]

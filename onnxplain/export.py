@@ -9,7 +9,7 @@ from . import methods
 from .errors import OnnxplainError
 from .explain import cam_layer
 from .model import Model
-from .rewrite.graph import build
+from .rewrite.graph import build, infer_shapes
 
 
 def export(model: Model, method: str, path: str | Path, layer: str | None = None, **params) -> onnx.ModelProto:
@@ -21,6 +21,10 @@ def export(model: Model, method: str, path: str | Path, layer: str | None = None
     m = methods.get(method, **params)
     proto = build(model.proto, m.request(model, cam_layer(model, layer) if m.at_layer else None))
     proto.producer_name = "onnxplain"
+    inferred = {vi.name: vi.type for vi in infer_shapes(proto).graph.output}
+    for out in proto.graph.output:  # a standalone file declares every output's shape
+        if not out.type.tensor_type.HasField("shape") and out.name in inferred:
+            out.type.CopyFrom(inferred[out.name])
     onnx.checker.check_model(proto)
     try:
         onnx.save(proto, str(path))

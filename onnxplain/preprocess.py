@@ -1,7 +1,7 @@
 """Image preprocessing: how a photo becomes the model's input tensor, read from a sidecar, metadata or a preset."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -88,8 +88,9 @@ def read_image(path: str | Path, p: Preprocessing) -> tuple[np.ndarray, np.ndarr
     h, w = p.size
     resample = _PIL_FILTERS[p.interpolation]
     if p.resize:
-        s = p.resize / min(rgb.size)
-        rgb = rgb.resize((max(w, round(rgb.width * s)), max(h, round(rgb.height * s))), resample)
+        short, long_ = sorted(rgb.size)
+        side = int(p.resize * long_ / short)  # the long side is floored, as torchvision's Resize does
+        rgb = rgb.resize((p.resize, side) if rgb.width <= rgb.height else (side, p.resize), resample)
         left, top = (rgb.width - w) // 2, (rgb.height - h) // 2
         rgb = rgb.crop((left, top, left + w, top + h))
     else:

