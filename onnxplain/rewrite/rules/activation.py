@@ -124,17 +124,18 @@ def prelu(node, dys, g):
 
 @vjp("Clip")
 def clip(node, dys, g):
-    """dx = dy where min < x < max; bounds are attributes before opset 11, optional inputs after."""
-    x, dy = node.inputs[0], dys[0]
+    """dx = dy where min < x < max, read off the output y (min < y < max there, y = a bound elsewhere) so that the
+    forward Conv+Clip fusion survives; bounds are attributes before opset 11, optional inputs after."""
+    y, dy = node.outputs[0], dys[0]
     if any(g.needs(t) for t in node.inputs[1:]):
         raise OnnxplainError(f"Clip node '{node.name}' has bounds computed from the input, which is not supported")
     lo, hi = optional_input(node, 1), optional_input(node, 2)
-    lo = g.const(node.attrs["min"], like=x) if "min" in node.attrs else lo
-    hi = g.const(node.attrs["max"], like=x) if "max" in node.attrs else hi
-    for keep, bound in ((g.Greater, lo), (g.Less, hi)):
-        if bound is not None:
-            dy = g.Mul(dy, g.cast_like(keep(x, bound), x))
-    return [dy]
+    lo = g.const(node.attrs["min"], like=y) if "min" in node.attrs else lo
+    hi = g.const(node.attrs["max"], like=y) if "max" in node.attrs else hi
+    inside = [keep(y, bound) for keep, bound in ((g.Greater, lo), (g.Less, hi)) if bound is not None]
+    if not inside:
+        return [dy]
+    return [g.Mul(dy, g.cast_like(inside[0] if len(inside) == 1 else g.And(*inside), y))]
 
 
 def _softmax_axes(node, g):
