@@ -46,13 +46,13 @@ def normalise(m: np.ndarray, signed: bool, percentile: float = 99.5) -> np.ndarr
 
 def overlay(view: np.ndarray, m: np.ndarray, alpha: float = 0.5, signed: bool | None = None) -> np.ndarray:
     """Blend the heat map `m` (H×W) over the uint8 H×W×3 `view`; signed maps use the diverging colormap and are
-    transparent where the evidence is zero."""
+    transparent where the evidence is zero, opaque where it is strongest."""
     if view.shape[:2] != m.shape:
         raise OnnxplainError(f"map of shape {m.shape} does not fit image of shape {view.shape[:2]}")
     signed = is_signed(m) if signed is None else signed
     t = normalise(m, signed)
     colour = diverging(t) if signed else turbo(t)
-    a = alpha * (np.abs(t)[..., None] if signed else 1.0)
+    a = np.sqrt(np.abs(t))[..., None] * 0.9 if signed else alpha  # √: weak evidence stays visible
     blended = (1 - a) * (view / 255.0) + a * colour
     return (np.clip(blended, 0, 1) * 255).round().astype(np.uint8)
 

@@ -74,7 +74,10 @@ def build(model: onnx.ModelProto, request: Request, rules=RULES) -> onnx.ModelPr
             dys, target = _target_seed(Builder(graph, opset, "seed"), ys)
             outputs.append(_renamed(graph, target, TARGET + "_used", np.int64, [ys[0].shape[0]]))
         else:
-            dys = [gs.Variable(COTANGENT.format(y.name), dtype=y.dtype or np.float32, shape=y.shape) for y in ys]
+            # symbolic dims: where ONNX shape inference and onnxruntime disagree on a size, onnxruntime's wins
+            dys = [gs.Variable(COTANGENT.format(y.name), dtype=y.dtype or np.float32,
+                               shape=None if y.shape is None else [f"{y.name}_d{i}" for i in range(len(y.shape))])
+                   for y in ys]
             graph.inputs.extend(dys)
         wrt = [find(n) for n in request.wrt]
         grads = dict(zip(request.wrt, append_vjp(graph, opset, ys, dys, wrt, rules)))
