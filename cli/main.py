@@ -24,6 +24,55 @@ DEVICE = click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), de
 PRESET = click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
                       help="Preprocessing preset when the model has no sidecar JSON or metadata.")
 PROBS = click.option("--probabilities", is_flag=True, help="Explain the Softmax output rather than its input logits.")
+PARAM = click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
+                     help="Method parameter, repeatable (e.g. -p masks=2000 -p baseline=blur); see the method's docs.")
+
+
+def _params(pairs) -> dict:
+    """KEY=VALUE pairs as method parameters; values read as Python literals (numbers, tuples) or else text."""
+    import ast
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise OnnxplainError(f"parameter '{pair}' is not KEY=VALUE")
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value
+    return out
+
+
+class _Progress:
+    """A click progress bar fed by the library's progress(done, total) callbacks (one bar per run)."""
+
+    def __init__(self, label: str):
+        self.label, self.bar, self.done = label, None, 0
+
+    def __call__(self, done: int, total: int):
+        if self.bar is None or done < self.done:
+            self.close()
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr,
+                                         hidden=not sys.stderr.isatty())
+            self.bar.__enter__()
+            self.done = 0
+        self.bar.update(done - self.done)
+        self.done = done
+        if done >= total:
+            self.close()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def _with_progress(method: str, params: dict) -> dict:
+    """Black-box methods get a progress bar (they run thousands of model calls)."""
+    cls = method_registry.METHODS.get(method)
+    if cls is None or cls.group != "perturbation" or "progress" in params:
+        return params
+    return {**params, "progress": _Progress(method)}
 
 
 def _load(model: Path, preset: str | None, device: str = "auto", probabilities: bool = False, batch_size: int = 16):
@@ -90,9 +139,12 @@ def methods():
 @DEVICE
 @PRESET
 @PROBS
-def explain(model, images, method, target, layer, out_dir, force, top_k, batch_size, device, preset, probabilities):
+@PARAM
+def explain(model, images, method, target, layer, out_dir, force, top_k, batch_size, device, preset, probabilities,
+            params):
     """Explain MODEL on IMAGES: writes an overlay PNG and the raw map (.npy) per image to OUT."""
-    method_registry.get(method)
+    params = _params(params)
+    method_registry.get(method, **params)
     if target and len(target) not in (1, len(images)):
         raise OnnxplainError(f"{len(target)} targets for {len(images)} images: give one, or one per image")
     outputs = [(out_dir / f"{p.stem}.{method}.png", out_dir / f"{p.stem}.{method}.npy") for p in images]
@@ -106,7 +158,8 @@ def explain(model, images, method, target, layer, out_dir, force, top_k, batch_s
     with click.progressbar(chunks, label="explaining", file=sys.stderr, hidden=len(images) <= batch_size) as bar:
         for chunk in bar:
             tgt = None if targets[chunk[0]] is None else [targets[i] for i in chunk]
-            e = onnxplain.explain(m, [images[i] for i in chunk], method=method, target=tgt, layer=layer)
+            e = onnxplain.explain(m, [images[i] for i in chunk], method=method, target=tgt, layer=layer,
+                                  **_with_progress(method, params))
             for j, i in enumerate(chunk):
                 png, npy = outputs[i]
                 save_png(png, overlay(e.views[j], e.maps[j]))
@@ -138,6 +191,61 @@ def export(model, method, layer, out, force, preset, probabilities):
     export_graph(m, method, out, layer=layer)
     click.echo(f"wrote {out}: inputs {m.input}, target (optional, int64 per image; default top-1); "
                f"outputs {', '.join(o.name for o in m.proto.graph.output)}, attributions, maps, target_used")
+
+
+@cli.command()
+@MODEL
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-m", "--method", "methods", multiple=True, required=True, help="Method to evaluate, repeatable.")
+@click.option("-t", "--target", type=int, multiple=True,
+              help="Class to explain: once for all images or once per image (default: each image's top-1).")
+@click.option("--metric", "metrics", multiple=True, type=click.Choice(["deletion", "insertion", "drop", "increase"]),
+              help="Metric, repeatable (default: all).")
+@click.option("--step", type=int, default=None, help="Pixels per deletion/insertion step (default H*W/224).")
+@click.option("--deletion-baseline", type=click.Choice(["zero", "blur", "mean"]), default="zero", show_default=True)
+@click.option("--insertion-baseline", type=click.Choice(["zero", "blur", "mean"]), default="blur", show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@DEVICE
+@PRESET
+@PROBS
+@PARAM
+def evaluate(model, images, methods, target, metrics, step, deletion_baseline, insertion_baseline, batch_size, device,
+             preset, probabilities, params):
+    """Score methods' maps on IMAGES: deletion/insertion AUC (Petsiuk 2018), average drop/increase in confidence
+    (Chattopadhay 2018); one table per method. -p KEY=VALUE goes to every method that has that parameter."""
+    from dataclasses import fields
+
+    from onnxplain.metrics import BETTER, METRICS
+    params = _params(params)
+    per_method = {}
+    for method in methods:
+        cls = type(method_registry.get(method))
+        names = {f.name for f in fields(cls)} if hasattr(cls, "__dataclass_fields__") else set()
+        per_method[method] = {k: v for k, v in params.items() if k in names}
+        method_registry.get(method, **per_method[method])
+    unused = set(params) - {k for d in per_method.values() for k in d}
+    if unused:
+        raise OnnxplainError(f"no method evaluated takes parameter '{sorted(unused)[0]}'")
+    if target and len(target) not in (1, len(images)):
+        raise OnnxplainError(f"{len(target)} targets for {len(images)} images: give one, or one per image")
+    metrics = list(metrics) or list(METRICS)
+    m = _load(model, preset, device, probabilities, batch_size)
+    bar = _Progress("evaluating")
+    try:
+        results = onnxplain.evaluate(m, list(images), methods, list(target) or None, metrics=metrics, step=step,
+                                     deletion_baseline=deletion_baseline, insertion_baseline=insertion_baseline,
+                                     batch_size=batch_size, params=per_method, progress=bar)
+    finally:
+        bar.close()
+    width = max(12, *(len(p.name) for p in images))
+    for method, row in results.items():
+        click.echo(f"\n{method}")
+        click.echo(f"  {'image':<{width}}" + "".join(f"{name + (' %' if name in ('drop', 'increase') else ''):>13}"
+                                                   for name in metrics))
+        for i, image in enumerate(images):
+            click.echo(f"  {image.name:<{width}}" + "".join(f"{row[name][i]:>13.4f}" for name in metrics))
+        click.echo(f"  {'mean':<{width}}" + "".join(f"{row[name].mean():>13.4f}" for name in metrics))
+        click.echo(f"  {'better':<{width}}" + "".join(f"{BETTER[name]:>13}" for name in metrics))
 
 
 def _warn(message, category, filename, lineno, file=None, line=None):

@@ -7,6 +7,7 @@
 from .errors import OnnxplainError, UnsupportedOpError
 from .explain import Explanation, explain
 from .methods import METHODS
+from .metrics import evaluate
 from .model import Model, load
 
-__all__ = ["METHODS", "Explanation", "Model", "OnnxplainError", "UnsupportedOpError", "explain", "load"]
+__all__ = ["METHODS", "Explanation", "Model", "OnnxplainError", "UnsupportedOpError", "evaluate", "explain", "load"]

@@ -1,0 +1,145 @@
+"""Metrics on any saliency map, from forward passes through the black-box engine.
+
+- Deletion and insertion (Petsiuk et al. 2018): pixels are removed from the image (deletion, towards a zero
+  baseline by default) or inserted into a baseline (insertion, a blurred image by default) `step` at a time in
+  the map's order, most salient first; the AUC of the class probability against the fraction changed is
+  (Σ y − y₀/2 − y_n/2)/n over the n+1 points, as in their code. Deletion: lower is better; insertion: higher.
+- Average drop and increase in confidence (Chattopadhay et al. 2018): the explanation image x ⊙ m (+ baseline
+  ⊙ (1 − m)), m the map min-max normalised to [0, 1]; drop = max(0, Y − O)/Y·100 and increase = 100·[O > Y],
+  Y and O the class probability of the image and of the explanation, averaged over images.
+
+`evaluate(model, x, methods)` explains with each method (or takes given maps) and returns every metric per image.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from .errors import OnnxplainError
+from .explain import as_batch, as_targets, explain
+from .perturb import Plan, Scorer, baseline, stream, to_chw, top1
+
+METRICS = ("deletion", "insertion", "drop", "increase")
+BETTER = {"deletion": "lower", "insertion": "higher", "drop": "lower", "increase": "higher"}
+
+
+def _prepare(model, x, maps, target, score, batch_size):
+    inputs, _ = as_batch(model, x)
+    images = to_chw(inputs, model.layout)
+    maps = np.asarray(maps, np.float64)
+    maps = maps[None] if maps.ndim == 2 else maps
+    if maps.shape != (len(images), *images.shape[2:]):
+        raise OnnxplainError(f"maps have shape {maps.shape}; the images need {(len(images), *images.shape[2:])}")
+    scorer = Scorer(model, score)
+    _, base = scorer.reference(images, batch_size or model.batch_size)
+    return images, maps, scorer, base, top1(as_targets(model, target, len(images)), base)
+
+
+def auc(curve: np.ndarray) -> np.ndarray:
+    """Area under curves sampled at evenly spaced points of [0, 1] (trapezoids), along the last axis."""
+    return (curve.sum(-1) - curve[..., 0] / 2 - curve[..., -1] / 2) / (curve.shape[-1] - 1)
+
+
+def curves(model, x, maps, target=None, *, mode: str = "deletion", baseline_kind: str | float | None = None,
+           step: int | None = None, score="probability", batch_size: int | None = None, progress=None) -> np.ndarray:
+    """Deletion or insertion curves (N×(n+1)): the class score after 0, step, 2·step, … pixels (all at the end)
+    have been removed (deletion) or inserted (insertion) in decreasing order of the map.
+
+    step: pixels per step; default H·W/224, the paper's 224 pixels at 224×224 (225 model calls per image).
+    baseline_kind: zero, blur, mean or a number; default zero for deletion and blur for insertion, as the paper.
+    """
+    if mode not in ("deletion", "insertion"):
+        raise OnnxplainError(f"mode must be deletion or insertion, not {mode!r}")
+    images, maps, scorer, _, used = _prepare(model, x, maps, target, score, batch_size)
+    _, _, h, w = images.shape
+    step = step or max(1, h * w // 224)
+    if step < 1:
+        raise OnnxplainError("step must be at least 1 pixel")
+    n = -(-h * w // step)
+    kind = baseline_kind if baseline_kind is not None else ("zero" if mode == "deletion" else "blur")
+    plans = []
+    for img, m, c in zip(images, maps, used):
+        rank = np.empty(h * w, np.int64)
+        rank[np.argsort(-m.ravel(), kind="stable")] = np.arange(h * w)
+        rank = rank.reshape(h, w)
+        start, end = (img, baseline(img, kind)) if mode == "deletion" else (baseline(img, kind), img)
+        state = {"curve": np.zeros(n + 1)}
+
+        def make(a, b, rank=rank, start=start, end=end):
+            changed = rank[None] < (np.arange(a, b) * step)[:, None, None]   # (b-a)×H×W
+            return np.where(changed[:, None], end[None], start[None]), None
+
+        def take(a, b, s, _, c=int(c), state=state):
+            state["curve"][a:b] = s[:, c]
+
+        plans.append(Plan(n + 1, make, take, state))
+    stream(scorer, plans, batch_size or model.batch_size, progress)
+    return np.stack([p.state["curve"] for p in plans])
+
+
+def deletion(model, x, maps, target=None, **options) -> np.ndarray:
+    """Deletion AUC per image (lower is better); options as `curves`."""
+    return auc(curves(model, x, maps, target, mode="deletion", **options))
+
+
+def insertion(model, x, maps, target=None, **options) -> np.ndarray:
+    """Insertion AUC per image (higher is better); options as `curves`."""
+    return auc(curves(model, x, maps, target, mode="insertion", **options))
+
+
+def confidence(model, x, maps, target=None, *, baseline_kind: str | float = "zero", score="probability",
+               batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(drop %, increase %) per image: Chattopadhay et al.'s average drop and increase in confidence, unaveraged."""
+    images, maps, scorer, base, used = _prepare(model, x, maps, target, score, batch_size)
+    lo, hi = maps.min(axis=(1, 2), keepdims=True), maps.max(axis=(1, 2), keepdims=True)
+    m = ((maps - lo) / np.where(hi > lo, hi - lo, 1)).astype(np.float32)[:, None]
+    fills = np.stack([baseline(img, baseline_kind) for img in images])
+    explained = fills + (images - fills) * m
+    _, out = scorer.reference(explained, batch_size or model.batch_size)
+    y, o = base[np.arange(len(used)), used], out[np.arange(len(used)), used]
+    drop = np.maximum(0, y - o) / np.where(y > 0, y, 1) * 100
+    return drop, (o > y) * 100.0
+
+
+def evaluate(model, x, methods=("rise",), target=None, *, metrics=METRICS, step: int | None = None,
+             deletion_baseline: str | float = "zero", insertion_baseline: str | float = "blur",
+             score="probability", batch_size: int | None = None, params: Mapping | None = None,
+             progress=None) -> dict[str, dict[str, np.ndarray]]:
+    """Explain `x` with each method and score its maps: {method: {metric: value per image}}.
+
+    methods: method names, or a mapping {label: maps N×H×W} to score maps made elsewhere.
+    params: {method: {parameter: value}} passed to `explain`.
+    progress: progress(done, total) for every stream of model calls (explanations and metrics).
+    """
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise OnnxplainError(f"unknown metric '{unknown[0]}' (known: {', '.join(METRICS)})")
+    if isinstance(methods, str):
+        methods = [methods]
+    inputs, _ = as_batch(model, x)
+    targets = as_targets(model, target, len(inputs))
+    given = dict(methods) if isinstance(methods, Mapping) else None
+    options = dict(step=step, score=score, batch_size=batch_size, progress=progress)
+    results = {}
+    for method in (given or methods):
+        if given is not None:
+            maps = given[method]
+        else:
+            extra = dict((params or {}).get(method, {}))
+            from .methods import METHODS
+            if progress is not None and method in METHODS and METHODS[method].group == "perturbation":
+                extra.setdefault("progress", progress)
+            e = explain(model, inputs, method, target=targets, batch_size=batch_size, **extra)
+            maps, targets_used = e.maps, e.targets
+        t = targets if given is not None else targets_used
+        row = {}
+        if "deletion" in metrics:
+            row["deletion"] = deletion(model, inputs, maps, t, baseline_kind=deletion_baseline, **options)
+        if "insertion" in metrics:
+            row["insertion"] = insertion(model, inputs, maps, t, baseline_kind=insertion_baseline, **options)
+        if "drop" in metrics or "increase" in metrics:
+            drop, increase = confidence(model, inputs, maps, t, score=score, batch_size=batch_size)
+            row.update({k: v for k, v in (("drop", drop), ("increase", increase)) if k in metrics})
+        results[method] = row
+    return results
