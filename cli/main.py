@@ -21,8 +21,30 @@ from onnxplain.rewrite.rules import unsupported_ops
 
 MODEL = click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 DEVICE = click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
-PRESET = click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
-                      help="Preprocessing preset when the model has no sidecar JSON or metadata.")
+_PREPROCESSING = [
+    click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Preprocessing preset (the flags below "
+                 "override it, and both override the model's sidecar JSON or metadata)."),
+    click.option("--size", type=int, nargs=2, metavar="H W", help="Model input height and width."),
+    click.option("--resize", type=int, help="Shorter side before a center crop (default: resize to --size)."),
+    click.option("--scale", type=float, help="Multiplier from 0..255 pixel values (default 1/255)."),
+    click.option("--mean", type=float, nargs=3, metavar="R G B", help="Subtracted after scaling."),
+    click.option("--std", type=float, nargs=3, metavar="R G B", help="Divided by after the mean."),
+    click.option("--channel-order", type=click.Choice(["RGB", "BGR"])),
+    click.option("--layout", type=click.Choice(["NCHW", "NHWC"])),
+]
+
+
+def PREPROCESSING(command):
+    """Add the preprocessing options; the command receives them as keyword arguments."""
+    for option in reversed(_PREPROCESSING):
+        command = option(command)
+    return command
+
+
+def _preprocessing(options: dict) -> dict | None:
+    """The preprocessing options given on the command line, as `onnxplain.load` takes them."""
+    given = {k: v for k, v in options.items() if v is not None and v != ()}
+    return given or None
 PROBS = click.option("--probabilities", is_flag=True, help="Explain the Softmax output rather than its input logits.")
 PARAM = click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
                      help="Method parameter, repeatable (e.g. -p masks=2000 -p baseline=blur); see the method's docs.")
@@ -75,8 +97,8 @@ def _with_progress(method: str, params: dict) -> dict:
     return {**params, "progress": _Progress(method)}
 
 
-def _load(model: Path, preset: str | None, device: str = "auto", probabilities: bool = False, batch_size: int = 16):
-    return onnxplain.load(model, preprocessing=preset, device=device, probabilities=probabilities,
+def _load(model: Path, pre: dict, device: str = "auto", probabilities: bool = False, batch_size: int = 16):
+    return onnxplain.load(model, preprocessing=_preprocessing(pre), device=device, probabilities=probabilities,
                           batch_size=batch_size)
 
 
@@ -88,10 +110,10 @@ def cli():
 
 @cli.command()
 @MODEL
-@PRESET
-def inspect(model, preset):
+@PREPROCESSING
+def inspect(model, **pre):
     """Show inputs, outputs, preprocessing, CAM layers and ops without a gradient rule."""
-    m = _load(model, preset)
+    m = _load(model, pre)
     p = m.preprocessing
     click.echo(f"model      {model}  (opset {opset_of(m.proto)}, {len(m.proto.graph.node)} nodes)")
     click.echo(f"input      {m.input}  {m.layout}  {p.size[0]}x{p.size[1]}")
@@ -137,11 +159,11 @@ def methods():
 @click.option("-k", "--top-k", default=3, show_default=True, help="Classes to print per image.")
 @click.option("--batch-size", default=16, show_default=True)
 @DEVICE
-@PRESET
+@PREPROCESSING
 @PROBS
 @PARAM
-def explain(model, images, method, target, layer, out_dir, force, top_k, batch_size, device, preset, probabilities,
-            params):
+def explain(model, images, method, target, layer, out_dir, force, top_k, batch_size, device, probabilities, params,
+            **pre):
     """Explain MODEL on IMAGES: writes an overlay PNG and the raw map (.npy) per image to OUT."""
     params = _params(params)
     method_registry.get(method, **params)
@@ -151,7 +173,7 @@ def explain(model, images, method, target, layer, out_dir, force, top_k, batch_s
     if len({o[0] for o in outputs}) != len(outputs):
         raise OnnxplainError("two images share a file name; explain them into different --out folders")
     check_writable([f for pair in outputs for f in pair], force)
-    m = _load(model, preset, device, probabilities, batch_size)
+    m = _load(model, pre, device, probabilities, batch_size)
     targets = list(target) * (len(images) if len(target) == 1 else 1) if target else [None] * len(images)
     out_dir.mkdir(parents=True, exist_ok=True)
     chunks = [range(i, min(i + batch_size, len(images))) for i in range(0, len(images), batch_size)]
@@ -181,13 +203,13 @@ def _report(m, image, e, j, top_k, png):
 @click.option("--layer", default=None)
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True)
-@PRESET
+@PREPROCESSING
 @PROBS
-def export(model, method, layer, out, force, preset, probabilities):
+def export(model, method, layer, out, force, probabilities, **pre):
     """Write the explanation as a standalone ONNX graph (image in; outputs, map and class out)."""
     method_registry.get(method)
     check_writable([out], force)
-    m = _load(model, preset, probabilities=probabilities)
+    m = _load(model, pre, probabilities=probabilities)
     export_graph(m, method, out, layer=layer)
     click.echo(f"wrote {out}: inputs {m.input}, target (optional, int64 per image; default top-1); "
                f"outputs {', '.join(o.name for o in m.proto.graph.output)}, attributions, maps, target_used")
@@ -206,11 +228,11 @@ def export(model, method, layer, out, force, preset, probabilities):
 @click.option("--insertion-baseline", type=click.Choice(["zero", "blur", "mean"]), default="blur", show_default=True)
 @click.option("--batch-size", default=16, show_default=True)
 @DEVICE
-@PRESET
+@PREPROCESSING
 @PROBS
 @PARAM
 def evaluate(model, images, methods, target, metrics, step, deletion_baseline, insertion_baseline, batch_size, device,
-             preset, probabilities, params):
+             probabilities, params, **pre):
     """Score methods' maps on IMAGES: deletion/insertion AUC (Petsiuk 2018), average drop/increase in confidence
     (Chattopadhay 2018); one table per method. -p KEY=VALUE goes to every method that has that parameter."""
     from dataclasses import fields
@@ -229,7 +251,7 @@ def evaluate(model, images, methods, target, metrics, step, deletion_baseline, i
     if target and len(target) not in (1, len(images)):
         raise OnnxplainError(f"{len(target)} targets for {len(images)} images: give one, or one per image")
     metrics = list(metrics) or list(METRICS)
-    m = _load(model, preset, device, probabilities, batch_size)
+    m = _load(model, pre, device, probabilities, batch_size)
     bar = _Progress("evaluating")
     try:
         results = onnxplain.evaluate(m, list(images), methods, list(target) or None, metrics=metrics, step=step,

@@ -62,8 +62,9 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
          labels: list[str] | None = None) -> Model:
     """Load an ONNX image classifier (a path or a ModelProto).
 
-    preprocessing: a preset name (see `onnxplain.preprocess.PRESETS`), a dict of fields or a Preprocessing; by
-    default read from `MODEL.json` beside the file or the model's metadata (key "onnxplain").
+    preprocessing: a preset name (see `onnxplain.preprocess.PRESETS`), a dict of fields (optionally with "preset",
+    the fields overriding it) or a Preprocessing; by default read from `MODEL.json` beside the file or the model's
+    metadata (key "onnxplain"), whose fields a dict also overrides.
     probabilities: differentiate the Softmax output instead of its input (the logits) when the model ends in one.
     """
     if device not in ("auto", "cuda", "cpu"):
@@ -162,15 +163,17 @@ def _guess_layout(dims: list) -> str:
 
 def _preprocessing(inp, sidecar: dict, requested) -> Preprocessing:
     dims = _dims(inp)
+    fields = dict(requested) if isinstance(requested, dict) else {}
     if isinstance(requested, Preprocessing):
         pre = requested
     else:
         base = Preprocessing.from_dict(sidecar["preprocessing"]) if "preprocessing" in sidecar else Preprocessing()
-        if isinstance(requested, str):
-            base = replace(preset(requested), layout=base.layout, size=base.size)
-        pre = Preprocessing.from_dict(requested, base) if isinstance(requested, dict) else base
+        name = requested if isinstance(requested, str) else fields.pop("preset", None)
+        if name:
+            base = replace(preset(name), layout=base.layout, size=base.size)
+        pre = Preprocessing.from_dict(fields, base)
     layout_known = isinstance(requested, Preprocessing) or "layout" in sidecar.get("preprocessing", {}) or (
-        isinstance(requested, dict) and "layout" in requested)
+        "layout" in fields)
     if not layout_known:
         pre = replace(pre, layout=_guess_layout(dims))
     spatial = dims[2:4] if pre.layout == "NCHW" else dims[1:3]

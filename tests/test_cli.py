@@ -38,6 +38,14 @@ def test_inspect_shows_layers_and_preprocessing():
     assert "* hardtanh_34" in out and "every op of the model has one" in out
 
 
+def test_preprocessing_flags_override_the_preset_and_the_sidecar():
+    zoo = MOBILENET.parent / "zoo" / "resnet_dynamo.onnx"
+    out = run("inspect", zoo, "--preset", "imagenet-noresize", "--mean", "0.5", "0.5", "0.5", "--channel-order", "BGR")
+    assert "mean [0.5, 0.5, 0.5], std [0.229, 0.224, 0.225], BGR" in out
+    out = run("inspect", MOBILENET, "--scale", "1", "--resize", "240")
+    assert "resize 240 -> 224x224 bilinear, scale 1, mean [0.485, 0.456, 0.406]" in out
+
+
 def test_explain_writes_overlays_and_refuses_to_overwrite(tmp_path, capsys):
     out = run("explain", MOBILENET, *IMAGES, "-m", "gradcam", "-o", tmp_path)
     assert "explained tabby [281]" in out or "tiger cat" in out or "Egyptian cat" in out
