@@ -67,6 +67,32 @@ def test_clip(opset, attrs, bounds, order):
     check_vjp("Clip", {"x": GRID / 2}, attrs, consts, opset=opset, order=order)
 
 
+def _float32_mask(op, x, attrs=None, consts=None, opset=17):
+    model = one_node_model(op, {"x": x}, attrs, consts, opset=opset, dtype=np.float32)
+    return exact_vjp(model, {"x": x}, {"y0": np.ones_like(x)}, ["x"])[0]
+
+
+@pytest.mark.parametrize("lo, hi", [(0, 6), (-1, 1), (0.5, 3), (-6, -0.25)])
+@pytest.mark.parametrize("as_attrs", [False, True])
+def test_clip_mask_at_float32_bounds(lo, hi, as_attrs):
+    """The float32 masks (HardSigmoids, see activation.past) are exactly 1[lo < x < hi]: at the bounds, one float
+    inside and outside them, and above a bound of 0 from 2^-127 on (the smaller subnormals are the documented
+    exception). All float32 in [0, 6], [-1, 1], [0.5, 3] and [-6, -0.25] were checked once the same way."""
+    lo, hi = np.float32(lo), np.float32(hi)
+    above_lo = np.nextafter(lo, hi) if lo else np.float32(2.0 ** -127)
+    x = np.array([[lo, hi, above_lo, np.nextafter(hi, lo), np.nextafter(lo, -np.inf),
+                   np.nextafter(hi, np.inf), lo - 1, hi + 1, (lo + hi) / 2, 2.0 ** -126, 1e-30]],
+                 np.float32)
+    dx = (_float32_mask("Clip", x, {"min": float(lo), "max": float(hi)}, opset=7) if as_attrs else
+          _float32_mask("Clip", x, consts={"lo": np.array(lo), "hi": np.array(hi)}))
+    np.testing.assert_array_equal(dx, ((x > lo) & (x < hi)).astype(np.float32))
+
+
+def test_relu_mask_at_float32_zero():
+    x = np.array([[-1, -0.0, 0, 2.0 ** -127, 2.0 ** -126, 1e-30, 1, 3e38, np.inf]], np.float32)
+    np.testing.assert_array_equal(_float32_mask("Relu", x), (x > 0).astype(np.float32))
+
+
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
 @pytest.mark.parametrize("opset, axis", [(11, None), (11, 0), (11, 2), (13, None), (13, 0), (13, 1), (13, -2)])
 def test_softmax(op, opset, axis):

@@ -4,12 +4,21 @@ Kinks follow torch: at x = 0 the derivative is that of the x <= 0 branch (Relu 0
 Elu/Selu/Celu their left limit); HardSigmoid and HardSwish take their flat pieces' derivatives at their corners;
 Clip passes the gradient only strictly inside (min, max), like torch's hardtanh and ReLU6, which export to Clip
 (torch.clamp would also pass it at x = min and x = max).
+
+Relu and Clip read their masks off the output y, which keeps ORT's Conv+activation fusion, and build them in float32
+from HardSigmoid and Mul (see `past`): ORT's NCHWc layout pass keeps both in its blocked layout, where comparisons,
+Cast and And make it convert the layout before and after every mask (MobileNetV2's saliency graph: 103 layout
+conversions, 12 with these masks, and 15-20% less time).
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
+import onnx_graphsurgeon as gs
+
 from ...errors import OnnxplainError
+from ..builder import np_dtype
 from . import optional_input, vjp
 
 
@@ -19,14 +28,42 @@ def pointwise(*ops, **kw):
         @vjp(*ops, **kw)
         def rule(node, dys, g):
             x, y = node.inputs[0], node.outputs[0]
-            return [g.Mul(dys[0], deriv(g, lambda v: g.const(v, like=x), x, y, node.attrs))]
+            return [shaped(g.Mul(dys[0], deriv(g, lambda v: g.const(v, like=x), x, y, node.attrs)), x)]
         return deriv
     return register
+
+
+def shaped(t, like):
+    """`t` declared with the shape and dtype of `like`. ORT keeps Mul(dy, mask) in its NCHWc layout only if it can
+    prove both operands the same shape, which its inference does not give a cotangent (fed with its own symbolic
+    sizes, or broadcast by an Expand); declared at each activation, the convolutions in between propagate it."""
+    t.shape, t.dtype = like.shape, like.dtype
+    return t
 
 
 def step(g, x):
     """1 where x > 0, else 0."""
     return g.cast_like(g.Greater(x, g.const(0, like=x)), x)
+
+
+def past(g, y, bound, side: int):
+    """1 where y is strictly beyond `bound` (side 1: above it, -1: below it), 0 at it, for y clipped to that side.
+
+    In float32: HardSigmoid(side s (y - bound)), s the least power of two >= 1 that lifts the gap between the bound
+    and the next float beyond it to >= 1. s y and s bound are exact (or s y overflows, far past the bound), so the
+    sum is 0 at the bound and rounds to >= 1 past it. Near 0 floats are 2^-149 apart, and alpha is a float32: with
+    s = 2^127 at most, a bound of 0 (or a subnormal one) gives the mask 2^127 |y - bound| < 1, not 1, for the
+    subnormal y less than 2^-127 past it. Other dtypes, and bounds known only at run time, compare.
+    """
+    b = bound.values if isinstance(bound, gs.Constant) else bound
+    if np_dtype(y) == np.float32 and not isinstance(b, gs.Tensor) and np.size(b) == 1 and np.isfinite(b).all():
+        b = float(np.float32(np.reshape(b, ())))
+        gap = abs(float(np.nextafter(np.float32(b), np.float32(side * np.inf))) - b)
+        s = side * 2.0 ** min(127, max(0, -math.log2(gap)))
+        if abs(s * b) <= np.finfo(np.float32).max:
+            return g.HardSigmoid(y, alpha=s, beta=-s * b)
+    keep = g.Greater if side > 0 else g.Less
+    return g.cast_like(keep(y, bound if isinstance(bound, gs.Tensor) else g.const(b, like=y)), y)
 
 
 def equal(g, a, b, like):
@@ -41,7 +78,7 @@ def _positive(g, x, then, otherwise):
 
 @pointwise("Relu")
 def relu(g, c, x, y, a):
-    return step(g, x)
+    return past(g, y, 0, 1)
 
 
 @pointwise("LeakyRelu")
@@ -129,13 +166,11 @@ def clip(node, dys, g):
     y, dy = node.outputs[0], dys[0]
     if any(g.needs(t) for t in node.inputs[1:]):
         raise OnnxplainError(f"Clip node '{node.name}' has bounds computed from the input, which is not supported")
-    lo, hi = optional_input(node, 1), optional_input(node, 2)
-    lo = g.const(node.attrs["min"], like=y) if "min" in node.attrs else lo
-    hi = g.const(node.attrs["max"], like=y) if "max" in node.attrs else hi
-    inside = [keep(y, bound) for keep, bound in ((g.Greater, lo), (g.Less, hi)) if bound is not None]
-    if not inside:
+    lo, hi = node.attrs.get("min", optional_input(node, 1)), node.attrs.get("max", optional_input(node, 2))
+    masks = [past(g, y, bound, side) for bound, side in ((lo, 1), (hi, -1)) if bound is not None]
+    if not masks:
         return [dy]
-    return [g.Mul(dy, g.cast_like(inside[0] if len(inside) == 1 else g.And(*inside), y))]
+    return [shaped(g.Mul(dy, masks[0] if len(masks) == 1 else g.Mul(*masks)), y)]
 
 
 def _softmax_axes(node, g):
