@@ -10,9 +10,8 @@ from . import methods
 from .errors import OnnxplainError
 from .model import Model
 from .preprocess import read_image
-from .rewrite.graph import Request, build
-from .rewrite.layers import block_ends, default_layer, spatial_tensors
-from .runtime import Session
+from .rewrite.graph import Request
+from .rewrite.layers import block_ends, default_layer
 
 
 @dataclass
@@ -27,22 +26,8 @@ class Explanation:
     views: list[np.ndarray] | None = field(default=None, repr=False)  # the images as the model saw them (uint8)
 
 
-def session(model: Model, request: Request) -> Session:
-    """The cached session computing `request` on `model`."""
-    if request not in model._sessions:
-        model._sessions[request] = Session(build(model.proto, request), model.device)
-    return model._sessions[request]
-
-
-def layers(model: Model) -> list[tuple[str, tuple]]:
-    """Tensors with spatial extent between input and score (cached on the model)."""
-    if "layers" not in model._sessions:
-        model._sessions["layers"] = spatial_tensors(model.proto, model.input, model.score, model.layout)
-    return model._sessions["layers"]
-
-
 def cam_layer(model: Model, layer: str | None) -> str:
-    found = layers(model)
+    found = model.layers()
     if layer is None:
         layer = default_layer(found)
         if layer is None:
@@ -51,7 +36,7 @@ def cam_layer(model: Model, layer: str | None) -> str:
 
 
 def candidate_layers(model: Model) -> list[str]:
-    return block_ends(layers(model), model.layout)
+    return block_ends(model.layers(), model.layout)
 
 
 def as_batch(model: Model, x) -> tuple[np.ndarray, list[np.ndarray] | None]:
@@ -105,5 +90,5 @@ def explain(model: Model, x, method: str = "saliency", target=None, layer: str |
 
 def forward(model: Model, inputs: np.ndarray, batch_size: int | None = None) -> np.ndarray:
     """The differentiated scores (N×classes) of a preprocessed batch: one plain forward pass."""
-    sess = session(model, Request(expose=(model.score,), keep_outputs=False))
+    sess = model.session(Request(expose=(model.score,), keep_outputs=False))
     return sess.run([model.score], {model.input: inputs}, batch_size or model.batch_size)[0]

@@ -12,7 +12,9 @@ from google.protobuf.message import DecodeError
 
 from .errors import OnnxplainError
 from .preprocess import Preprocessing, preset
-from .rewrite.graph import dynamic_batch, opset_of
+from .rewrite.graph import Request, build, dynamic_batch, opset_of
+from .rewrite.layers import spatial_tensors
+from .runtime import Session
 
 SIDECAR_KEY = "onnxplain"  # metadata_props key holding the same JSON as a sidecar file
 
@@ -33,6 +35,19 @@ class Model:
     device: str = "auto"
     batch_size: int = 16
     _sessions: dict = field(default_factory=dict, repr=False)
+    _layers: list | None = field(default=None, repr=False)
+
+    def session(self, request: Request) -> Session:
+        """The cached session computing `request` on this model."""
+        if request not in self._sessions:
+            self._sessions[request] = Session(build(self.proto, request), self.device)
+        return self._sessions[request]
+
+    def layers(self) -> list[tuple[str, tuple]]:
+        """(name, shape) of the tensors with spatial extent between the input and the score, in graph order."""
+        if self._layers is None:
+            self._layers = spatial_tensors(self.proto, self.input, self.score, self.layout)
+        return self._layers
 
     @property
     def opset(self) -> int:

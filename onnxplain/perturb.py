@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import OnnxplainError
+from .rewrite.graph import Request
 
 SCORES = ("probability", "logit")
 REFERENCE = Path(__file__).resolve().parent / "data" / "reference_patches.npz"
@@ -40,15 +41,12 @@ class Scorer:
     """
 
     def __init__(self, model, score="probability"):
-        from .explain import session
-        from .rewrite.graph import Request
-
         if not callable(score) and score not in SCORES:
             raise OnnxplainError(f"score must be 'probability', 'logit' or a function of the model's outputs, "
                                  f"not {score!r}")
         keep = callable(score)  # a user function sees every output of the model
         self.model, self.score = model, score
-        self.session = session(model, Request(expose=(model.score,), keep_outputs=keep))
+        self.session = model.session(Request(expose=(model.score,), keep_outputs=keep))
         self.names = list(self.session.output_names)
         self.nhwc = model.layout == "NHWC"
 

@@ -4,7 +4,7 @@ import pytest
 from conftest import IMAGES, MODELS, ZOO, rel_err
 
 import onnxplain
-from onnxplain.explain import as_batch, layers, session
+from onnxplain.explain import as_batch
 from onnxplain.rewrite.graph import COTANGENT, GRAD, Request
 
 
@@ -46,7 +46,7 @@ def test_gradcam_follows_its_definition(name):
     """ReLU(Σ_k mean(∂y_c/∂A_k) A_k) from the exposed activation and its gradient, then bilinear upsampling."""
     m, ref = _zoo(name)
     e = onnxplain.explain(m, ref["x"], "gradcam", target=ref["targets"].tolist())
-    sess = session(m, Request(expose=(e.layer,), differentiate=(m.score,), wrt=(e.layer,)))
+    sess = m.session(Request(expose=(e.layer,), differentiate=(m.score,), wrt=(e.layer,)))
     onehot = np.eye(m.num_classes, dtype=np.float32)[ref["targets"]]
     a, da = sess.run([e.layer, GRAD.format(e.layer)], {m.input: ref["x"], COTANGENT.format(m.score): onehot})
     cam = np.maximum((da.mean(axis=(2, 3), keepdims=True) * a).sum(axis=1), 0)
@@ -91,8 +91,8 @@ def _onnx_tensor_of(m, net, module, x):
     hook = module.register_forward_hook(lambda mod, args, out: seen.append(out.detach().numpy()))
     net(torch.tensor(x))
     hook.remove()
-    names = [n for n, _ in layers(m)]
-    values = session(m, Request(expose=tuple(names), keep_outputs=False)).run(names, {m.input: x})
+    names = [n for n, _ in m.layers()]
+    values = m.session(Request(expose=tuple(names), keep_outputs=False)).run(names, {m.input: x})
     return next(n for n, v in zip(names, values) if v.shape == seen[0].shape and rel_err(v, seen[0]) < 1e-5)
 
 

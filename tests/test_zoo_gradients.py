@@ -4,7 +4,6 @@ import pytest
 from conftest import EXPORTERS, MODELS, ZOO, rel_err
 
 import onnxplain
-from onnxplain.explain import session
 from onnxplain.rewrite.graph import COTANGENT, GRAD, Request
 
 
@@ -13,7 +12,7 @@ from onnxplain.rewrite.graph import COTANGENT, GRAD, Request
 def test_input_gradient_matches_autograd(name, exporter):
     ref = np.load(MODELS / "zoo" / f"{name}.npz")
     m = onnxplain.load(MODELS / "zoo" / f"{name}_{exporter}.onnx", device="cpu", preprocessing="unit")
-    sess = session(m, Request(differentiate=(m.score,), wrt=(m.input,)))
+    sess = m.session(Request(differentiate=(m.score,), wrt=(m.input,)))
     onehot = np.eye(m.num_classes, dtype=np.float32)[ref["targets"]]
     for cotangent, expected in ((onehot, ref["grad_target"]), (ref["cotangent"], ref["grad_cotangent"])):
         logits, grad = sess.run([m.score, GRAD.format(m.input)],

@@ -58,8 +58,7 @@ class Method:
 
         White-box methods run their one graph; methods that need other passes (perturbations) override this.
         """
-        from ..explain import session
-        sess = session(model, self.request(model, layer))
+        sess = model.session(self.request(model, layer))
         return sess.run(["attributions", "maps", model.score, TARGET + "_used"],
                         {model.input: inputs, TARGET: targets}, batch_size)
 
