@@ -168,8 +168,14 @@ def _rise_masks(n, s, p, seed, h, w):
     return grid, shifts, bilinear_weights(s, (s + 1) * ch), bilinear_weights(s, (s + 1) * cw)
 
 
+@dataclass(frozen=True)
 class _Superpixels(Perturbation):
     """LIME and KernelSHAP: superpixels switched on (the image) or off (the baseline) by coalitions z ∈ {0,1}^d."""
+
+    samples: int = 1000
+    segments: int = 8
+    segmentation: str = "grid"
+    baseline: str | float = "zero"
 
     def coalitions(self, d: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(rows of z, their regression weights)."""
@@ -209,10 +215,6 @@ class LIME(_Superpixels):
 
     name = "lime"
     summary = "weighted linear fit on random superpixel subsets (Ribeiro 2016)"
-    samples: int = 1000
-    segments: int = 8
-    segmentation: str = "grid"
-    baseline: str | float = "zero"
     kernel_width: float = 0.25
     alpha: float = 1.0
 
@@ -242,9 +244,6 @@ class KernelSHAP(_Superpixels):
     name = "kernelshap"
     summary = "Shapley values of superpixels by weighted regression (Lundberg 2017)"
     samples: int = 2048
-    segments: int = 8
-    segmentation: str = "grid"
-    baseline: str | float = "zero"
 
     def coalitions(self, d, rng):
         empty = np.zeros((1, d), bool)
