@@ -27,7 +27,11 @@ class Session:
         options.log_severity_level = 3
         self.session = None
         if device in ("auto", "cuda") and CUDA in ort.get_available_providers():
-            self.session = self._create(data, options, [CUDA, CPU])
+            ort.set_default_logger_severity(4)  # a failed CUDA start is reported below in one line, not ORT's five
+            try:
+                self.session = self._create(data, options, [CUDA, CPU])
+            finally:
+                ort.set_default_logger_severity(2)  # onnxruntime's default
             if self.session is not None and self.session.get_providers()[0] != CUDA:
                 self.session = None
             if self.session is None and device == "auto":
