@@ -1,6 +1,12 @@
 """One exception type for everything a user can get wrong: its message is one line, fit to print as is."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (libraries' messages can span pages), or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class OnnxplainError(Exception):
     """A problem with the user's model, input or request, described in one sentence."""
 

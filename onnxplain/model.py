@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from .errors import OnnxplainError
+from .errors import OnnxplainError, first_line
 from .preprocess import Preprocessing, preset
 from .rewrite.graph import Request, build, dynamic_batch, opset_of
 from .rewrite.layers import spatial_tensors
@@ -91,7 +91,7 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:
-        raise OnnxplainError(f"{_where(model_path)} is not a valid ONNX model: {_first_line(exc)}") from None
+        raise OnnxplainError(f"{_where(model_path)} is not a valid ONNX model: {first_line(exc)}") from None
     opset_of(proto)
     inp = _image_input(proto, model_path)
     sidecar = _sidecar(proto, model_path)
@@ -110,18 +110,13 @@ def _where(path: Path | None) -> str:
     return str(path) if path else "the model"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _read(path: Path) -> onnx.ModelProto:
     if not path.is_file():
         raise OnnxplainError(f"model file not found: {path}")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeWarning, ValueError, OSError) as exc:
-        raise OnnxplainError(f"{path} is not a readable ONNX file (truncated or corrupt?): {_first_line(exc)}") from None
+        raise OnnxplainError(f"{path} is not a readable ONNX file (truncated or corrupt?): {first_line(exc)}") from None
     if not proto.graph.node:
         raise OnnxplainError(f"{path} is not an ONNX model (no graph nodes): truncated or not an .onnx file?")
     _load_external_data(proto, path.parent.resolve())
@@ -144,7 +139,7 @@ def _load_external_data(proto: onnx.ModelProto, folder: Path) -> None:
             load_external_data_for_tensor(tensor, str(folder))
         except Exception as exc:
             raise OnnxplainError(f"cannot read external data '{location}' of tensor '{tensor.name}': "
-                                 f"{_first_line(exc)}") from None
+                                 f"{first_line(exc)}") from None
         tensor.data_location = onnx.TensorProto.DEFAULT
         del tensor.external_data[:]
 

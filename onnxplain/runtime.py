@@ -7,14 +7,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import OnnxplainError
+from .errors import OnnxplainError, first_line
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class Session:
@@ -51,7 +46,7 @@ class Session:
         try:
             return ort.InferenceSession(data, options, providers=providers)
         except Exception as exc:  # reported by the caller, which knows what was asked for
-            self._error = _first_line(exc)
+            self._error = first_line(exc)
             return None
 
     def run(self, outputs: list[str], feeds: dict[str, np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
@@ -64,7 +59,7 @@ class Session:
             try:
                 parts.append(self.session.run(outputs, chunk))
             except Exception as exc:
-                raise OnnxplainError(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
+                raise OnnxplainError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
         if len(parts) == 1:
             return parts[0]
         return [np.concatenate(col) for col in zip(*parts)]

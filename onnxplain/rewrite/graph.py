@@ -10,7 +10,7 @@ from onnx import numpy_helper
 
 import warnings
 
-from ..errors import OnnxplainError
+from ..errors import OnnxplainError, first_line
 from .autodiff import append_vjp
 from .builder import Builder
 from .rules import MIN_OPSET, RULES
@@ -31,8 +31,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:  # shape inference is best effort; rules that need a shape say so themselves
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OnnxplainError(f"ONNX shape inference failed on this model: {first}") from None
+        raise OnnxplainError(f"ONNX shape inference failed on this model: {first_line(exc)}") from None
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,6 @@ class Request:
     expose: tuple[str, ...] = ()         # intermediate tensors to add as outputs
     differentiate: tuple[str, ...] = ()  # tensors y whose cotangent-weighted sum is differentiated
     wrt: tuple[str, ...] = ()            # tensors whose gradient is wanted
-    rules: str = "plain"                 # name of the rule composite (modified backward passes)
     keep_outputs: bool = True            # keep the model's own outputs
     seed: str = "cotangent"              # "cotangent": fed per differentiated tensor; "target": one-hot in-graph
     head: object = None                  # appends a method's formula: head.build(g, tensors, grads) -> {name: tensor}
@@ -115,7 +113,7 @@ def upgrade_opset(model: onnx.ModelProto, needed: int) -> onnx.ModelProto:
         converted = onnx.version_converter.convert_version(model, needed)
     except Exception as exc:
         raise OnnxplainError(f"the gradient needs opset {needed} but converting this opset-{have} model failed: "
-                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+                             f"{first_line(exc)}") from None
     warnings.warn(f"onnxplain: converted the model from opset {have} to {needed} for its gradient graph",
                   stacklevel=3)
     return converted
