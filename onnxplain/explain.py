@@ -60,15 +60,31 @@ def as_batch(model: Model, x) -> tuple[np.ndarray, list[np.ndarray] | None]:
 
 
 def as_targets(model: Model, target, n: int) -> np.ndarray:
-    """Class per image; -1 means the model's top-1 class (chosen inside the graph)."""
-    t = np.full(n, -1, np.int64) if target is None else np.asarray(target, dtype=np.int64).reshape(-1)
-    if t.size == 1 and n > 1:
-        t = np.repeat(t, n)
-    if t.size != n:
-        raise OnnxplainError(f"{t.size} targets for {n} images: give one class, or one per image")
-    if ((t < -1) | (t >= model.num_classes)).any():
-        raise OnnxplainError(f"target {int(t[(t < -1) | (t >= model.num_classes)][0])} is not a class of this model "
-                             f"(0..{model.num_classes - 1})")
+    """Classes per image: N (one each) or N×K (K each); -1 means the model's top-1 class (chosen inside the graph).
+
+    target: None (top-1), a class, one class per image, or a list of K-class lists (one per image, or one for all).
+    """
+    if target is None:
+        return np.full(n, -1, np.int64)
+    try:
+        t = np.asarray(target, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise OnnxplainError("target must be a class index, a list of them, or a list of lists (several classes "
+                             "per image) of equal length") from None
+    if t.ndim == 2:
+        if t.shape[0] == 1 and n > 1:
+            t = np.repeat(t, n, axis=0)
+        if t.shape[0] != n or t.shape[1] < 1:
+            raise OnnxplainError(f"{t.shape[0]} target lists for {n} images: give one list, or one per image")
+    else:
+        t = t.reshape(-1)
+        if t.size == 1 and n > 1:
+            t = np.repeat(t, n)
+        if t.size != n:
+            raise OnnxplainError(f"{t.size} targets for {n} images: give one class, or one per image")
+    bad = (t < -1) | (t >= model.num_classes)
+    if bad.any():
+        raise OnnxplainError(f"target {int(t[bad][0])} is not a class of this model (0..{model.num_classes - 1})")
     return t
 
 
@@ -76,15 +92,24 @@ def explain(model: Model, x, method: str = "saliency", target=None, layer: str |
             batch_size: int | None = None, **params) -> Explanation:
     """Explain `model` on `x` (a preprocessed float32 batch in the model's layout, or image paths).
 
-    target: None for each image's top-1 class, a class index for all images, or one index per image.
+    target: None for each image's top-1 class, a class index for all images, one index per image, or lists of K
+    classes (one list for all images, or one per image): then every result gains a K axis after the image axis
+    (attributions N×K×…, maps N×K×H×W, targets and scores N×K), and the N·K explanations run as one batched pass.
     layer: the tensor a CAM method reads (default: the last tensor with spatial extent before global pooling).
     """
     m = methods.get(method, **params)
     inputs, views = as_batch(model, x)
     targets = as_targets(model, target, len(inputs))
     layer = cam_layer(model, layer) if m.at_layer else None
-    attributions, maps, logits, used = m.run(model, inputs, targets, layer, batch_size or model.batch_size)
+    n, k = len(inputs), targets.shape[1] if targets.ndim == 2 else 1
+    if k > 1 or targets.ndim == 2:
+        inputs = np.repeat(inputs, k, axis=0)
+    attributions, maps, logits, used = m.run(model, inputs, targets.reshape(-1), layer,
+                                             batch_size or model.batch_size)
     scores = logits[np.arange(len(used)), used]
+    if targets.ndim == 2:
+        attributions, maps, used, scores = (a.reshape(n, k, *a.shape[1:]) for a in (attributions, maps, used, scores))
+        logits = logits[::k]
     return Explanation(method, attributions, maps.astype(np.float32), used, scores, logits, layer, views)
 
 

@@ -33,6 +33,8 @@ class Tensors:
     dx: gs.Tensor | None
     a: gs.Tensor | None
     da: gs.Tensor | None
+    y: gs.Tensor                # the differentiated scores, N×classes
+    target: gs.Tensor           # the class explained per image (int64, N)
     channel_axis: int
     spatial_axes: tuple[int, int]
     size: tuple[int, int]
@@ -43,6 +45,11 @@ class Method:
     group: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     at_layer: ClassVar[bool] = False  # differentiates at a layer (CAM family) instead of the input
+    uses_gradient: ClassVar[bool] = True  # False: the formula reads activations only (no backward pass)
+
+    def composite(self):
+        """The Composite of modified backward rules this method differentiates with; None for the plain gradient."""
+        return None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -63,9 +70,10 @@ class Method:
                         {model.input: inputs, TARGET: targets}, batch_size)
 
     def request(self, model, layer: str | None) -> Request:
-        head = Head(self, model.input, layer, model.layout, model.input_size)
-        wrt = layer if self.at_layer else model.input
-        return Request(expose=(model.score,), differentiate=(model.score,), wrt=(wrt,), seed="target", head=head)
+        head = Head(self, model.input, model.score, layer, model.layout, model.input_size)
+        wrt = (layer if self.at_layer else model.input,) if self.uses_gradient else ()
+        return Request(expose=(model.score,), differentiate=(model.score,), wrt=wrt, seed="target", head=head,
+                       rules=self.composite())
 
 
 @dataclass(frozen=True)
@@ -74,14 +82,16 @@ class Head:
 
     method: Method
     input: str
+    score: str
     layer: str | None
     layout: str
     size: tuple[int, int]
 
-    def build(self, g: Builder, tensors: dict, grads: dict) -> dict:
+    def build(self, g: Builder, tensors: dict, grads: dict, target: gs.Tensor) -> dict:
         channel, spatial = (1, (2, 3)) if self.layout == "NCHW" else (3, (1, 2))
         a = tensors[self.layer] if self.layer else None
-        t = Tensors(tensors[self.input], grads.get(self.input), a, grads.get(self.layer), channel, spatial, self.size)
+        t = Tensors(tensors[self.input], grads.get(self.input), a, grads.get(self.layer), tensors[self.score], target,
+                    channel, spatial, self.size)
         attributions, low = self.method.formula(g, t)
         return {"attributions": attributions, "maps": upsample(g, low, self.size)}
 

@@ -8,7 +8,7 @@ arithmetic and indices drop out of the walk by themselves.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, Mapping
+from typing import Callable
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -34,7 +34,7 @@ class VJPBuilder(Builder):
         return not isinstance(t, gs.Constant) and t.name in self._needed
 
 
-Rules = Mapping[str, Callable]
+Lookup = Callable[[gs.Node], Callable | None]  # node → its VJP rule (a composite's lookup, or the plain registry)
 
 
 def path_tensors(graph: gs.Graph, ys: list[gs.Tensor], wrt: list[gs.Tensor]) -> set[str]:
@@ -51,11 +51,12 @@ def path_tensors(graph: gs.Graph, ys: list[gs.Tensor], wrt: list[gs.Tensor]) -> 
 
 
 def append_vjp(graph: gs.Graph, opset: int, ys: list[gs.Tensor], dys: list[gs.Tensor], wrt: list[gs.Tensor],
-               rules: Rules = RULES) -> list[gs.Tensor]:
+               rule_of: Lookup | None = None) -> list[gs.Tensor]:
     """Emit nodes computing d<dys, ys>/d(wrt); returns one gradient tensor per `wrt` entry.
 
     `graph` must be topologically sorted and carry shape-inference results. `dys` are tensors (usually graph inputs)
-    shaped like `ys`. `rules` maps op types to VJP rules; a composite passes an override of the plain registry.
+    shaped like `ys`. `rule_of` gives each node's rule: by default its op type's registered rule; a composite's
+    lookup overrides some (see `onnxplain.rewrite.composite`).
     """
     needed = path_tensors(graph, ys, wrt)
     missing = [t.name for t in wrt if t.name not in needed]
@@ -85,7 +86,7 @@ def append_vjp(graph: gs.Graph, opset: int, ys: list[gs.Tensor], dys: list[gs.Te
             douts.append(d)
         if all(d is None for d in douts) or not any(g.needs(t) for t in node.inputs):
             continue
-        rule = rules.get(node.op)
+        rule = rule_of(node) if rule_of else RULES.get(node.op)
         if rule is None:
             raise UnsupportedOpError(node.op, node.name, opset)
         dins = rule(node, douts, g)

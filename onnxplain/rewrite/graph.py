@@ -13,7 +13,7 @@ import warnings
 from ..errors import OnnxplainError, first_line
 from .autodiff import append_vjp
 from .builder import Builder
-from .rules import MIN_OPSET, RULES
+from .rules import MIN_OPSET
 
 COTANGENT = "{}__cotangent"  # graph input holding the cotangent (target weights) of a differentiated output
 GRAD = "{}__grad"            # graph output holding the gradient of a wanted tensor
@@ -43,11 +43,17 @@ class Request:
     wrt: tuple[str, ...] = ()            # tensors whose gradient is wanted
     keep_outputs: bool = True            # keep the model's own outputs
     seed: str = "cotangent"              # "cotangent": fed per differentiated tensor; "target": one-hot in-graph
-    head: object = None                  # appends a method's formula: head.build(g, tensors, grads) -> {name: tensor}
+    head: object = None                  # appends a method's formula: head.build(g, tensors, grads, target) -> {name:
+                                         # tensor}; target is the int64 class per image (seed="target") or None
+    rules: object = None                 # a Composite overriding VJP rules (modified backward passes), or None
+    cut: tuple[str, ...] = ()            # tensors made graph inputs: the graph runs from them on (their producers,
+                                         # and the image input if nothing else needs it, drop out)
 
 
-def build(model: onnx.ModelProto, request: Request, rules=RULES) -> onnx.ModelProto:
+def build(model: onnx.ModelProto, request: Request) -> onnx.ModelProto:
     """The model with `request` applied: exposed tensors, cotangent inputs and gradient outputs."""
+    if request.rules is not None:
+        model = request.rules.prepare(model)
     if request.differentiate:
         model = upgrade_opset(model, max((MIN_OPSET.get(n.op_type, 0) for n in model.graph.node), default=0))
     opset = opset_of(model)
@@ -60,12 +66,19 @@ def build(model: onnx.ModelProto, request: Request, rules=RULES) -> onnx.ModelPr
             raise OnnxplainError(f"the model has no tensor named '{name}' (see `onnxplain inspect` for names)")
         return tensors[name]
 
+    for name in request.cut:
+        t = find(name)
+        t.inputs.clear()
+        graph.inputs.append(t)
+    if request.cut:
+        graph.cleanup(remove_unused_graph_inputs=False)
+        graph.inputs = [t for t in graph.inputs if t.outputs or t.name in request.cut]
     outputs = list(graph.outputs) if request.keep_outputs else []
     for name in request.expose:
         t = find(name)
         if t not in outputs:
             outputs.append(t)
-    grads = {}
+    grads, target = {}, None
     if request.differentiate:
         ys = [find(n) for n in request.differentiate]
         if request.seed == "target":
@@ -78,11 +91,13 @@ def build(model: onnx.ModelProto, request: Request, rules=RULES) -> onnx.ModelPr
                    for y in ys]
             graph.inputs.extend(dys)
         wrt = [find(n) for n in request.wrt]
-        grads = dict(zip(request.wrt, append_vjp(graph, opset, ys, dys, wrt, rules)))
+        if wrt:
+            lookup = request.rules.lookup(graph, wrt) if request.rules is not None else None
+            grads = dict(zip(request.wrt, append_vjp(graph, opset, ys, dys, wrt, lookup)))
         if request.head is None:
             outputs += [_renamed(graph, grads[t.name], GRAD.format(t.name), t.dtype, t.shape) for t in wrt]
     if request.head is not None:
-        built = request.head.build(Builder(graph, opset, "head"), tensors, grads)
+        built = request.head.build(Builder(graph, opset, "head"), tensors, grads, target)
         outputs += [_renamed(graph, t, name, np.float32) for name, t in built.items()]
     graph.outputs = [_as_output(t) for t in outputs]
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
