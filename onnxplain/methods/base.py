@@ -46,6 +46,8 @@ class Method:
     summary: ClassVar[str] = ""
     at_layer: ClassVar[bool] = False  # differentiates at a layer (CAM family) instead of the input
     uses_gradient: ClassVar[bool] = True  # False: the formula reads activations only (no backward pass)
+    one_graph: ClassVar[bool] = True  # its whole computation is the graph of `request()` (so it can be exported);
+                                      # methods that override `run()` with several passes set it False
 
     def composite(self):
         """The Composite of modified backward rules this method differentiates with; None for the plain gradient."""

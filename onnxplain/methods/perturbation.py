@@ -26,6 +26,7 @@ class Perturbation(Method):
     """What black-box methods share: the score they explain, a seed, progress and checkpoints."""
 
     group = "perturbation"
+    one_graph = False
     input_shaped: ClassVar[bool] = False  # attributions shaped like the input (else N×…×H×W)
     score: str | Callable = "probability"
     seed: int = 0
