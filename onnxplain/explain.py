@@ -24,6 +24,7 @@ class Explanation:
     logits: np.ndarray         # the differentiated scores of every class (N×classes)
     layer: str | None = None
     views: list[np.ndarray] | None = field(default=None, repr=False)  # the images as the model saw them (uint8)
+    info: dict = field(default_factory=dict)  # a method's by-products, per image (e.g. IG's completeness gap)
 
 
 def cam_layer(model: Model, layer: str | None) -> str:
@@ -104,13 +105,15 @@ def explain(model: Model, x, method: str = "saliency", target=None, layer: str |
     n, k = len(inputs), targets.shape[1] if targets.ndim == 2 else 1
     if k > 1 or targets.ndim == 2:
         inputs = np.repeat(inputs, k, axis=0)
-    attributions, maps, logits, used = m.run(model, inputs, targets.reshape(-1), layer,
-                                             batch_size or model.batch_size)
+    attributions, maps, logits, used, *extra = m.run(model, inputs, targets.reshape(-1), layer,
+                                                     batch_size or model.batch_size)
+    info = extra[0] if extra else {}
     scores = logits[np.arange(len(used)), used]
     if targets.ndim == 2:
         attributions, maps, used, scores = (a.reshape(n, k, *a.shape[1:]) for a in (attributions, maps, used, scores))
+        info = {key: v.reshape(n, k, *v.shape[1:]) for key, v in info.items()}
         logits = logits[::k]
-    return Explanation(method, attributions, maps.astype(np.float32), used, scores, logits, layer, views)
+    return Explanation(method, attributions, maps.astype(np.float32), used, scores, logits, layer, views, info)
 
 
 def forward(model: Model, inputs: np.ndarray, batch_size: int | None = None) -> np.ndarray:

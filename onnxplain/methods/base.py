@@ -63,7 +63,8 @@ class Method:
         raise NotImplementedError
 
     def run(self, model, inputs, targets, layer, batch_size):
-        """(attributions, maps, scores N×classes, targets used) for a batch; targets of -1 mean the top-1 class.
+        """(attributions, maps, scores N×classes, targets used[, info]) for a batch; targets of -1 mean the top-1
+        class; info, when returned, maps names to per-image arrays (`Explanation.info`).
 
         White-box methods run their one graph; methods that need other passes (perturbations) override this.
         """
