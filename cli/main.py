@@ -150,8 +150,9 @@ def methods():
 @MODEL
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-m", "--method", default="gradcam", show_default=True, help="See `onnxplain methods`.")
-@click.option("-t", "--target", type=int, multiple=True,
-              help="Class to explain: once for all images or once per image (default: each image's top-1).")
+@click.option("-t", "--target", multiple=True, metavar="CLASS[,CLASS...]",
+              help="Class to explain: once for all images or once per image (default: each image's top-1); "
+                   "several comma-separated classes explain each of them (one batched pass, one file per class).")
 @click.option("--layer", default=None, help="Tensor for CAM methods (default: last spatial tensor).")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out"),
               show_default=True)
@@ -164,35 +165,55 @@ def methods():
 @PARAM
 def explain(model, images, method, target, layer, out_dir, force, top_k, batch_size, device, probabilities, params,
             **pre):
-    """Explain MODEL on IMAGES: writes an overlay PNG and the raw map (.npy) per image to OUT."""
+    """Explain MODEL on IMAGES: writes an overlay PNG and the raw map (.npy) per image (and class) to OUT."""
     params = _params(params)
     method_registry.get(method, **params)
-    if target and len(target) not in (1, len(images)):
-        raise OnnxplainError(f"{len(target)} targets for {len(images)} images: give one, or one per image")
-    outputs = [(out_dir / f"{p.stem}.{method}.png", out_dir / f"{p.stem}.{method}.npy") for p in images]
-    if len({o[0] for o in outputs}) != len(outputs):
-        raise OnnxplainError("two images share a file name; explain them into different --out folders")
-    check_writable([f for pair in outputs for f in pair], force)
+    classes = _classes(target, len(images))  # per image: a list of classes, or None for its top-1
+    several = any(c is not None and len(c) > 1 for c in classes)
+    outputs = [[(out_dir / f"{p.stem}.{method}{f'.{c}' if several else ''}.png",
+                 out_dir / f"{p.stem}.{method}{f'.{c}' if several else ''}.npy") for c in (cs or [None])]
+               for p, cs in zip(images, classes)]
+    files = [f for per_image in outputs for pair in per_image for f in pair]
+    if len(set(files)) != len(files):
+        raise OnnxplainError("two outputs share a file name (images with the same name, or a class given twice); "
+                             "explain them into different --out folders")
+    check_writable(files, force)
     m = _load(model, pre, device, probabilities, batch_size)
-    targets = list(target) * (len(images) if len(target) == 1 else 1) if target else [None] * len(images)
     out_dir.mkdir(parents=True, exist_ok=True)
     chunks = [range(i, min(i + batch_size, len(images))) for i in range(0, len(images), batch_size)]
     with click.progressbar(chunks, label="explaining", file=sys.stderr, hidden=len(images) <= batch_size) as bar:
         for chunk in bar:
-            tgt = None if targets[chunk[0]] is None else [targets[i] for i in chunk]
+            tgt = None if classes[chunk[0]] is None else [classes[i] if several else classes[i][0] for i in chunk]
             e = onnxplain.explain(m, [images[i] for i in chunk], method=method, target=tgt, layer=layer,
                                   **_with_progress(method, params))
             for j, i in enumerate(chunk):
-                png, npy = outputs[i]
-                save_png(png, overlay(e.views[j], e.maps[j]))
-                save_npy(npy, e.maps[j])
-                _report(m, images[i], e, j, top_k, png)
+                for k, (png, npy) in enumerate(outputs[i]):
+                    view = e.maps[j, k] if several else e.maps[j]
+                    save_png(png, overlay(e.views[j], view))
+                    save_npy(npy, view)
+                    _report(m, images[i], e, j, k if several else None, top_k if k == 0 else 0, png)
 
 
-def _report(m, image, e, j, top_k, png):
+def _classes(target: tuple[str, ...], n: int) -> list[list[int] | None]:
+    """-t values as a class list per image: one value for all images or one per image; commas give several."""
+    if not target:
+        return [None] * n
+    if len(target) not in (1, n):
+        raise OnnxplainError(f"{len(target)} targets for {n} images: give one, or one per image")
+    try:
+        lists = [[int(c) for c in t.split(",")] for t in target]
+    except ValueError:
+        raise OnnxplainError(f"target must be class indices, comma-separated for several: {' '.join(target)}") from None
+    if len({len(c) for c in lists}) > 1:
+        raise OnnxplainError("give every image the same number of comma-separated classes")
+    return lists * n if len(lists) == 1 else lists
+
+
+def _report(m, image, e, j, k, top_k, png):
+    """One line per explained class (k: its index among several per image, else None), then the top-k."""
     probs = m.probabilities(e.logits[j].astype(np.float64))
-    c = int(e.targets[j])
-    click.echo(f"{image}: explained {m.label(c)} [{c}] (score {e.scores[j]:.3f}) -> {png}")
+    c, score = (e.targets[j], e.scores[j]) if k is None else (e.targets[j, k], e.scores[j, k])
+    click.echo(f"{image}: explained {m.label(int(c))} [{int(c)}] (score {score:.3f}) -> {png}")
     for rank, k in enumerate(np.argsort(-probs)[:top_k], 1):
         click.echo(f"  {rank}. {m.label(int(k)):<30} [{int(k)}]  p={probs[k]:.3f}")
 

@@ -59,6 +59,19 @@ def test_explain_writes_overlays_and_refuses_to_overwrite(tmp_path, capsys):
     run("explain", MOBILENET, IMAGES[0], "-o", tmp_path, "--force")
 
 
+def test_several_classes_per_image_write_one_map_each(tmp_path, capsys, mobilenet):
+    out = run("explain", MOBILENET, *IMAGES, "-m", "gradcam", "-t", "281,967", "-o", tmp_path)
+    assert out.count("explained") == 4 and "[967]" in out
+    both = onnxplain.explain(mobilenet, IMAGES, "gradcam", target=[[281, 967]])
+    for i, image in enumerate(IMAGES):
+        for k, c in enumerate((281, 967)):
+            single = onnxplain.explain(mobilenet, [image], "gradcam", target=c).maps[0]
+            saved = np.load(tmp_path / f"{image.stem}.gradcam.{c}.npy")
+            assert rel_err(saved, single) <= 1e-5 and rel_err(both.maps[i, k], single) <= 1e-5
+    assert "same number" in fail(capsys, "explain", MOBILENET, *IMAGES, "-t", "1,2", "-t", "3", "-o", tmp_path / "b")
+    assert "class given twice" in fail(capsys, "explain", MOBILENET, IMAGES[0], "-t", "1,1", "-o", tmp_path / "c")
+
+
 def test_bad_inputs_give_one_line(tmp_path, capsys):
     truncated = tmp_path / "t.onnx"
     truncated.write_bytes(MOBILENET.read_bytes()[:1000])
