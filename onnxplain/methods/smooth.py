@@ -1,0 +1,113 @@
+"""The noise tunnel: a gradient method averaged over noisy copies of the image (SmoothGrad, SmoothGrad², VarGrad)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import OnnxplainError
+from ..perturb import top1
+from .base import Method, get
+from .gradient import Saliency, channel_axis, check_batch_size, sums_per_image
+from .modified import ModifiedGradient
+
+
+@dataclass(frozen=True)
+class NoiseTunnel(Method):
+    """Statistics over j < samples of A(x + ε_j), ε_j ~ N(0, σ²), of the attributions A of the method `of`.
+
+    of: the wrapped method, by name (saliency, gradxinput, ig, a modified-rule method) or as a Method instance
+    (e.g. `methods.get("ig", steps=16)`). sigma: σ as a fraction of the image's value range (max − min), Smilkov et
+    al.'s noise level. The noise of image i and sample j is drawn from the seed (seed, i, j): the same whatever the
+    batch size. Classes are chosen on the clean images. The noisy copies of all images run through the wrapped
+    method's cached session, `internal_batch_size` at a time (default: the batch size). The map is the wrapped
+    method's reduction over channels applied to the statistic, on the host: max |·| for the gradient magnitudes
+    (saliency, guided backprop, deconvnet), the signed sum for the others.
+    """
+
+    group = "gradients"
+    one_graph = False
+    of: str | Method = "saliency"
+    samples: int = 25
+    sigma: float = 0.15
+    seed: int = 0
+    internal_batch_size: int | None = None
+
+    def __post_init__(self):
+        inner = self.wrapped
+        if inner.group not in ("gradients", "modified") or inner.at_layer:
+            raise OnnxplainError(f"{self.name}: 'of' must be a method whose attributions are gradients at the input "
+                                 f"(saliency, gradxinput, ig, ...), not '{inner.name}'")
+        if not isinstance(self.samples, int) or self.samples < 1:
+            raise OnnxplainError(f"{self.name}: samples must be a positive integer, not {self.samples!r}")
+        if not isinstance(self.sigma, (int, float)) or self.sigma < 0:
+            raise OnnxplainError(f"{self.name}: sigma must be a number ≥ 0, not {self.sigma!r}")
+        check_batch_size(self)
+
+    @property
+    def wrapped(self) -> Method:
+        return self.of if isinstance(self.of, Method) else get(self.of)
+
+    def statistic(self, mean: np.ndarray, mean_sq: np.ndarray) -> np.ndarray:
+        """The attributions from E[A] and E[A²] over the samples."""
+        raise NotImplementedError
+
+    def noisy(self, inputs: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """x_i + ε_ij for the (image, sample) pairs (i, j), ε_ij of standard deviation sigma·(max x_i − min x_i)."""
+        x = inputs[i]
+        std = self.sigma * (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))
+        eps = np.stack([np.random.default_rng((self.seed, a, b)).standard_normal(x.shape[1:], np.float32)
+                        for a, b in zip(i, j)])
+        return x + std.reshape(-1, 1, 1, 1).astype(np.float32) * eps
+
+    def run(self, model, inputs, targets, layer, batch_size):
+        from ..explain import forward  # explain imports the methods
+        inner = self.wrapped
+        logits = forward(model, inputs, batch_size)
+        used = top1(targets, logits)
+
+        def moments(i, j):
+            a = inner.run(model, self.noisy(inputs, i, j), used[i], layer, len(i))[0].astype(np.float64)
+            return a, a * a
+
+        mean, mean_sq = (s / self.samples for s in sums_per_image(len(inputs), self.samples,
+                                                                   self.internal_batch_size or batch_size, moments))
+        attributions = self.statistic(mean, mean_sq)
+        if isinstance(inner, (Saliency, ModifiedGradient)):
+            maps = np.abs(attributions).max(axis=channel_axis(model))
+        else:
+            maps = attributions.sum(axis=channel_axis(model))
+        return attributions.astype(np.float32), maps.astype(np.float32), logits, used
+
+
+@dataclass(frozen=True)
+class SmoothGrad(NoiseTunnel):
+    """E_ε[A(x + ε)] (Smilkov et al. 2017)."""
+
+    name = "smoothgrad"
+    summary = "mean of a gradient method over noisy copies of x (Smilkov 2017)"
+
+    def statistic(self, mean, mean_sq):
+        return mean
+
+
+@dataclass(frozen=True)
+class SmoothGradSquared(NoiseTunnel):
+    """E_ε[A(x + ε)²] (Hooker et al. 2019)."""
+
+    name = "smoothgrad2"
+    summary = "mean square of a gradient method over noisy copies of x (Hooker 2019)"
+
+    def statistic(self, mean, mean_sq):
+        return mean_sq
+
+
+@dataclass(frozen=True)
+class VarGrad(NoiseTunnel):
+    """Var_ε[A(x + ε)] = E[A²] − E[A]², the population variance (Adebayo et al. 2018)."""
+
+    name = "vargrad"
+    summary = "variance of a gradient method over noisy copies of x (Adebayo 2018)"
+
+    def statistic(self, mean, mean_sq):
+        return mean_sq - mean * mean
