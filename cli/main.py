@@ -138,12 +138,13 @@ def inspect(model, **pre):
 @cli.command()
 def methods():
     """List the explanation methods, grouped by what they use."""
+    width = max(len(name) for name in method_registry.METHODS)
     for group, title in method_registry.GROUPS.items():
         members = [c for c in method_registry.METHODS.values() if c.group == group]
         if members:
             click.echo(f"{title}:")
             for c in members:
-                click.echo(f"  {c.name:<12} {c.summary}")
+                click.echo(f"  {c.name:<{width}}  {c.summary}{'' if c.one_graph else '  (several passes)'}")
 
 
 @cli.command()
@@ -226,12 +227,14 @@ def _report(m, image, e, j, k, top_k, png):
 @click.option("--force", is_flag=True)
 @PREPROCESSING
 @PROBS
-def export(model, method, layer, out, force, probabilities, **pre):
+@PARAM
+def export(model, method, layer, out, force, probabilities, params, **pre):
     """Write the explanation as a standalone ONNX graph (image in; outputs, map and class out)."""
-    method_registry.get(method)
+    params = _params(params)
+    method_registry.get(method, **params)
     check_writable([out], force)
     m = _load(model, pre, probabilities=probabilities)
-    export_graph(m, method, out, layer=layer)
+    export_graph(m, method, out, layer=layer, **params)
     click.echo(f"wrote {out}: inputs {m.input}, target (optional, int64 per image; default top-1); "
                f"outputs {', '.join(o.name for o in m.proto.graph.output)}, attributions, maps, target_used")
 

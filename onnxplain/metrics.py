@@ -7,6 +7,8 @@
 - Average drop and increase in confidence (Chattopadhay et al. 2018): the explanation image x ⊙ m (+ baseline
   ⊙ (1 − m)), m the map min-max normalised to [0, 1]; drop = max(0, Y − O)/Y·100 and increase = 100·[O > Y],
   Y and O the class probability of the image and of the explanation, averaged over images.
+- Pointing game (Zhang et al. 2016) and energy-based pointing game (Wang et al. 2020): where a map puts its maximum
+  and its positive mass relative to a ground-truth mask; maps only, no model calls.
 
 `evaluate(model, x, methods)` explains with each method (or takes given maps) and returns every metric per image.
 """
@@ -143,3 +145,37 @@ def evaluate(model, x, methods=("rise",), target=None, *, metrics=METRICS, step:
             row.update({k: v for k, v in (("drop", drop), ("increase", increase)) if k in metrics})
         results[method] = row
     return results
+
+
+def _maps_and_masks(maps, masks) -> tuple[np.ndarray, np.ndarray]:
+    maps, masks = np.asarray(maps, np.float64), np.asarray(masks) != 0
+    maps, masks = (maps[None] if maps.ndim == 2 else maps), (masks[None] if masks.ndim == 2 else masks)
+    if maps.ndim != 3 or maps.shape != masks.shape:
+        raise OnnxplainError(f"maps {maps.shape} and masks {masks.shape} must have the same shape, N×H×W or H×W")
+    return maps, masks
+
+
+def pointing_game(maps, masks, tolerance: float = 0) -> np.ndarray:
+    """Pointing game (Zhang et al. 2016) per image: 1.0 when the map's maximum lies within `tolerance` pixels
+    (Euclidean distance between pixel centres) of a pixel of the ground-truth mask, else 0.0.
+
+    maps: N×H×W (or H×W); masks: the same shape, non-zero on the object. Among equal maxima the first in row-major
+    order counts (numpy's argmax). An empty mask scores 0.0. Zhang et al. use a tolerance of 15 pixels at ~224².
+    """
+    maps, masks = _maps_and_masks(maps, masks)
+    hits = np.zeros(len(maps))
+    for i, (m, gt) in enumerate(zip(maps, masks)):
+        y, x = np.unravel_index(np.argmax(m), m.shape)
+        ys, xs = np.nonzero(gt)
+        hits[i] = float(ys.size > 0 and ((ys - y) ** 2 + (xs - x) ** 2).min() <= tolerance ** 2)
+    return hits
+
+
+def energy_pointing_game(maps, masks) -> np.ndarray:
+    """Energy-based pointing game (Wang et al. 2020, Score-CAM) per image: Σ_{p ∈ mask} m⁺(p) / Σ_p m⁺(p), the share
+    of the map's positive part m⁺ = max(m, 0) that falls on the ground-truth mask; 0.0 for a map with no positive
+    value. Shapes as `pointing_game`."""
+    maps, masks = _maps_and_masks(maps, masks)
+    pos = np.maximum(maps, 0)
+    total = pos.sum(axis=(1, 2))
+    return np.where(total > 0, (pos * masks).sum(axis=(1, 2)) / np.where(total > 0, total, 1), 0.0)

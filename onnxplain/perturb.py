@@ -247,13 +247,29 @@ def baseline(x: np.ndarray, kind) -> np.ndarray:
     colour after normalisation), "mean" (the image's mean colour), "blur" (the image blurred), or a number."""
     if isinstance(kind, (int, float)) and not isinstance(kind, bool):
         return np.full_like(x, float(kind))
-    if kind == "zero":
+    if kind in ("zero", "zeros"):
         return np.zeros_like(x)
     if kind == "mean":
         return np.broadcast_to(x.mean(axis=(1, 2), keepdims=True), x.shape).astype(np.float32)
     if kind == "blur":
         return gaussian_blur(x)
     raise OnnxplainError(f"baseline must be zero, mean, blur or a number, not {kind!r}")
+
+
+def references(inputs: np.ndarray, layout: str, spec, who: str) -> np.ndarray:
+    """The reference input x′ of every image of a batch (in the model's layout), for methods that explain a
+    difference from one (IG, DeepLIFT): a `baseline` kind made from each image, or an array, one image or one per
+    image."""
+    if isinstance(spec, (str, int, float)):
+        return to_layout(np.stack([baseline(x, spec) for x in to_chw(inputs, layout)]), layout)
+    try:
+        ref = np.asarray(spec, np.float32)
+    except (TypeError, ValueError):
+        raise OnnxplainError(f"{who}'s baseline must be zero, mean, blur, a number or an array") from None
+    if ref.shape not in (inputs.shape, inputs.shape[1:]):
+        raise OnnxplainError(f"{who}'s baseline has shape {ref.shape}; give one image {inputs.shape[1:]} or one "
+                             f"per image {inputs.shape}")
+    return np.broadcast_to(ref, inputs.shape)
 
 
 def bilinear_weights(n_in: int, n_out: int) -> np.ndarray:

@@ -84,18 +84,18 @@ def test_bad_inputs_give_one_line(tmp_path, capsys):
                                             "-o", tmp_path / "o")
 
 
-@pytest.mark.parametrize("method", ["saliency", "gradcam"])
-def test_exported_graph_runs_alone_and_matches_the_api(tmp_path, method, mobilenet):
+@pytest.mark.parametrize("method, params", [("saliency", {}), ("gradcam", {}), ("lrp", {"composite": "epsilon_gamma_box"})])
+def test_exported_graph_runs_alone_and_matches_the_api(tmp_path, method, params, mobilenet):
     out = tmp_path / f"{method}.onnx"
-    run("export", MOBILENET, "-m", method, "-o", out)
+    run("export", MOBILENET, "-m", method, "-o", out, *(f"-p{k}={v}" for k, v in params.items()))
     onnx.checker.check_model(onnx.load(out))
     x = np.stack([onnxplain.preprocess.read_image(p, mobilenet.preprocessing)[1] for p in IMAGES])
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     maps, used = sess.run(["maps", "target_used"], {"input": x})  # no target: top-1 in the graph
-    e = onnxplain.explain(mobilenet, x, method)
+    e = onnxplain.explain(mobilenet, x, method, **params)
     assert (used == e.targets).all() and rel_err(maps, e.maps) < 1e-5
     maps, used = sess.run(["maps", "target_used"], {"input": x, "target": np.array([285, 504])})
-    e = onnxplain.explain(mobilenet, x, method, target=[285, 504])
+    e = onnxplain.explain(mobilenet, x, method, target=[285, 504], **params)
     assert (used == [285, 504]).all() and rel_err(maps, e.maps) < 1e-5
 
 

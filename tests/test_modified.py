@@ -12,6 +12,7 @@ from gradcheck import one_node_model
 
 import onnxplain
 from onnxplain.errors import OnnxplainError
+from onnxplain import perturb
 from onnxplain.explain import as_batch, forward
 from onnxplain.rewrite.graph import COTANGENT, GRAD, Request, build
 from onnxplain.rewrite.modified.deeplift import RESCALE
@@ -197,7 +198,7 @@ def test_deeplift_sums_to_the_score_difference(name):
     m, ref = _zoo(name)
     for baseline in ("zero", "blur"):
         e = onnxplain.explain(m, ref["x"], "deeplift", target=ref["targets"].tolist(), baseline=baseline)
-        references = onnxplain.methods.get("deeplift", baseline=baseline).references(m, ref["x"])
+        references = perturb.references(ref["x"], m.layout, baseline, "deeplift")
         assert np.allclose(e.info["baseline_score"], forward(m, references)[np.arange(3), e.targets], atol=1e-6)
         difference = e.scores - e.info["baseline_score"]
         assert np.allclose(e.attributions.sum(axis=(1, 2, 3)) - difference, e.info["completeness_gap"], atol=1e-6)
@@ -239,7 +240,7 @@ def test_mobilenet_deeplift_sums_to_the_score_difference(mobilenet):
     top1 = forward(mobilenet, x).argmax(axis=1)
     for baseline in ("blur", np.full(x.shape[1:], 0.5, np.float32)):
         e = onnxplain.explain(mobilenet, x, "deeplift", baseline=baseline)
-        references = onnxplain.methods.get("deeplift", baseline=baseline).references(mobilenet, x)
+        references = perturb.references(x, mobilenet.layout, baseline, "deeplift")
         difference = e.scores - forward(mobilenet, references)[[0, 1], top1]
         assert (e.targets == top1).all() and e.maps.shape == (2, 224, 224)
         assert (np.abs(e.info["completeness_gap"]) <= 1e-5 * np.abs(difference)).all()

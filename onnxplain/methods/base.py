@@ -49,9 +49,15 @@ class Method:
     one_graph: ClassVar[bool] = True  # its whole computation is the graph of `request()` (so it can be exported);
                                       # methods that override `run()` with several passes set it False
 
-    def composite(self):
-        """The Composite of modified backward rules this method differentiates with; None for the plain gradient."""
+    def rules(self, model):
+        """The Composite of modified backward rules this method differentiates `model` with; None for the plain
+        gradient."""
         return None
+
+    def reduce_channels(self, attributions, channel_axis: int):
+        """The map of input-shaped attributions, on the host (wrappers such as SmoothGrad aggregate attributions
+        first): the signed sum over channels; gradient magnitudes override it with the max of |a|."""
+        return attributions.sum(axis=channel_axis)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -76,7 +82,7 @@ class Method:
         head = Head(self, model.input, model.score, layer, model.layout, model.input_size)
         wrt = (layer if self.at_layer else model.input,) if self.uses_gradient else ()
         return Request(expose=(model.score,), differentiate=(model.score,), wrt=wrt, seed="target", head=head,
-                       rules=self.composite())
+                       rules=self.rules(model))
 
 
 @dataclass(frozen=True)

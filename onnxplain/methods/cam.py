@@ -16,7 +16,6 @@ import onnx_graphsurgeon as gs
 from ..errors import OnnxplainError
 from ..perturb import bilinear_weights
 from ..rewrite.builder import Builder
-from ..rewrite.composite import Composite
 from ..rewrite.graph import Request, opset_of
 from ..rewrite.layers import block_ends
 from .base import Head, Method, upsample
@@ -368,8 +367,7 @@ class ScoreCAM(PassesCAM):
         chosen = np.flatnonzero(maps.max(axis=(1, 2)) > maps.min(axis=(1, 2)))
         chosen = chosen[np.argsort(-spread[chosen], kind="stable")][:self.channels]
         gate = Gate(model.input, channel_axis(model), model.input_size)
-        sess = model.session(Request(expose=(model.score,), keep_outputs=False,
-                                     rules=Composite("scorecam", canonizers=(gate,))))
+        sess = model.session(Request(expose=(model.score,), keep_outputs=False, transform=gate))
         scores = np.zeros((len(maps), model.num_classes))
         if len(chosen):
             y = batched(sess, model.score, {model.input: x}, {MASK: maps[chosen]}, batch_size)
@@ -393,7 +391,7 @@ class AblationCAM(PassesCAM):
 
     def passes(self, model, layer, x, a, batch_size):
         sess = model.session(Request(expose=(model.score,), keep_outputs=False, cut=(layer,),
-                                     rules=Composite("ablation", canonizers=(Gate(layer, channel_axis(model)),))))
+                                     transform=Gate(layer, channel_axis(model))))
         k = a.shape[channel_axis(model)]
         keep = 1 - np.eye(k, dtype=np.float32)
         return batched(sess, model.score, {layer: a}, {MASK: keep}, batch_size).astype(np.float64)

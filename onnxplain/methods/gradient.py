@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import OnnxplainError
 from .. import perturb
-from ..perturb import to_chw, to_layout, top1
+from ..perturb import top1
 from ..rewrite.graph import GRAD, TARGET, Request
 from .base import Method
 
@@ -24,6 +24,9 @@ class Saliency(Method):
     def formula(self, g, t):
         a = g.Abs(t.dx)
         return a, g.reduce_max(a, [t.channel_axis], keepdims=False)
+
+    def reduce_channels(self, attributions, channel_axis):
+        return np.abs(attributions).max(axis=channel_axis)
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ class IntegratedGradients(Method):
     def run(self, model, inputs, targets, layer, batch_size):
         from ..explain import forward  # explain imports the methods
         n = len(inputs)
-        base = self.baselines(model, inputs)
+        base = perturb.references(inputs, model.layout, self.baseline, self.name)
         logits = forward(model, np.concatenate([inputs, base]), batch_size)
         used = top1(targets, logits[:n])
         alphas, weights = (v.reshape(-1, 1, 1, 1).astype(np.float32) for v in quadrature(self.rule, self.steps))
@@ -94,19 +97,6 @@ class IntegratedGradients(Method):
         gap = attributions.reshape(n, -1).sum(axis=1, dtype=np.float64) - (y - y0)
         return (attributions, attributions.sum(axis=channel_axis(model)), logits[:n], used,
                 {"completeness_gap": gap, "baseline_score": y0})
-
-    def baselines(self, model, inputs: np.ndarray) -> np.ndarray:
-        """x′ for every image of the batch, in the model's layout."""
-        if isinstance(self.baseline, (str, int, float)):
-            chw = to_chw(inputs, model.layout)
-            return to_layout(np.stack([perturb.baseline(x, self.baseline) for x in chw]), model.layout)
-        b = np.asarray(self.baseline, np.float32)
-        if b.shape == inputs.shape[1:]:
-            return np.broadcast_to(b, inputs.shape)
-        if b.shape != inputs.shape:
-            raise OnnxplainError(f"ig: the baseline has shape {b.shape}; give one image {inputs.shape[1:]} or one "
-                                 f"per image {inputs.shape}")
-        return b
 
 
 def quadrature(rule: str, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,9 +12,8 @@ from numbers import Real
 import numpy as np
 
 from ..errors import OnnxplainError
-from ..rewrite.graph import Request
 from ..rewrite.modified import lrp as rules
-from .base import Head, Method
+from .base import Method
 
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon")
 
@@ -92,11 +91,6 @@ class LRP(Method):
         low, high = (tuple(((v * p.scale - np.asarray(p.mean)) / np.asarray(p.std)).tolist()) for v in (0, 255))
         return self.low or low, self.high or high
 
-    def request(self, model, layer):  # the composite depends on the model (the box), so it is built here
-        head = Head(self, model.input, model.score, layer, model.layout, model.input_size)
-        return Request(expose=(model.score,), differentiate=(model.score,), wrt=(model.input,), seed="target",
-                       head=head, rules=self.rules(model))
-
     def formula(self, g, t):
         r = g.Mul(t.dx, score_of_target(g, t))
         return r, g.reduce_sum(r, [t.channel_axis], keepdims=False)
@@ -117,7 +111,7 @@ class ExcitationBackprop(Method):
     def __post_init__(self):
         _number(self.name, "stabilizer", self.stabilizer, strict=True)
 
-    def composite(self):
+    def rules(self, model):
         return rules.excitation_backprop(self.stabilizer)
 
     def formula(self, g, t):
@@ -140,7 +134,7 @@ class ContrastiveExcitationBackprop(ExcitationBackprop):
     summary = "ReLU of class-minus-dual winning probabilities at a layer (Zhang 2016)"
     at_layer = True
 
-    def composite(self):
+    def rules(self, model):
         return rules.contrastive_excitation_backprop(self.stabilizer)
 
     def formula(self, g, t):

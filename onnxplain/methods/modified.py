@@ -12,7 +12,8 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import OnnxplainError
-from ..perturb import baseline, to_chw, to_layout, top1
+from .. import perturb
+from ..perturb import top1
 from ..rewrite.composite import Composite
 from ..rewrite.graph import TARGET
 from ..rewrite.modified.deeplift import RESCALE, halves
@@ -26,10 +27,13 @@ class ModifiedGradient(Method):
     """The input gradient under a composite of override rules; the map is max over channels of |dx|."""
 
     group = "modified"
-    rules: ClassVar[Composite]
+    override: ClassVar[Composite]
 
-    def composite(self):
-        return self.rules
+    def rules(self, model):
+        return self.override
+
+    def reduce_channels(self, attributions, channel_axis):
+        return np.abs(attributions).max(axis=channel_axis)
 
     def formula(self, g, t):
         return t.dx, g.reduce_max(g.Abs(t.dx), [t.channel_axis], keepdims=False)
@@ -41,7 +45,7 @@ class GuidedBackprop(ModifiedGradient):
 
     name = "guided"
     summary = "gradient passing only positive signal back through ReLUs (Springenberg 2015)"
-    rules = GUIDED
+    override = GUIDED
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class Deconvnet(ModifiedGradient):
 
     name = "deconvnet"
     summary = "gradient with ReLU(dy) at every ReLU, ignoring the forward pass (Zeiler 2014)"
-    rules = DECONVNET
+    override = DECONVNET
 
 
 def nearest(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -108,7 +112,7 @@ class DeepLift(Method):
     one_graph = False
     baseline: object = field(default="zero", compare=False)  # not part of the graph: sessions stay shared
 
-    def composite(self):
+    def rules(self, model):
         return RESCALE
 
     def formula(self, g, t):
@@ -116,22 +120,9 @@ class DeepLift(Method):
         a = g.Mul(g.Sub(x, reference), m)
         return a, g.reduce_sum(a, [t.channel_axis], keepdims=False)
 
-    def references(self, model, inputs):
-        if isinstance(self.baseline, (str, int, float)):
-            images = to_chw(inputs, model.layout)
-            return to_layout(np.stack([baseline(x, self.baseline) for x in images]), model.layout)
-        try:
-            ref = np.asarray(self.baseline, np.float32)
-        except (TypeError, ValueError):
-            raise OnnxplainError("deeplift's baseline must be zero, mean, blur, a number or an array") from None
-        if ref.shape not in (inputs.shape, inputs.shape[1:]):
-            raise OnnxplainError(f"deeplift's baseline has shape {ref.shape}; give one image "
-                                 f"{inputs.shape[1:]} or one per image {inputs.shape}")
-        return np.broadcast_to(ref, inputs.shape)
-
     def run(self, model, inputs, targets, layer, batch_size):
         from ..explain import forward  # the API module imports the methods
-        references = self.references(model, inputs)
+        references = perturb.references(inputs, model.layout, self.baseline, self.name)
         if (targets < 0).any():  # the top-1 class of the image, not of its reference
             targets = top1(targets, forward(model, inputs, batch_size))
         sess = model.session(self.request(model, layer))

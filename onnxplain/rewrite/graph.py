@@ -48,10 +48,14 @@ class Request:
     rules: object = None                 # a Composite overriding VJP rules (modified backward passes), or None
     cut: tuple[str, ...] = ()            # tensors made graph inputs: the graph runs from them on (their producers,
                                          # and the image input if nothing else needs it, drop out)
+    transform: object = None             # a hashable model rewrite (proto -> proto) applied first, e.g. a fed mask
+                                         # multiplied into a tensor
 
 
 def build(model: onnx.ModelProto, request: Request) -> onnx.ModelProto:
     """The model with `request` applied: exposed tensors, cotangent inputs and gradient outputs."""
+    if request.transform is not None:
+        model = request.transform(model)
     if request.rules is not None:
         model = request.rules.prepare(model)
     if request.differentiate:
