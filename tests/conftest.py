@@ -19,6 +19,15 @@ def rel_err(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
+def zoo(name, exporter="dynamo"):
+    """A zoo model (loaded on the CPU, [0, 1] inputs) and its committed torch references."""
+    import numpy as np
+
+    import onnxplain
+    return (onnxplain.load(MODELS / "zoo" / f"{name}_{exporter}.onnx", device="cpu", preprocessing="unit"),
+            np.load(MODELS / "zoo" / f"{name}.npz"))
+
+
 @pytest.fixture(scope="session")
 def mobilenet():
     import onnxplain

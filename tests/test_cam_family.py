@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from conftest import EXPORTERS, IMAGES, MOBILENET, MODELS, ZOO, rel_err
+from conftest import EXPORTERS, IMAGES, MOBILENET, MODELS, ZOO, rel_err, zoo
 from onnx import TensorProto, helper, numpy_helper
 from onnxplain_cli.main import cli, main
 
@@ -22,11 +22,6 @@ from onnxplain.rewrite.graph import COTANGENT, GRAD, Request
 
 CAMS = ("gradcam", "cam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "fem", "scorecam",
         "ablationcam")
-
-
-def _zoo(name, exporter="dynamo"):
-    ref = np.load(MODELS / "zoo" / f"{name}.npz")
-    return onnxplain.load(MODELS / "zoo" / f"{name}_{exporter}.onnx", device="cpu", preprocessing="unit"), ref
 
 
 def _exposed(m, x, layer, targets):
@@ -94,7 +89,7 @@ FORMULAS = {
 @pytest.mark.parametrize("name", ZOO)
 def test_one_graph_cams_follow_their_definition(name, exporter):
     """At the default layer; for the dynamo exports also at the block end before it."""
-    m, ref = _zoo(name, exporter)
+    m, ref = zoo(name, exporter)
     x, targets = ref["x"], ref["targets"]
     blocks = candidate_layers(m)
     for layer in (cam_layer(m, None), blocks[-2])[:2 if exporter == "dynamo" else 1]:
@@ -118,7 +113,7 @@ def _gemm_rows(m):
 @pytest.mark.parametrize("name", ["resnet", "densenet", "inception"])
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_cam_is_the_linear_layers_row_and_the_gradients_spatial_sum(name, exporter):
-    m, ref = _zoo(name, exporter)
+    m, ref = zoo(name, exporter)
     e = onnxplain.explain(m, ref["x"], "cam", target=ref["targets"].tolist())
     a, g = _exposed(m, ref["x"], e.layer, ref["targets"])
     rows = _gemm_rows(m)[ref["targets"]]
@@ -129,7 +124,7 @@ def test_cam_is_the_linear_layers_row_and_the_gradients_spatial_sum(name, export
 
 @pytest.mark.parametrize("name", ["vgg", "mobilenetv3"])
 def test_cam_refuses_a_model_without_a_pooled_linear_head(name, capsys, tmp_path):
-    m, ref = _zoo(name)
+    m, ref = zoo(name)
     with pytest.raises(OnnxplainError) as err:
         onnxplain.explain(m, ref["x"], "cam")
     assert len(str(err.value).splitlines()) == 1 and "global average pooling" in str(err.value)
@@ -198,7 +193,7 @@ def _softmax(y):
 @pytest.mark.parametrize("layer", [-1, -2])
 def test_scorecam_equals_a_loop_over_channels(layer):
     """Each channel upsampled, min-max normalised, multiplied into the image and scored alone by a plain forward."""
-    m, ref = _zoo("resnet")
+    m, ref = zoo("resnet")
     x, targets = ref["x"], ref["targets"]
     name = candidate_layers(m)[layer]
     a, _ = _exposed(m, x, name, targets)
@@ -219,7 +214,7 @@ def test_scorecam_equals_a_loop_over_channels(layer):
 @pytest.mark.parametrize("layer", [-1, -2])
 def test_ablationcam_equals_a_loop_over_channels(layer):
     """Each channel zeroed in a copy of A, fed alone to the graph cut at the layer: w_k = (y_c − y_c^k) / y_c."""
-    m, ref = _zoo("resnet")
+    m, ref = zoo("resnet")
     x, targets = ref["x"], ref["targets"]
     name = candidate_layers(m)[layer]
     a, _ = _exposed(m, x, name, targets)
@@ -237,7 +232,7 @@ def test_ablationcam_equals_a_loop_over_channels(layer):
 
 def test_layercam_fuses_layers_as_the_paper():
     """Each layer's LayerCAM scaled to tanh(2·M / max M), upsampled to the input, fused by the element-wise max."""
-    m, ref = _zoo("densenet")
+    m, ref = zoo("densenet")
     x, targets = ref["x"], ref["targets"]
     layers = candidate_layers(m)
     fused = []
@@ -255,7 +250,7 @@ def test_layercam_fuses_layers_as_the_paper():
 
 @pytest.mark.parametrize("method", CAMS)
 def test_several_targets_equal_single_target_runs(method):
-    m, ref = _zoo("resnet")
+    m, ref = zoo("resnet")
     x = ref["x"][:2]
     both = onnxplain.explain(m, x, method, target=[[3, 7]])
     assert both.maps.shape == (2, 2, 32, 32) and (both.targets == [3, 7]).all()
@@ -292,7 +287,7 @@ def test_cli_runs_cams(tmp_path, capsys):
 
 @pytest.mark.parametrize("method", ["cam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "fem"])
 def test_exported_cam_graph_equals_the_api(tmp_path, method):
-    m, ref = _zoo("inception")
+    m, ref = zoo("inception")
     path = tmp_path / f"{method}.onnx"
     result = CliRunner().invoke(cli, ["export", str(MODELS / "zoo" / "inception_dynamo.onnx"), "-m", method,
                                       "--preset", "unit", "-o", str(path)], catch_exceptions=False)

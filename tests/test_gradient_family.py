@@ -3,7 +3,7 @@ bad parameters, and equality with Captum's IntegratedGradients and NoiseTunnel o
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import IMAGES, MOBILENET, MODELS, ZOO, rel_err
+from conftest import IMAGES, MOBILENET, ZOO, rel_err, zoo
 from onnxplain_cli.main import cli, main
 
 import onnxplain
@@ -13,11 +13,6 @@ from onnxplain.explain import forward
 from onnxplain.methods.gradient import RULES
 
 NOISE_TUNNEL = ("smoothgrad", "smoothgrad2", "vargrad")
-
-
-def _zoo(name):
-    ref = np.load(MODELS / "zoo" / f"{name}.npz")
-    return onnxplain.load(MODELS / "zoo" / f"{name}_dynamo.onnx", device="cpu", preprocessing="unit"), ref
 
 
 def _baseline(ref):
@@ -31,7 +26,7 @@ def test_completeness_gap_shrinks_with_steps(name):
     Measured (steps 4 → 32 → 256): resnet 0.19 → 0.018 → 0.0026, mobilenetv3 0.026 → 0.0095 → 0.0011; the ReLU
     integrand is only piecewise smooth along the path, so the gap of one image need not shrink between nearby step
     counts: these are far apart."""
-    m, ref = _zoo(name)
+    m, ref = zoo(name)
     targets = ref["targets"].tolist()
     gaps = []
     for steps in (4, 32, 256):
@@ -55,7 +50,7 @@ def _blur(images, sigma=5.0, size=11):
 
 
 def test_blur_baseline_is_the_blurred_image():
-    m, ref = _zoo("vgg")
+    m, ref = zoo("vgg")
     targets = ref["targets"].tolist()
     blurred = _blur(ref["x"])
     e = onnxplain.explain(m, ref["x"], "ig", target=targets, steps=8, baseline="blur")
@@ -93,14 +88,14 @@ def test_cli_runs_ig_and_smoothgrad_on_mobilenet(tmp_path, capsys):
     ("smoothgrad", {"sigma": -1.0}, "sigma must be a number"),
 ])
 def test_bad_parameters_give_one_line(method, params, words):
-    m, ref = _zoo("resnet")
+    m, ref = zoo("resnet")
     with pytest.raises(OnnxplainError) as err:
         onnxplain.explain(m, ref["x"], method, **params)
     assert words in str(err.value) and len(str(err.value).splitlines()) == 1, err.value
 
 
 def test_noise_is_independent_of_the_batch_size():
-    m, ref = _zoo("resnet")
+    m, ref = zoo("resnet")
     maps = [onnxplain.explain(m, ref["x"], "smoothgrad", samples=6, internal_batch_size=size).maps
             for size in (1, 4, 18)]
     assert rel_err(maps[0], maps[2]) <= 1e-6 and rel_err(maps[1], maps[2]) <= 1e-6
@@ -131,7 +126,7 @@ def test_ig_equals_captum(name, captum):
     pre-activation lies within 1e-7 of a ReLU kink (densenet, image 2, α = 2/3: 9e-8 in float64), so the two
     float32 implementations switch that unit differently, and that point's gradient differs by a few percent."""
     torch, captum_attr = captum
-    m, ref = _zoo(name)
+    m, ref = zoo(name)
     ig = captum_attr.IntegratedGradients(_torch_zoo(name))
     x = np.concatenate([ref["x"], ref["x"]])
     base = np.concatenate([np.zeros_like(ref["x"]), _baseline(ref)])
@@ -160,7 +155,7 @@ def _same_noise(monkeypatch, captum, method, x):
 def _check_noise_tunnel(monkeypatch, captum, name, inner, reference, reduce, **kwargs):
     """Each noise-tunnel type around `inner` against Captum's NoiseTunnel around `reference`, on the same noise."""
     torch, captum_attr = captum
-    m, ref = _zoo(name)
+    m, ref = zoo(name)
     targets = ref["targets"].tolist()
     for ours, kind in zip(NOISE_TUNNEL, ("smoothgrad", "smoothgrad_sq", "vargrad")):
         method = methods.get(ours, of=inner, samples=4, seed=3, internal_batch_size=5)

@@ -1,21 +1,16 @@
 """Saliency, Gradient×Input and Grad-CAM against their definitions, and against Captum on the same weights."""
 import numpy as np
 import pytest
-from conftest import IMAGES, MODELS, ZOO, rel_err
+from conftest import IMAGES, ZOO, rel_err, zoo
 
 import onnxplain
 from onnxplain.explain import as_batch
 from onnxplain.rewrite.graph import COTANGENT, GRAD, Request
 
 
-def _zoo(name, exporter="dynamo"):
-    ref = np.load(MODELS / "zoo" / f"{name}.npz")
-    return onnxplain.load(MODELS / "zoo" / f"{name}_{exporter}.onnx", device="cpu", preprocessing="unit"), ref
-
-
 @pytest.mark.parametrize("name", ZOO)
 def test_gradient_methods_follow_their_definition(name):
-    m, ref = _zoo(name)
+    m, ref = zoo(name)
     x, grad = ref["x"], ref["grad_target"]
     s = onnxplain.explain(m, x, "saliency", target=ref["targets"].tolist())
     assert rel_err(s.attributions, np.abs(grad)) <= 1e-4
@@ -44,7 +39,7 @@ def _bilinear(m, size):
 @pytest.mark.parametrize("name", ZOO)
 def test_gradcam_follows_its_definition(name):
     """ReLU(Σ_k mean(∂y_c/∂A_k) A_k) from the exposed activation and its gradient, then bilinear upsampling."""
-    m, ref = _zoo(name)
+    m, ref = zoo(name)
     e = onnxplain.explain(m, ref["x"], "gradcam", target=ref["targets"].tolist())
     sess = m.session(Request(expose=(e.layer,), differentiate=(m.score,), wrt=(e.layer,)))
     onehot = np.eye(m.num_classes, dtype=np.float32)[ref["targets"]]
@@ -77,7 +72,7 @@ def _torch_zoo(name):
 
 @pytest.mark.parametrize("name", ZOO)
 def test_saliency_equals_captum(name):
-    m, ref = _zoo(name)
+    m, ref = zoo(name)
     net = _torch_zoo(name)
     x = torch.tensor(ref["x"], requires_grad=True)
     expected = captum_attr.Saliency(net).attribute(x, target=torch.tensor(ref["targets"])).numpy()
@@ -99,7 +94,7 @@ def _onnx_tensor_of(m, net, module, x):
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
 @pytest.mark.parametrize("name", ZOO)
 def test_gradcam_equals_captum(name, exporter):
-    m, ref = _zoo(name, exporter)
+    m, ref = zoo(name, exporter)
     net = _torch_zoo(name)
     layer = net.get_submodule(net.INFO["cam_layer"])
     x = torch.tensor(ref["x"])

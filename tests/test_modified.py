@@ -7,7 +7,7 @@
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import IMAGES, MOBILENET, ZOO, rel_err
+from conftest import IMAGES, MOBILENET, ZOO, rel_err, zoo
 from gradcheck import one_node_model
 
 import onnxplain
@@ -117,7 +117,7 @@ torch = pytest.importorskip("torch", reason="reference tests need torch")
 captum_attr = pytest.importorskip("captum.attr", reason="reference tests need captum")
 from captum._utils.common import _register_backward_hook  # noqa: E402
 from captum.attr._core import deep_lift  # noqa: E402
-from test_methods import _onnx_tensor_of, _torch_mobilenet, _torch_zoo, _zoo  # noqa: E402
+from test_methods import _onnx_tensor_of, _torch_mobilenet, _torch_zoo  # noqa: E402
 
 # Captum modifies nn.ReLU modules only; the zoo's ResNet applies torch.relu after each residual Add, which Captum
 # leaves plain, so it is left out. Every ReLU of the other zoo models is a module.
@@ -126,7 +126,7 @@ MODULE_RELU_ZOO = [name for name in ZOO if name != "resnet"]
 
 @pytest.mark.parametrize("name", MODULE_RELU_ZOO)
 def test_guided_and_deconvnet_equal_captum(name):
-    m, ref = _zoo(name)
+    m, ref = zoo(name)
     net, x, t = _torch_zoo(name), torch.tensor(ref["x"]), torch.tensor(ref["targets"])
     for method, cls in (("guided", captum_attr.GuidedBackprop), ("deconvnet", captum_attr.Deconvolution)):
         expected = cls(net).attribute(x.clone().requires_grad_(), target=t).detach().numpy()
@@ -138,7 +138,7 @@ def test_guided_and_deconvnet_equal_captum(name):
 @pytest.mark.parametrize("name", MODULE_RELU_ZOO)
 def test_guided_gradcam_equals_captum(name):
     """Captum upsamples with torch's "nearest" by default; the paper's bilinear is our default."""
-    m, ref = _zoo(name)
+    m, ref = zoo(name)
     net, x, t = _torch_zoo(name), torch.tensor(ref["x"]), torch.tensor(ref["targets"])
     module = net.get_submodule(net.INFO["cam_layer"])
     layer = _onnx_tensor_of(m, net, module, ref["x"])
@@ -178,7 +178,7 @@ def _captum_deeplift_net(name, monkeypatch):
 def test_deeplift_equals_captum(name, monkeypatch):
     """Attributions and the per-image gap Σa − Δy_c equal Captum's DeepLift and its convergence delta (the gap is
     not 0 on MobileNetV3: its squeeze-excite gate multiplies two activations, which Rescale does not cover)."""
-    m, ref = _zoo(name)
+    m, ref = zoo(name)
     net, t = _captum_deeplift_net(name, monkeypatch), torch.tensor(ref["targets"])
     x = torch.tensor(ref["x"], dtype=torch.float64, requires_grad=True)
     expected, delta = captum_attr.DeepLift(net).attribute(x, torch.zeros_like(x), target=t,
@@ -195,7 +195,7 @@ def test_deeplift_sums_to_the_score_difference(name):
     functional ReLUs included: the graph does not see how torch called them), with the zero and a blurred
     reference. Not on MobileNetV3: its squeeze-excite gates multiply two activations, and its gap, 12-14% of Δy_c,
     is Captum's (test_deeplift_equals_captum)."""
-    m, ref = _zoo(name)
+    m, ref = zoo(name)
     for baseline in ("zero", "blur"):
         e = onnxplain.explain(m, ref["x"], "deeplift", target=ref["targets"].tolist(), baseline=baseline)
         references = perturb.references(ref["x"], m.layout, baseline, "deeplift")

@@ -4,7 +4,7 @@ from math import factorial
 
 import numpy as np
 import pytest
-from conftest import IMAGES, MODELS, rel_err
+from conftest import IMAGES, MODELS, rel_err, zoo
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
@@ -69,11 +69,6 @@ def linear():
     w = rng.normal(size=(3, 4, 4))
     x = rng.uniform(0.1, 1.0, (2, 3, 32, 32)).astype(np.float32)
     return patch_model(w), w, x
-
-
-def _zoo(name="resnet"):
-    return (onnxplain.load(MODELS / "zoo" / f"{name}_dynamo.onnx", device="cpu", preprocessing="unit"),
-            np.load(MODELS / "zoo" / f"{name}.npz"))
 
 
 # -- Occlusion -------------------------------------------------------------------------------------------------
@@ -144,7 +139,7 @@ def test_kernelshap_recovers_patch_weights(linear, segments, samples):
 
 def test_kernelshap_enumeration_equals_the_shapley_formula():
     """φ_j = Σ_S |S|!(d−|S|−1)!/d! (f(S ∪ j) − f(S)) by brute force over the 2×2 grid, on a non-linear model."""
-    m, ref = _zoo()
+    m, ref = zoo("resnet")
     x, c = ref["x"][:1], 3
     masks = np.array([[(s >> j) & 1 for j in range(4)] for s in range(16)], np.float32)
     seg = np.repeat(np.repeat(np.arange(4).reshape(2, 2), 16, 0), 16, 1)
@@ -172,7 +167,7 @@ def test_lime_recovers_patch_weights(linear):
 def test_lime_is_the_weighted_ridge_fit_of_its_samples():
     """β of argmin Σ π(z)(f(z) − β₀ − zβ)² + α‖β‖², π = exp(−D²/(2σ²)), D the cosine distance to 1, on a
     non-linear model, against the normal equations written out with an unpenalised intercept column."""
-    m, ref = _zoo()
+    m, ref = zoo("resnet")
     x, c, method = ref["x"][:1], 5, LIME(samples=300, segments=4, alpha=0.5, seed=3)
     e = onnxplain.explain(m, x, "lime", target=c, samples=300, segments=4, alpha=0.5, seed=3)
     z, _ = method.coalitions(16, np.random.default_rng([3, 0]))
@@ -190,7 +185,7 @@ def test_lime_is_the_weighted_ridge_fit_of_its_samples():
 def test_rise_follows_its_definition():
     """S = Σ f_c(x ⊙ M_i) M_i / (N·p), masks upsampled by torch's bilinear interpolation and cropped at the shifts."""
     torch = pytest.importorskip("torch", reason="the independent upsampling uses torch")
-    m, ref = _zoo()
+    m, ref = zoo("resnet")
     x, c, n, s, p = ref["x"][:1], 7, 300, 5, 0.4
     grid, shifts, _, _ = _rise_masks(n, s, p, 11, 32, 32)
     cell = -(-32 // s)
@@ -204,7 +199,7 @@ def test_rise_follows_its_definition():
 
 
 def test_rise_is_reproducible_with_a_seed():
-    m, ref = _zoo()
+    m, ref = zoo("resnet")
     run = lambda seed, batch: onnxplain.explain(m, ref["x"], "rise", masks=120, seed=seed, batch_size=batch).maps
     a = run(0, 16)
     assert np.array_equal(a, run(0, 16))
@@ -314,7 +309,7 @@ def test_pda_evidence_has_the_right_sign_and_order(sampling):
 
 
 def test_pda_is_reproducible_and_gives_many_classes_at_once():
-    m, ref = _zoo()
+    m, ref = zoo("resnet")
     x = ref["x"][:1]
     run = lambda **kw: onnxplain.explain(m, x, "pda", window=6, samples=3, stride=2, **kw)
     a = run(seed=0, classes=(0, 4, 9))
@@ -336,7 +331,7 @@ def test_pda_windows_stay_whole_with_large_strides(linear):
 
 
 def test_pda_stops_and_resumes_from_its_checkpoint(tmp_path):
-    m, ref = _zoo()
+    m, ref = zoo("resnet")
     x, ckpt = ref["x"][:2], tmp_path / "pda.npz"
     params = dict(window=6, samples=3, stride=2, batch_size=16)
     full = onnxplain.explain(m, x, "pda", **params)
@@ -366,7 +361,7 @@ def test_occlusion_equals_captum(name, kind):
     from architectures import load_zoo_torch
 
     from onnxplain.perturb import baseline
-    m, ref = _zoo(name)
+    m, ref = zoo(name)
     x, targets = ref["x"], ref["targets"]
     base = torch.tensor(np.stack([baseline(img, kind) for img in x]))
     threads = torch.get_num_threads()
