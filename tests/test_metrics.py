@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import IMAGES, MODELS, rel_err
-from test_perturbation import _zoo, patch_matrix, patch_model, softmax
+from conftest import IMAGES, MODELS, rel_err, zoo
+from test_perturbation import patch_matrix, patch_model, softmax
 
 import onnxplain
 from onnxplain.errors import OnnxplainError
@@ -93,7 +93,7 @@ def test_average_drop_and_increase_follow_their_definition(two_class):
 
 
 def test_evaluate_explains_then_scores():
-    m, ref = _zoo()
+    m, ref = zoo("resnet")
     x = ref["x"][:2]
     params = {"occlusion": {"window": 8, "stride": 8}, "rise": {"masks": 64}}
     calls = []
