@@ -171,10 +171,11 @@ def explain(model, images, method, target, layer, out_dir, force, top_k, batch_s
     method_registry.get(method, **params)
     classes = _classes(target, len(images))  # per image: a list of classes, or None for its top-1
     several = any(c is not None and len(c) > 1 for c in classes)
-    outputs = [[(out_dir / f"{p.stem}.{method}{f'.{c}' if several else ''}.png",
-                 out_dir / f"{p.stem}.{method}{f'.{c}' if several else ''}.npy") for c in (cs or [None])]
-               for p, cs in zip(images, classes)]
-    files = [f for per_image in outputs for pair in per_image for f in pair]
+    parts = ("",) + tuple(f".{name}" for name in method_registry.METHODS[method].parts)  # the map, then its parts
+    outputs = [[[(out_dir / f"{p.stem}.{method}{f'.{c}' if several else ''}{part}.png",
+                  out_dir / f"{p.stem}.{method}{f'.{c}' if several else ''}{part}.npy") for part in parts]
+                for c in (cs or [None])] for p, cs in zip(images, classes)]
+    files = [f for per_image in outputs for per_class in per_image for pair in per_class for f in pair]
     if len(set(files)) != len(files):
         raise OnnxplainError("two outputs share a file name (images with the same name, or a class given twice); "
                              "explain them into different --out folders")
@@ -188,11 +189,14 @@ def explain(model, images, method, target, layer, out_dir, force, top_k, batch_s
             e = onnxplain.explain(m, [images[i] for i in chunk], method=method, target=tgt, layer=layer,
                                   **_with_progress(method, params))
             for j, i in enumerate(chunk):
-                for k, (png, npy) in enumerate(outputs[i]):
-                    view = e.maps[j, k] if several else e.maps[j]
-                    save_png(png, overlay(e.views[j], view))
-                    save_npy(npy, view)
-                    _report(m, images[i], e, j, k if several else None, top_k if k == 0 else 0, png)
+                for k, per_class in enumerate(outputs[i]):
+                    maps = e.maps[j, k] if several else e.maps[j]
+                    attributions = e.attributions[j, k] if several else e.attributions[j]
+                    for p, (png, npy) in enumerate(per_class):
+                        view = maps if p == 0 else attributions[p - 1]
+                        save_png(png, overlay(e.views[j], view))
+                        save_npy(npy, view)
+                    _report(m, images[i], e, j, k if several else None, top_k if k == 0 else 0, per_class[0][0])
 
 
 def _classes(target: tuple[str, ...], n: int) -> list[list[int] | None]:

@@ -179,3 +179,54 @@ def energy_pointing_game(maps, masks) -> np.ndarray:
     pos = np.maximum(maps, 0)
     total = pos.sum(axis=(1, 2))
     return np.where(total > 0, (pos * masks).sum(axis=(1, 2)) / np.where(total > 0, total, 1), 0.0)
+
+
+def undesirable_removal(model, x, maps, target=None, *, q=(1, 5, 10), repeats: int = 5, seed: int = 0,
+                        baseline_kind: str | float = "zero", score="probability",
+                        batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """What removing the top-q % pixels of an undesirable-pixel map (Kang et al. 2019) does to the target class,
+    against removing as many random pixels: {name: N×len(q)} with
+
+    - "target": p_c(x′) − p_c(x), x′ = x with the ⌈q·H·W/100⌉ highest pixels of the map set to the baseline;
+    - "margin": the same for the margin p_c − max_{c′≠c} p_{c′} (the strongest rival after the removal);
+    - "target_random", "margin_random": their mean over `repeats` removals of uniformly random pixels of the same
+      count; draw r of image i is the first pixels of default_rng([seed, i, r]).permutation(H·W), for every q.
+
+    Removing undesirable pixels should raise both more than random removals do.
+    """
+    q = np.atleast_1d(np.asarray(q, np.float64))
+    if not ((q > 0) & (q <= 100)).all() or repeats < 1:
+        raise OnnxplainError("undesirable_removal needs 0 < q ≤ 100 (percent of the pixels) and repeats ≥ 1")
+    images, maps, scorer, base, used = _prepare(model, x, maps, target, score, batch_size)
+    _, _, h, w = images.shape
+    counts = np.ceil(q * h * w / 100).astype(np.int64)
+    per_q = 1 + repeats                                                # the map's removal, then the random ones
+
+    def margin(s, c):
+        return s[:, c] - np.delete(s, c, axis=1).max(axis=1)
+
+    plans = []
+    for i, (img, m, c) in enumerate(zip(images, maps, used)):
+        orders = [np.argsort(-m.ravel(), kind="stable")] + [np.random.default_rng([seed, i, r]).permutation(h * w)
+                                                            for r in range(repeats)]
+        fill = baseline(img, baseline_kind)
+        state = {"p": np.zeros(len(q) * per_q), "margin": np.zeros(len(q) * per_q)}
+
+        def make(a, b, orders=orders, img=img, fill=fill):
+            removed = np.zeros((b - a, h * w), bool)
+            for row, j in enumerate(range(a, b)):
+                removed[row, orders[j % per_q][:counts[j // per_q]]] = True
+            return np.where(removed.reshape(-1, 1, h, w), fill[None], img[None]), None
+
+        def take(a, b, s, _, c=int(c), state=state):
+            state["p"][a:b], state["margin"][a:b] = s[:, c], margin(s, c)
+
+        plans.append(Plan(len(q) * per_q, make, take, state))
+    stream(scorer, plans, batch_size or model.batch_size)
+    before = {"p": base[np.arange(len(used)), used],
+              "margin": np.array([margin(s[None], c)[0] for s, c in zip(base, used)])}
+    out = {}
+    for key, name in (("p", "target"), ("margin", "margin")):
+        change = np.stack([p.state[key] for p in plans]).reshape(len(plans), len(q), per_q) - before[key][:, None, None]
+        out[name], out[name + "_random"] = change[..., 0], change[..., 1:].mean(axis=-1)
+    return out

@@ -46,6 +46,8 @@ class Method:
     summary: ClassVar[str] = ""
     at_layer: ClassVar[bool] = False  # differentiates at a layer (CAM family) instead of the input
     uses_gradient: ClassVar[bool] = True  # False: the formula reads activations only (no backward pass)
+    parts: ClassVar[tuple[str, ...]] = ()  # names of the maps attributions[:, i], i < len(parts), when a method
+                                           # gives several besides its map (the CLI saves each beside the map)
     one_graph: ClassVar[bool] = True  # its whole computation is the graph of `request()` (so it can be exported);
                                       # methods that override `run()` with several passes set it False
 
