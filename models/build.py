@@ -1,4 +1,4 @@
-"""Regenerate the bundled models: `python models/build.py [--efficientnet]` from the repository root.
+"""Regenerate the bundled models: `python models/build.py [--efficientnet] [--localisation]` from the repository root.
 
 Dev-only (needs torch, see models/README.md). Everything is seeded, so a rebuild reproduces the artifacts.
 """
@@ -10,7 +10,9 @@ import logging
 import shutil
 import sys
 import tempfile
+import time
 import warnings
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import localisation  # noqa: E402
 from architectures import ZOO, ZOO_DIR, MobileNetV2, randomize  # noqa: E402
 
 OPSET = 18
@@ -30,6 +33,9 @@ IMAGES = {"chelsea": "skimage/data/chelsea.png", "coffee": "skimage/data/coffee.
 IMAGENET_PREPROCESSING = {"layout": "NCHW", "size": [224, 224], "resize": 256, "crop": "center",
                           "interpolation": "bilinear", "scale": 1 / 255, "mean": [0.485, 0.456, 0.406],
                           "std": [0.229, 0.224, 0.225], "channel_order": "RGB"}
+LOCALISATION_DIR = HERE / "localisation"
+HELDOUT = 200         # held-out scenes, drawn with their own seed
+HELDOUT_SEED = 1
 
 
 def installed_file(dist, relpath, install):
@@ -206,16 +212,54 @@ def build_efficientnet_lite0(labels):
     publish_imagenet(model, "efficientnet_lite0", source, spec, labels, batches=(1, 4))
 
 
+def save_npz(path, **arrays):
+    """np.savez_compressed with a fixed timestamp on each member, so that a rebuild writes the same bytes."""
+    with zipfile.ZipFile(path, "w") as z:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", (1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with z.open(info, "w") as f:
+                np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
+
+
+def build_localisation():
+    """The shapes model with ground truth (models/localisation.py): train, export, sidecar, held-out scenes."""
+    print("localisation")
+    LOCALISATION_DIR.mkdir(exist_ok=True)
+    start = time.perf_counter()
+    net = localisation.train()
+    print(f"  trained in {time.perf_counter() - start:.0f} s")
+    images, labels, masks = localisation.shapes(HELDOUT, HELDOUT_SEED)
+    x = localisation.to_input(images)
+    path = LOCALISATION_DIR / "shapes.onnx"
+    export_and_verify(net, path, True, [x[:1], x[:16]])
+    accuracy = (run_onnx(path, x).argmax(1) == labels).mean()
+    print(f"  held-out accuracy {accuracy:.3f} ({HELDOUT} scenes)")
+    if accuracy < 0.95:
+        sys.exit(f"build.py: the shapes model reaches {accuracy:.3f} on the held-out scenes, under 0.95")
+    preprocessing = {"layout": "NCHW", "size": [localisation.SIZE] * 2, "interpolation": "bilinear", "scale": 1 / 255,
+                     "mean": [0.0] * 3, "std": [1.0] * 3, "channel_order": "RGB"}
+    sidecar = {"name": "shapes", "input": "input", "output": "logits",
+               "source": "trained by models/build.py on synthetic scenes (models/localisation.py), seeded",
+               "preprocessing": preprocessing, "labels": list(localisation.CLASSES)}
+    (LOCALISATION_DIR / "shapes.json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    save_npz(LOCALISATION_DIR / "heldout.npz", images=images, labels=labels, masks=np.packbits(masks, axis=-1))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--efficientnet", action="store_true", help="also build efficientnet_lite0.onnx (not committed)")
+    parser.add_argument("--localisation", action="store_true", help="build models/localisation/ only")
     args = parser.parse_args()
     warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))  # legacy exporter on purpose; torch internals
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notices
+    if args.localisation:
+        return build_localisation()
     labels = (HERE / "imagenet_classes.txt").read_text().splitlines()
     build_images()
     build_mobilenet_v2(labels)
     build_zoo()
+    build_localisation()
     if args.efficientnet:
         build_efficientnet_lite0(labels)
 
