@@ -1,0 +1,101 @@
+"""Localisation against ground truth: the pointing-game metrics on hand-built maps, then the committed shapes model
+(models/localisation/, built by models/build.py) on its held-out set: accuracy and the CAM family's pointing game."""
+import numpy as np
+import pytest
+from conftest import MODELS
+
+import onnxplain
+from onnxplain.errors import OnnxplainError
+from onnxplain.explain import forward
+from onnxplain.metrics import energy_pointing_game, pointing_game
+from onnxplain.preprocess import to_input
+
+LOCALISATION = MODELS / "localisation"
+CAM_FAMILY = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "scorecam", "ablationcam", "cam"]
+SUBSET = {"scorecam": 50, "ablationcam": 100}  # a pass per channel and image: scored on the first images only
+
+
+def square_masks(n=1):
+    masks = np.zeros((n, 8, 8), bool)
+    masks[:, 2:4, 2:4] = True  # rows and columns 2 and 3
+    return masks
+
+
+def test_pointing_game_counts_the_maximum_on_the_mask():
+    maps = np.zeros((4, 8, 8))
+    maps[0, 3, 2] = 1                    # on the mask
+    maps[1, 6, 6] = 1                    # off it
+    maps[2, 0, 1] = maps[2, 2, 2] = 1    # a tie: the first maximum in row-major order, (0, 1), is off the mask
+    maps[3] = -1                         # constant: the first pixel, (0, 0), is off the mask
+    assert pointing_game(maps, square_masks(4)).tolist() == [1.0, 0.0, 0.0, 0.0]
+    tie_on = np.zeros((8, 8))
+    tie_on[2, 3] = tie_on[7, 0] = 5      # a tie whose first maximum is on the mask; a single H×W map is one image
+    assert pointing_game(tie_on, square_masks()[0]).tolist() == [1.0]
+
+
+@pytest.mark.parametrize("peak, tolerance, hit", [
+    ((5, 3), 1, 0.0), ((5, 3), 1.99, 0.0), ((5, 3), 2, 1.0),            # 2 rows below the mask's pixel (3, 3)
+    ((5, 5), 2.8, 0.0), ((5, 5), np.sqrt(8), 1.0), ((0, 7), 4.5, 1.0),  # diagonals: √8 from (3, 3), √20 from (2, 3)
+])
+def test_pointing_game_tolerance_is_the_euclidean_distance_to_the_nearest_mask_pixel(peak, tolerance, hit):
+    m = np.zeros((1, 8, 8))
+    m[(0, *peak)] = 1
+    assert pointing_game(m, square_masks(), tolerance).tolist() == [hit]
+
+
+def test_pointing_game_scores_an_empty_mask_as_a_miss():
+    assert pointing_game(np.ones((1, 8, 8)), np.zeros((1, 8, 8))).tolist() == [0.0]
+
+
+def test_energy_pointing_game_is_the_share_of_positive_mass_on_the_mask():
+    maps = np.zeros((3, 8, 8))
+    maps[0, 2, 2], maps[0, 3, 3], maps[0, 7, 7] = 1, 2, 1   # 3 of 4 on the mask
+    maps[0, 0, 0], maps[0, 2, 3] = -5, -5                   # the negative part is ignored, on and off the mask
+    maps[1] = 1                                             # uniform: the mask's area share, 4/64
+    maps[2] = -1                                            # no positive mass
+    assert energy_pointing_game(maps, square_masks(3).astype(np.uint8)) == pytest.approx([0.75, 4 / 64, 0.0])
+
+
+@pytest.mark.parametrize("fn", [pointing_game, energy_pointing_game])
+@pytest.mark.parametrize("maps, masks", [((2, 8, 8), (3, 8, 8)), ((1, 8, 8), (1, 8, 7)), ((8,), (8,)),
+                                         ((1, 1, 8, 8), (1, 1, 8, 8))])
+def test_metrics_refuse_mismatched_shapes(fn, maps, masks):
+    with pytest.raises(OnnxplainError, match="same shape"):
+        fn(np.zeros(maps), np.ones(masks, bool))
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    """The shapes model, its held-out inputs (through the sidecar's preprocessing), true labels and object masks."""
+    m = onnxplain.load(LOCALISATION / "shapes.onnx", device="cpu")
+    data = np.load(LOCALISATION / "heldout.npz")
+    x = np.stack([to_input(view, m.preprocessing) for view in data["images"]])
+    return m, x, data["labels"], np.unpackbits(data["masks"], axis=-1).astype(bool)
+
+
+def test_the_shapes_model_classifies_the_heldout_set(heldout):
+    m, x, labels, masks = heldout
+    assert m.labels == ["square", "disc", "triangle", "cross", "diamond"] and x.shape == (200, 3, 64, 64)
+    assert masks.shape == (200, 64, 64) and np.bincount(labels).min() >= 30
+    assert (forward(m, x).argmax(1) == labels).mean() >= 0.95
+
+
+def test_the_heldout_objects_are_not_where_a_centre_prior_points(heldout):
+    """A map peaking at the image centre finds few objects: a high score needs the image."""
+    _, _, _, masks = heldout
+    yy, xx = np.mgrid[:64, :64]
+    centre = np.broadcast_to(-((yy - 31.5) ** 2 + (xx - 31.5) ** 2), masks.shape)
+    assert pointing_game(centre, masks).mean() < 0.2
+    assert energy_pointing_game(np.ones(masks.shape), masks).mean() < 0.06  # the objects' mean area share
+
+
+@pytest.mark.parametrize("method", CAM_FAMILY)
+def test_cam_family_points_at_the_object(heldout, method):
+    if method not in onnxplain.METHODS:
+        pytest.skip(f"{method} is not registered yet")
+    m, x, labels, masks = heldout
+    n = SUBSET.get(method, len(x))
+    e = onnxplain.explain(m, x[:n], method, target=labels[:n], batch_size=64)
+    assert e.attributions.shape[1:] == (16, 16)  # the last conv layer, before global average pooling
+    assert pointing_game(e.maps, masks[:n]).mean() >= 0.9
+    assert energy_pointing_game(e.maps, masks[:n]).mean() >= 0.25
