@@ -7,7 +7,7 @@ mask), exactly and within --tolerance pixels (default 4: their 15 pixels at 224Â
 pointing game (Wang et al. 2020: the share of the map's positive mass on the mask) and the time taken. Piecewise
 constant maps (superpixels, strided windows) point with the top-left pixel of their best piece, which the tolerance
 forgives. The perturbation methods run with fewer model calls than their defaults (PARAMS); a method that refuses the
-model (OnnxplainError) is listed with its reason. All 200 scenes take about 10 minutes on 2 cores, nearly all of it
+model (OnnxplainError) is listed with its reason. All 200 scenes take about 6 minutes on 2 cores, nearly all of it
 in the perturbation methods.
 """
 from __future__ import annotations

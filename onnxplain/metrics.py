@@ -162,6 +162,8 @@ def pointing_game(maps, masks, tolerance: float = 0) -> np.ndarray:
     maps: N×H×W (or H×W); masks: the same shape, non-zero on the object. Among equal maxima the first in row-major
     order counts (numpy's argmax). An empty mask scores 0.0. Zhang et al. use a tolerance of 15 pixels at ~224².
     """
+    if not tolerance >= 0:
+        raise OnnxplainError(f"tolerance must be a distance in pixels, at least 0, not {tolerance}")
     maps, masks = _maps_and_masks(maps, masks)
     hits = np.zeros(len(maps))
     for i, (m, gt) in enumerate(zip(maps, masks)):

@@ -47,6 +47,11 @@ def test_pointing_game_scores_an_empty_mask_as_a_miss():
     assert pointing_game(np.ones((1, 8, 8)), np.zeros((1, 8, 8))).tolist() == [0.0]
 
 
+def test_pointing_game_refuses_a_negative_tolerance():
+    with pytest.raises(OnnxplainError, match="tolerance"):
+        pointing_game(np.ones((1, 8, 8)), square_masks(), tolerance=-1)
+
+
 def test_energy_pointing_game_is_the_share_of_positive_mass_on_the_mask():
     maps = np.zeros((3, 8, 8))
     maps[0, 2, 2], maps[0, 3, 3], maps[0, 7, 7] = 1, 2, 1   # 3 of 4 on the mask
@@ -76,7 +81,7 @@ def heldout():
 def test_the_shapes_model_classifies_the_heldout_set(heldout):
     m, x, labels, masks = heldout
     assert m.labels == ["square", "disc", "triangle", "cross", "diamond"] and x.shape == (200, 3, 64, 64)
-    assert masks.shape == (200, 64, 64) and np.bincount(labels).min() >= 30
+    assert masks.shape == (200, 64, 64) and masks.any(axis=(1, 2)).all() and np.bincount(labels).min() >= 30
     assert (forward(m, x).argmax(1) == labels).mean() >= 0.95
 
 
@@ -98,4 +103,4 @@ def test_cam_family_points_at_the_object(heldout, method):
     e = onnxplain.explain(m, x[:n], method, target=labels[:n], batch_size=64)
     assert e.attributions.shape[1:] == (16, 16)  # the last conv layer, before global average pooling
     assert pointing_game(e.maps, masks[:n]).mean() >= 0.9
-    assert energy_pointing_game(e.maps, masks[:n]).mean() >= 0.25
+    assert energy_pointing_game(e.maps, masks[:n]).mean() >= 0.3  # a uniform map: the mask share, 0.05
