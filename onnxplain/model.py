@@ -58,6 +58,11 @@ class Model:
         return self.preprocessing.layout
 
     @property
+    def channel_axis(self) -> int:
+        """The channel axis of the image input (and, as methods assume, of the layers inside)."""
+        return 1 if self.layout == "NCHW" else 3
+
+    @property
     def input_size(self) -> tuple[int, int]:
         return self.preprocessing.size
 

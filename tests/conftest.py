@@ -28,6 +28,18 @@ def zoo(name, exporter="dynamo"):
             np.load(MODELS / "zoo" / f"{name}.npz"))
 
 
+def exposed(m, x, layers, targets):
+    """Activations and ∂y_c/∂A (float64) at each of `layers`, from a plain gradient session fed a one-hot
+    cotangent of `targets`: the inputs of the methods' independent references."""
+    import numpy as np
+
+    from onnxplain.rewrite.graph import COTANGENT, GRAD, Request
+    sess = m.session(Request(expose=tuple(layers), differentiate=(m.score,), wrt=tuple(layers)))
+    out = sess.run([*layers, *(GRAD.format(n) for n in layers)],
+                   {m.input: x, COTANGENT.format(m.score): np.eye(m.num_classes, dtype=np.float32)[targets]})
+    return [o.astype(np.float64) for o in out[:len(layers)]], [o.astype(np.float64) for o in out[len(layers):]]
+
+
 @pytest.fixture(scope="session")
 def mobilenet():
     import onnxplain

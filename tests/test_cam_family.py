@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from conftest import EXPORTERS, IMAGES, MOBILENET, MODELS, ZOO, rel_err, zoo
+from conftest import EXPORTERS, IMAGES, MOBILENET, MODELS, ZOO, exposed, rel_err, zoo
 from onnx import TensorProto, helper, numpy_helper
 from onnxplain_cli.main import cli, main
 
@@ -18,18 +18,10 @@ from onnxplain.errors import OnnxplainError
 from onnxplain.explain import as_batch, cam_layer, candidate_layers, forward
 from onnxplain.export import export
 from onnxplain.perturb import bilinear_weights
-from onnxplain.rewrite.graph import COTANGENT, GRAD, Request
+from onnxplain.rewrite.graph import Request
 
 CAMS = ("gradcam", "cam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "fem", "scorecam",
         "ablationcam")
-
-
-def _exposed(m, x, layer, targets):
-    """A and ∂y_c/∂A at `layer`, float64, from a plain gradient session with a one-hot cotangent."""
-    sess = m.session(Request(expose=(layer,), differentiate=(m.score,), wrt=(layer,)))
-    onehot = np.eye(m.num_classes, dtype=np.float32)[targets]
-    a, da = sess.run([layer, GRAD.format(layer)], {m.input: x, COTANGENT.format(m.score): onehot})
-    return a.astype(np.float64), da.astype(np.float64)
 
 
 def _up(cam, size):
@@ -93,7 +85,7 @@ def test_one_graph_cams_follow_their_definition(name, exporter):
     x, targets = ref["x"], ref["targets"]
     blocks = candidate_layers(m)
     for layer in (cam_layer(m, None), blocks[-2])[:2 if exporter == "dynamo" else 1]:
-        a, g = _exposed(m, x, layer, targets)
+        (a,), (g,) = exposed(m, x, [layer], targets)
         assert np.ptp(g, axis=(2, 3)).max() > 0 or layer == blocks[-1]
         for method, formula in FORMULAS.items():
             e = onnxplain.explain(m, x, method, target=targets.tolist(), layer=layer)
@@ -115,7 +107,7 @@ def _gemm_rows(m):
 def test_cam_is_the_linear_layers_row_and_the_gradients_spatial_sum(name, exporter):
     m, ref = zoo(name, exporter)
     e = onnxplain.explain(m, ref["x"], "cam", target=ref["targets"].tolist())
-    a, g = _exposed(m, ref["x"], e.layer, ref["targets"])
+    (a,), (g,) = exposed(m, ref["x"], [e.layer], ref["targets"])
     rows = _gemm_rows(m)[ref["targets"]]
     assert rel_err(g.sum(axis=(2, 3)), rows) <= 1e-5  # Zhou's weights are the spatial sum of the gradient here
     expected = _relu_sum(rows[:, :, None, None], a)
@@ -196,7 +188,7 @@ def test_scorecam_equals_a_loop_over_channels(layer):
     m, ref = zoo("resnet")
     x, targets = ref["x"], ref["targets"]
     name = candidate_layers(m)[layer]
-    a, _ = _exposed(m, x, name, targets)
+    (a,), _ = exposed(m, x, [name], targets)
     weights = np.zeros(a.shape[:2])
     for i, k in np.ndindex(*a.shape[:2]):
         up = _up(a[i, k][None], m.input_size)[0]
@@ -217,7 +209,7 @@ def test_ablationcam_equals_a_loop_over_channels(layer):
     m, ref = zoo("resnet")
     x, targets = ref["x"], ref["targets"]
     name = candidate_layers(m)[layer]
-    a, _ = _exposed(m, x, name, targets)
+    (a,), _ = exposed(m, x, [name], targets)
     upper = m.session(Request(expose=(m.score,), keep_outputs=False, cut=(name,)))
     y = forward(m, x).astype(np.float64)[np.arange(3), targets]
     weights = np.zeros(a.shape[:2])
@@ -237,7 +229,7 @@ def test_layercam_fuses_layers_as_the_paper():
     layers = candidate_layers(m)
     fused = []
     for name in layers:
-        a, g = _exposed(m, x, name, targets)
+        (a,), (g,) = exposed(m, x, [name], targets)
         cam = FORMULAS["layercam"](a, g)
         fused.append(_up(np.tanh(2 * cam / cam.max(axis=(1, 2), keepdims=True)), m.input_size))
     expected = np.max(fused, axis=0)

@@ -4,7 +4,7 @@ layer maps, Otsu's threshold against a brute-force search, and the cascading fus
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import IMAGES, MOBILENET, MODELS, ZOO, rel_err, zoo
+from conftest import IMAGES, MOBILENET, MODELS, ZOO, exposed, rel_err, zoo
 from onnxplain_cli.main import cli, main
 
 import onnxplain
@@ -13,17 +13,9 @@ from onnxplain.explain import candidate_layers, forward
 from onnxplain.methods.sise import otsu
 from onnxplain.perturb import bilinear_weights
 from onnxplain.preprocess import to_input
-from onnxplain.rewrite.graph import COTANGENT, GRAD, Request, infer_shapes
+from onnxplain.rewrite.graph import infer_shapes
 
 LOCALISATION = MODELS / "localisation"
-
-
-def _exposed(m, x, layers, targets):
-    """A and ∂y_c/∂A (NCHW, float64) at each layer, from a plain gradient session with a one-hot cotangent."""
-    sess = m.session(Request(expose=tuple(layers), differentiate=(m.score,), wrt=tuple(layers)))
-    out = sess.run([*layers, *(GRAD.format(n) for n in layers)],
-                   {m.input: x, COTANGENT.format(m.score): np.eye(m.num_classes, dtype=np.float32)[targets]})
-    return [o.astype(np.float64) for o in out[:len(layers)]], [o.astype(np.float64) for o in out[len(layers):]]
 
 
 def _minmax(v):
@@ -51,7 +43,7 @@ def _brute_otsu(v, bins=256):
 
 def _sise(m, x, targets, layers, mu=0.0):
     """SISE from its definition: (V N×L×H×W, fused map, kept counts), scoring each mask by a plain forward."""
-    acts, grads = _exposed(m, x, layers, targets)
+    acts, grads = exposed(m, x, layers, targets)
     views = np.zeros((len(x), len(layers), *m.input_size))
     kept = np.zeros((len(x), len(layers)), int)
     for i, l in np.ndindex(*kept.shape):

@@ -302,10 +302,6 @@ class Gate:
         return gs.export_onnx(graph, do_type_check=False)
 
 
-def channel_axis(model) -> int:
-    return 3 if model.layout == "NHWC" else 1
-
-
 class PassesCAM(CAM):
     """ReLU(Σ_k w_k A_k) with w from passes of the model per channel: `passes` gives, per image (x and its A, batch
     1, in the model's layout), each channel's scores of every class (K×classes); `weigh` turns them into w for class
@@ -324,7 +320,7 @@ class PassesCAM(CAM):
         sess = model.session(Request(expose=(layer, model.score), keep_outputs=False))
         a, logits = sess.run([layer, model.score], {model.input: inputs}, batch_size)
         used = np.where(targets < 0, logits.argmax(axis=1), targets)
-        chw = np.moveaxis(a, channel_axis(model), 1)
+        chw = np.moveaxis(a, model.channel_axis, 1)
         weights = np.zeros(chw.shape[:2])
         for i in range(len(inputs)):
             if i == 0 or not np.array_equal(inputs[i], inputs[i - 1]):
@@ -362,11 +358,11 @@ class ScoreCAM(PassesCAM):
             raise OnnxplainError("scorecam: channels must be a whole number, at least 1")
 
     def passes(self, model, layer, x, a, batch_size):
-        maps = np.moveaxis(a[0], channel_axis(model) - 1, 0)                  # K×h×w
+        maps = np.moveaxis(a[0], model.channel_axis - 1, 0)                  # K×h×w
         spread = maps.var(axis=(1, 2))
         chosen = np.flatnonzero(maps.max(axis=(1, 2)) > maps.min(axis=(1, 2)))
         chosen = chosen[np.argsort(-spread[chosen], kind="stable")][:self.channels]
-        gate = Gate(model.input, channel_axis(model), model.input_size)
+        gate = Gate(model.input, model.channel_axis, model.input_size)
         sess = model.session(Request(expose=(model.score,), keep_outputs=False, transform=gate))
         scores = np.zeros((len(maps), model.num_classes))
         if len(chosen):
@@ -391,8 +387,8 @@ class AblationCAM(PassesCAM):
 
     def passes(self, model, layer, x, a, batch_size):
         sess = model.session(Request(expose=(model.score,), keep_outputs=False, cut=(layer,),
-                                     transform=Gate(layer, channel_axis(model))))
-        k = a.shape[channel_axis(model)]
+                                     transform=Gate(layer, model.channel_axis)))
+        k = a.shape[model.channel_axis]
         keep = 1 - np.eye(k, dtype=np.float32)
         return batched(sess, model.score, {layer: a}, {MASK: keep}, batch_size).astype(np.float64)
 

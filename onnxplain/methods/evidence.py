@@ -142,7 +142,6 @@ class HiddenEvidence(_Evidence):
     seed: int = 0
 
     def run(self, model, inputs, targets, layer, batch_size):
-        from .gradient import channel_axis
         h, w = to_chw(inputs, model.layout).shape[2:]
         self.check((h, w))
         y, a = model.session(Request(expose=(model.score, layer), keep_outputs=False)).run(
@@ -150,7 +149,7 @@ class HiddenEvidence(_Evidence):
         y = y.astype(np.float64)
         p = model.probabilities(y)
         used = top1(targets, p)
-        nhwc = channel_axis(model) == 3
+        nhwc = model.channel_axis == 3
         feats = a.transpose(0, 3, 1, 2) if nhwc else a
         upper = model.session(Request(expose=(model.score,), keep_outputs=False, cut=(layer,)))
         (fh, fw), s = feats.shape[2:], self.samples

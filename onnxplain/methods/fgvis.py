@@ -36,7 +36,6 @@ from ..perturb import top1
 from ..rewrite.graph import GRAD, TARGET, Request
 from ..rewrite.modified.fgvis import FILTER, REFERENCE, filtered_tensors
 from .base import Method
-from .gradient import channel_axis
 
 ADAPT = 1.05  # λ's factor per iteration
 GAMES = ("deletion", "preservation")
@@ -112,6 +111,6 @@ class FGVis(Method):
             holds = score[~stop] >= start[go]  # preservation: λ grows while the score holds
             lam[go] *= ADAPT ** np.where(holds & (not deletion), 1, -1)  # deletion: shrinks while c is top-1
             active = go
-        maps = (1 - kept if deletion else kept).mean(axis=channel_axis(model))
+        maps = (1 - kept if deletion else kept).mean(axis=model.channel_axis)
         info = dict(out, explanation=r + delta * kept, deleted_fraction=(1 - kept).reshape(n, -1).mean(axis=1))
         return kept, maps, y0, c, info

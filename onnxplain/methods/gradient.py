@@ -95,7 +95,7 @@ class IntegratedGradients(Method):
         rows = np.arange(n)
         y, y0 = logits[rows, used], logits[n + rows, used]
         gap = attributions.reshape(n, -1).sum(axis=1, dtype=np.float64) - (y - y0)
-        return (attributions, attributions.sum(axis=channel_axis(model)), logits[:n], used,
+        return (attributions, attributions.sum(axis=model.channel_axis), logits[:n], used,
                 {"completeness_gap": gap, "baseline_score": y0})
 
 
@@ -120,10 +120,6 @@ def quadrature(rule: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 def input_gradient(model) -> Request:
     """The graph giving ∂y_c/∂x (output GRAD.format(input)) and the scores, c fed as `target` per row."""
     return Request(expose=(model.score,), differentiate=(model.score,), wrt=(model.input,), seed="target")
-
-
-def channel_axis(model) -> int:
-    return 1 if model.layout == "NCHW" else 3
 
 
 def check_batch_size(method: Method) -> None:

@@ -20,7 +20,6 @@ from ..rewrite.modified.deeplift import RESCALE, halves
 from ..rewrite.modified.guided import DECONVNET, GUIDED
 from .base import Method
 from .cam import GradCAM
-from .gradient import channel_axis
 
 
 class ModifiedGradient(Method):
@@ -88,7 +87,7 @@ class GuidedGradCAM(Method):
     def run(self, model, inputs, targets, layer, batch_size):
         cam, smooth, scores, used = GradCAM().run(model, inputs, targets, layer, batch_size)
         guided = GuidedBackprop().run(model, inputs, used, None, batch_size)[0]
-        channel = channel_axis(model)
+        channel = model.channel_axis
         up = smooth if self.upsample == "bilinear" else nearest(cam, model.input_size)
         a = guided * np.expand_dims(up, channel)
         return a, np.abs(a).max(axis=channel), scores, used

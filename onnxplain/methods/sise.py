@@ -11,7 +11,7 @@ from ..perturb import bilinear_weights
 from ..rewrite.graph import GRAD, TARGET, Request
 from ..rewrite.layers import block_ends
 from .base import Method
-from .cam import MASK, Gate, channel_axis
+from .cam import MASK, Gate
 
 BINS = 256  # Otsu's histogram over [0, 1]
 
@@ -65,7 +65,7 @@ class SISE(Method):
         out = sess.run([*layers, *(GRAD.format(n) for n in layers), model.score, TARGET + "_used"],
                        {model.input: inputs, TARGET: targets}, batch_size)
         acts, grads, (logits, used) = out[:len(layers)], out[len(layers):-2], out[-2:]
-        axis = channel_axis(model)
+        axis = model.channel_axis
         acts, grads = ([np.moveaxis(t, axis, 1) for t in ts] for ts in (acts, grads))
         scorer = model.session(Request(expose=(model.score,), keep_outputs=False,
                                        transform=Gate(model.input, axis, model.input_size)))

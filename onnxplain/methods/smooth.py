@@ -8,7 +8,7 @@ import numpy as np
 from ..errors import OnnxplainError
 from ..perturb import top1
 from .base import Method, get
-from .gradient import channel_axis, check_batch_size, sums_per_image
+from .gradient import check_batch_size, sums_per_image
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class NoiseTunnel(Method):
         mean, mean_sq = (s / self.samples for s in sums_per_image(len(inputs), self.samples,
                                                                    self.internal_batch_size or batch_size, moments))
         attributions = self.statistic(mean, mean_sq)
-        maps = inner.reduce_channels(attributions, channel_axis(model))
+        maps = inner.reduce_channels(attributions, model.channel_axis)
         return attributions.astype(np.float32), maps.astype(np.float32), logits, used
 
 
