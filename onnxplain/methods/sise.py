@@ -29,8 +29,10 @@ class SISE(Method):
        α_k > μ·max_k α_k (μ = `mu`, 0: the positively contributing channels) and A_k is not constant.
     3. m_k = A_k upsampled bilinearly to the input and min-max normalised to [0, 1].
     4. s_k = softmax(f(x ⊙ m_k))_c, batch_size masked inputs per pass through Score-CAM's `Gate` session (the graph
-       upsamples, normalises and applies the fed low-resolution maps); V_l = Σ_k s_k m_k / Σ_k m_k (0 where Σ_k m_k
-       = 0), min-max normalised.
+       upsamples, normalises and applies the fed low-resolution maps); V_l = Σ_k s_k m_k / ‖m_k‖₁, min-max
+       normalised. Each mask is divided by its own sum over pixels, as the authors' code does
+       (`masks /= masks.sum(axis=(0,1))`): a small mask that keeps the score counts more than a large one. Dividing
+       each pixel by Σ_k m_k instead makes every s_k ≈ 1 mask cancel out, and the map follows no object.
     5. F ← V_1; for l ≥ 2: F ← (F + V_l) ⊙ B(V_l), B(V) = [V ≥ t], t = `otsu(V, bins)`.
 
     Attributions: the layer maps V (N×L×H×W); maps: F min-max normalised. info: "layers" (names) and "kept" (maps
@@ -85,18 +87,16 @@ class SISE(Method):
 
     @staticmethod
     def layer_map(model, scorer, x, maps, c, batch_size) -> np.ndarray:
-        """V_l = Σ_k s_k m_k / Σ_k m_k, min-max normalised, for the low-resolution maps A_k (K×h×w) of image x."""
+        """V_l = Σ_k s_k m_k / ‖m_k‖₁, min-max normalised, for the low-resolution maps A_k (K×h×w) of image x."""
         rows, cols = (bilinear_weights(n, big).astype(np.float64) for n, big in zip(maps.shape[1:], model.input_size))
         weighted = np.zeros(model.input_size)
-        total = np.zeros(model.input_size)
         for start in range(0, len(maps), batch_size):
             batch = maps[start:start + batch_size]
             y = scorer.run([model.score], {model.input: x, MASK: batch})[0]
             s = model.probabilities(y.astype(np.float64))[:, c]
             m = normalise(rows @ batch.astype(np.float64) @ cols.T)
-            weighted += np.einsum("k,khw->hw", s, m)
-            total += m.sum(axis=0)
-        return normalise(np.divide(weighted, total, out=np.zeros_like(total), where=total > 0))
+            weighted += np.einsum("k,khw->hw", s / m.sum(axis=(1, 2)), m)
+        return normalise(weighted)
 
 
 def normalise(m: np.ndarray) -> np.ndarray:
