@@ -5,6 +5,8 @@
   a⁰ at the last activation zeroes exactly the entries it puts below a.
 - The deletion game flips the class with a small deleted fraction, and its explanation is a valid model input whose
   recomputed score is the reported one; the filter lowers the activation mass the mask adds over the image's.
+- On MobileNetV2 the default slack lets the deletion game flip chelsea's class, where the paper's exact bound
+  (slack 0) starves the gradient; the slack bound blocks where a exceeds a⁰ + σ·max(a⁰ of the channel).
 - The command line on the bundled MobileNetV2, and bad parameters in one line.
 """
 import numpy as np
@@ -18,7 +20,7 @@ import onnxplain
 from onnxplain import perturb
 from onnxplain.errors import OnnxplainError
 from onnxplain.explain import forward
-from onnxplain.rewrite.graph import COTANGENT, GRAD, Request, build
+from onnxplain.rewrite.graph import COTANGENT, GRAD, TARGET, Request, build
 from onnxplain.rewrite.modified.fgvis import FILTER, REFERENCE, filtered_tensors
 
 R = np.random.default_rng(0)
@@ -134,6 +136,38 @@ def test_filter_lowers_the_activations_the_mask_adds(resnet):
     assert (on < off).all(), (on, off)
 
 
+def test_slack_lets_the_deletion_game_flip_mobilenet():
+    model = onnxplain.load(MOBILENET, device="cpu")
+    loose = onnxplain.explain(model, IMAGES[0], "fgvis", iterations=60)
+    exact = onnxplain.explain(model, IMAGES[0], "fgvis", iterations=60, slack=0)
+    assert loose.info["flipped"][0] and loose.info["deleted_fraction"][0] < 0.01, loose.info
+    assert not exact.info["flipped"][0] and exact.info["iterations"][0] == 60, exact.info
+
+
+def test_slack_is_the_bound_the_filter_reads(resnet):
+    """Two deletion steps (λ = 0) against a numpy loop over the filtered session fed a⁰ + σ·max(a⁰ of the channel):
+    at m = 1 every activation is a⁰, so the slack shows from the second step on."""
+    model, x = resnet
+    names = filtered_tensors(model.proto, model.input, model.score)
+    a0 = forward_exposed(model, x, names)
+    targets = forward(model, x).argmax(axis=1)
+    sess = model.session(Request(expose=(model.score,), differentiate=(model.score,), wrt=(model.input,),
+                                 seed="target", keep_outputs=False, rules=FILTER))
+    sigma, lr = 0.3, 0.02
+
+    def step(m, bounds):
+        dy = sess.run([GRAD.format(model.input)], {model.input: x * m, TARGET: targets,
+                                                   **{REFERENCE.format(k): b for k, b in zip(names, bounds)}})[0]
+        g = x * dy
+        return np.clip(m - lr * g / np.abs(g).reshape(len(x), -1).max(axis=1).reshape(-1, 1, 1, 1), 0, 1)
+
+    m1 = step(np.ones_like(x), a0)
+    m2 = step(m1, [a + sigma * a.max(axis=(2, 3), keepdims=True) for a in a0])
+    e = onnxplain.explain(model, x, "fgvis", iterations=2, lr=lr, lambda_=0, slack=sigma)
+    assert not e.info["flipped"].any() and rel_err(e.attributions, m2) <= 1e-5
+    assert rel_err(step(m1, a0), m2) > 1e-3                                   # the slack changed what passed
+
+
 def test_command_line_on_mobilenet_and_bad_parameters(tmp_path, capsys):
     out = run("explain", MOBILENET, IMAGES[0], "-m", "fgvis", "-p", "iterations=2", "-o", tmp_path, "--device", "cpu")
     assert (tmp_path / "chelsea.fgvis.png").exists() and np.load(tmp_path / "chelsea.fgvis.npy").shape == (224, 224)
@@ -141,7 +175,7 @@ def test_command_line_on_mobilenet_and_bad_parameters(tmp_path, capsys):
     assert "game must be deletion or preservation" in fail(capsys, "explain", MOBILENET, IMAGES[0], "-m", "fgvis",
                                                            "-p", "game=hide", "-o", tmp_path / "b")
     for params, message in (({"iterations": 0}, "iterations ≥ 1"), ({"lr": -1}, "lr > 0"),
-                            ({"filter": "yes"}, "filter must be"), ({"reference": "nope"}, "baseline must be"),
+                            ({"filter": "yes"}, "filter must be"), ({"slack": -0.1}, "slack ≥ 0"), ({"reference": "nope"}, "baseline must be"),
                             ({"steps": 3}, "bad parameters")):
         with pytest.raises(OnnxplainError, match=message) as error:
             onnxplain.explain(onnxplain.load(MOBILENET, device="cpu"), IMAGES[0], "fgvis", **params)

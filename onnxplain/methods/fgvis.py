@@ -6,6 +6,14 @@ per-channel mask m ∈ [0, 1]^{C×H×W} optimised by gradient descent, so it can
 - Preservation game: minimise −y_c(e) + λ‖m‖₁, the smallest kept part that holds the class score.
 - Defence against adversarial evidence: the gradient is filtered at every ReLU-like op so that the mask cannot
   create or amplify activations the image lacks (`rewrite.modified.fgvis`), fed with the image's activations a⁰.
+  `slack` σ loosens the bound to a⁰ + σ·max(a⁰ of the channel) (axis 1, the max over the axes after it); the
+  default is 0.1. σ = 0 is the paper's rule, which starves the deletion game on deep nets: every activation the
+  deletion reaches moves, about half of them upward by however little, and each of those is blocked. On
+  MobileNetV2 (35 ReLU6), from chelsea, the filtered gradient's cosine to the true one falls from 1 to 0.05 within
+  20 iterations, 11 % of the activations blocked while under 0.01 % of the mask is deleted, and the class does
+  not flip in 500 iterations. With σ = 0.1, 1.5 % are blocked, the cosine stays at 0.33 and the class flips
+  after 29 iterations (0.4 % deleted); the preservation game still keeps 24 % of the image where the unfiltered
+  optimiser keeps 2.6 % (adversarial evidence), `benchmarks/fgvis.py`.
 
 The optimiser is the reference implementation's: m₀ = 1, the gradient ∂L/∂m = ±(x − r) ⊙ ∂y_c/∂e ∓ λ normalised by
 its max-abs per image, SGD step `lr`, clamp to [0, 1]. Every image of the call is one row of one batch per
@@ -55,6 +63,7 @@ class FGVis(Method):
     lr: float = 0.1
     lambda_: float = 1.0
     filter: bool = True
+    slack: float = 0.1
     reference: object = field(default="zero", compare=False)
 
     def __post_init__(self):
@@ -63,9 +72,10 @@ class FGVis(Method):
         if not isinstance(self.filter, bool):
             raise OnnxplainError(f"fgvis's filter must be True or False, not {self.filter!r}")
         ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (self.iterations, self.lr,
-                                                                                   self.lambda_))
-        if not ok or int(self.iterations) != self.iterations or self.iterations < 1 or self.lr <= 0 or self.lambda_ < 0:
-            raise OnnxplainError("fgvis needs an integer iterations ≥ 1, lr > 0 and lambda_ ≥ 0")
+                                                                                   self.lambda_, self.slack))
+        if not ok or int(self.iterations) != self.iterations or self.iterations < 1 or self.lr <= 0 or \
+                self.lambda_ < 0 or self.slack < 0:
+            raise OnnxplainError("fgvis needs an integer iterations ≥ 1, lr > 0, lambda_ ≥ 0 and slack ≥ 0")
 
     def rules(self, model):
         return FILTER if self.filter else None
@@ -77,6 +87,7 @@ class FGVis(Method):
         y0, *a0 = model.session(Request(expose=(model.score, *names), keep_outputs=False)).run(
             [model.score, *names], {model.input: inputs}, batch_size)
         c = top1(targets, y0)
+        bounds = [a + self.slack * a.max(axis=tuple(range(2, a.ndim)), keepdims=True) if self.slack else a for a in a0]
         sess = model.session(Request(expose=(model.score,), differentiate=(model.score,), wrt=(model.input,),
                                      seed="target", keep_outputs=False, rules=self.rules(model)))
         n, shape = len(inputs), (-1,) + (1,) * (inputs.ndim - 1)
@@ -89,7 +100,7 @@ class FGVis(Method):
         for t in range(int(self.iterations) + 1):
             rows = slice(None) if len(active) == n else active
             feeds = {model.input: r[rows] + delta[rows] * m[rows], TARGET: c[rows],
-                     **{REFERENCE.format(k): a[rows] for k, a in zip(names, a0)}}
+                     **{REFERENCE.format(k): a[rows] for k, a in zip(names, bounds)}}
             y, dy = sess.run([model.score, GRAD.format(model.input)], feeds, batch_size)
             score, flipped = y[np.arange(len(active)), c[active]], y.argmax(axis=1) != c[active]
             dm = delta[rows] * dy  # ∂y_c/∂m
