@@ -90,9 +90,9 @@ class _Progress:
 
 
 def _with_progress(method: str, params: dict) -> dict:
-    """Black-box methods get a progress bar (they run thousands of model calls)."""
+    """Methods that report progress (the black-box ones: thousands of model calls) get a progress bar."""
     cls = method_registry.METHODS.get(method)
-    if cls is None or cls.group != "perturbation" or "progress" in params:
+    if cls is None or not cls.accepts("progress") or "progress" in params:
         return params
     return {**params, "progress": _Progress(method)}
 

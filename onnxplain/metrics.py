@@ -130,7 +130,7 @@ def evaluate(model, x, methods=("rise",), target=None, *, metrics=METRICS, step:
         else:
             extra = dict((params or {}).get(method, {}))
             from .methods import METHODS
-            if progress is not None and method in METHODS and METHODS[method].group == "perturbation":
+            if progress is not None and method in METHODS and METHODS[method].accepts("progress"):
                 extra.setdefault("progress", progress)
             e = explain(model, inputs, method, target=targets, batch_size=batch_size, **extra)
             maps, targets_used = e.maps, e.targets

@@ -104,3 +104,39 @@ def test_cam_family_points_at_the_object(heldout, method):
     assert e.attributions.shape[1:] == (16, 16)  # the last conv layer, before global average pooling
     assert pointing_game(e.maps, masks[:n]).mean() >= 0.9
     assert energy_pointing_game(e.maps, masks[:n]).mean() >= 0.3  # a uniform map: the mask share, 0.05
+
+
+FOUNDING = {"sise": {}, "fgvis": {}, "evidence": {"window": 5}, "evidence_hidden": {"window": 5}, "undesirable": {}}
+
+
+@pytest.mark.parametrize("method", FOUNDING)
+def test_founding_methods_on_the_ground_truth_model(heldout, method):
+    """On 20 held-out scenes, the true class: SISE, FGVis (deletion) and both evidence routes put at least three
+    times the object's share of the image on it (positive mass); undesirable pixels, the evidence against the class,
+    put less than its share there."""
+    m, x, labels, masks = heldout
+    n = 20
+    e = onnxplain.explain(m, x[:n], method, target=labels[:n].tolist(), **FOUNDING[method])
+    share = energy_pointing_game(e.maps, masks[:n]).mean()
+    area = masks[:n].mean()
+    assert share < area if method == "undesirable" else share >= 3 * area, (share, area)
+
+
+def test_founding_methods_run_from_the_command_line_on_the_ground_truth_model(tmp_path):
+    """The CLI on two held-out scenes saved as PNG files writes, for each founding method, the map the API gives."""
+    from PIL import Image
+    from test_cli import run
+    data = np.load(LOCALISATION / "heldout.npz")
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"scene{i}.png")
+        Image.fromarray(data["images"][i]).save(paths[-1])
+    model = LOCALISATION / "shapes.onnx"
+    m = onnxplain.load(model, device="cpu")
+    for method, params in FOUNDING.items():
+        options = [a for key, value in params.items() for a in ("-p", f"{key}={value}")]
+        out = run("explain", model, *paths, "-m", method, *options, "-o", tmp_path / method, "--device", "cpu")
+        e = onnxplain.explain(m, paths, method, **params)
+        for i, path in enumerate(paths):
+            assert np.allclose(np.load(tmp_path / method / f"{path.stem}.{method}.npy"), e.maps[i], atol=1e-6), method
+        assert m.label(int(e.targets[0])) in out

@@ -7,7 +7,7 @@ standalone ONNX file.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import onnx_graphsurgeon as gs
@@ -50,6 +50,11 @@ class Method:
                                            # gives several besides its map (the CLI saves each beside the map)
     one_graph: ClassVar[bool] = True  # its whole computation is the graph of `request()` (so it can be exported);
                                       # methods that override `run()` with several passes set it False
+
+    @classmethod
+    def accepts(cls, param: str) -> bool:
+        """Whether `param` is one of the method's parameters."""
+        return any(f.name == param for f in fields(cls))
 
     def rules(self, model):
         """The Composite of modified backward rules this method differentiates `model` with; None for the plain
