@@ -18,20 +18,11 @@ import numpy as np
 
 import onnxplain
 from onnxplain.explain import as_batch
+from onnxplain.metrics import spearman
 
 from blackbox import IMAGE, small_mobilenet
 
 IMAGES = [IMAGE, IMAGE.with_name("coffee.png")]
-
-
-def ranks(a: np.ndarray) -> np.ndarray:
-    """Ranks with ties averaged (as scipy.stats.rankdata)."""
-    _, inverse, counts = np.unique(a.ravel(), return_inverse=True, return_counts=True)
-    return (np.cumsum(counts) - counts + (counts - 1) / 2)[inverse]
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 
 
 def timed(m, x, method, **params):

@@ -232,3 +232,16 @@ def undesirable_removal(model, x, maps, target=None, *, q=(1, 5, 10), repeats: i
         change = np.stack([p.state[key] for p in plans]).reshape(len(plans), len(q), per_q) - before[key][:, None, None]
         out[name], out[name + "_random"] = change[..., 0], change[..., 1:].mean(axis=-1)
     return out
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation of two maps (all their entries), ties given their mean rank as
+    scipy.stats.spearmanr does: how far two methods order the pixels alike."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise OnnxplainError(f"spearman needs two maps of the same shape, not {a.shape} and {b.shape}")
+
+    def ranks(v):
+        _, inverse, counts = np.unique(v.ravel(), return_inverse=True, return_counts=True)
+        return (np.cumsum(counts) - counts + (counts - 1) / 2)[inverse]
+    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])

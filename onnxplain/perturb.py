@@ -438,8 +438,9 @@ class WindowSampler:
         self.low, self.high = gaussian.low[:, None, None], gaussian.high[:, None, None]
         self._cache = {}
 
-    def _params(self, dy: int, dx: int):
-        """(window indices, ring indices, regression matrix B, Cholesky factor of the conditional covariance)."""
+    def conditional(self, dy: int, dx: int):
+        """For the window at offset (dy, dx) in its ring's patch: (window indices, ring indices, the regression
+        matrix B, the Cholesky factor of the conditional covariance); E[window | ring] = μ_w + (ring − μ_r) Bᵀ."""
         if (dy, dx) not in self._cache:
             inside = np.zeros((3, self.ph, self.pw), bool)
             inside[:, dy:dy + self.k, dx:dx + self.k] = True
@@ -458,7 +459,7 @@ class WindowSampler:
         """n samples (n×C×k×k) for the window whose top-left corner is (i, j)."""
         oy = min(max(i - self.ring, 0), self.h - self.ph)
         ox = min(max(j - self.ring, 0), self.w - self.pw)
-        wi, ri, reg, chol = self._params(i - oy, j - ox)
+        wi, ri, reg, chol = self.conditional(i - oy, j - ox)
         patch = x[:, oy:oy + self.ph, ox:ox + self.pw].ravel().astype(np.float64)
         # einsum, not BLAS: OpenBLAS threads spin after a call and take the cores from onnxruntime's next batch
         mean = self.mu[wi] + np.einsum("wr,r->w", reg, patch[ri] - self.mu[ri])

@@ -11,12 +11,12 @@ from onnxplain.errors import OnnxplainError
 from onnxplain.explain import as_batch, forward
 from onnxplain.methods.evidence import log_odds
 from onnxplain.methods.gradient import input_gradient
+from onnxplain.metrics import spearman
 from onnxplain.perturb import window_sampler
 from onnxplain.rewrite.graph import GRAD, TARGET, Request
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from blackbox import small_mobilenet  # noqa: E402
-from evidence import spearman  # noqa: E402
 
 
 def corners(n, k, s):

@@ -7,7 +7,7 @@ from test_perturbation import patch_matrix, patch_model, softmax
 
 import onnxplain
 from onnxplain.errors import OnnxplainError
-from onnxplain.metrics import auc, confidence, curves, deletion, insertion
+from onnxplain.metrics import auc, confidence, curves, deletion, insertion, spearman
 from onnxplain.perturb import gaussian_blur
 
 
@@ -127,3 +127,12 @@ def test_evaluate_command_prints_a_table_per_method():
     with pytest.raises(SystemExit) as exit_:
         main(args[:5] + ["-p", "colour=3"])
     assert exit_.value.code == 2
+
+
+def test_spearman_ranks_with_ties_averaged():
+    x = np.random.default_rng(0).normal(size=(2, 5, 5))
+    assert spearman(x, x ** 3) == pytest.approx(1) and spearman(x, -np.exp(x)) == pytest.approx(-1)
+    # ranks (0, 1.5, 1.5, 3) and (0, 2, 1, 3): centred (−1.5, 0, 0, 1.5) and (−1.5, .5, −.5, 1.5)
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(4.5 / np.sqrt(4.5 * 5))
+    with pytest.raises(OnnxplainError, match="same shape"):
+        spearman(np.zeros(3), np.zeros(4))

@@ -114,7 +114,7 @@ class Evidence(_Evidence):
         gradients = np.lib.stride_tricks.sliding_window_view(g, (ph, pw), axis=(1, 2))
         out = np.zeros(len(corners))
         for dy, dx in {tuple(o) for o in offset}:
-            wi, ri, reg, _ = sampler._params(dy, dx)
+            wi, ri, reg, _ = sampler.conditional(dy, dx)
             chosen = np.flatnonzero((offset == (dy, dx)).all(axis=1))
             for a in range(0, len(chosen), chunk):
                 at = chosen[a:a + chunk]
