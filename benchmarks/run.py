@@ -30,8 +30,10 @@ SPEEDUP = 6.0  # issue 3: Captum time / onnxplain time for IG and SmoothGrad, at
 
 
 def median_times(fns, repeats: int, warmup: int = 2) -> list[float]:
-    """Median time of each function, run in turn within every repeat: sessions timed back to back in blocks slow
-    each other (onnxruntime's idle threads keep spinning for a while), so interleaving keeps ratios honest."""
+    """Median time of each function, run in turn within every repeat, so that slow drifts of the machine's speed
+    hit all of them alike. Each then runs while the previous one's onnxruntime threads may still spin (for a few
+    ms after a run), which slows short runs most: on this 2-core VM, blocks of one session at a time gave
+    saliency / forward 2.5-3.6x at batch 1 and 3.0-4.5x at batch 16, against 3.9x and 3.0x interleaved."""
     for _ in range(warmup):
         for fn in fns:
             fn()
