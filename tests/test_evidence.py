@@ -3,14 +3,14 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import IMAGES, MODELS, ROOT, rel_err, zoo
+from conftest import IMAGES, MODELS, ROOT, rel_err, softmax, zoo
 from test_perturbation import patch_model
 
 import onnxplain
 from onnxplain.errors import OnnxplainError
 from onnxplain.explain import as_batch, forward
-from onnxplain.methods.evidence import log_odds
 from onnxplain.methods.gradient import input_gradient
+from onnxplain.methods.perturbation import log_odds
 from onnxplain.metrics import spearman
 from onnxplain.perturb import window_sampler
 from onnxplain.rewrite.graph import GRAD, TARGET, Request
@@ -107,7 +107,6 @@ def test_hidden_evidence_follows_its_definition():
     fh = a.shape[2]
     k, step = max(1, round(8 * fh / 32)), max(1, round(4 * fh / 32))
     upper = m.session(Request(expose=(m.score,), keep_outputs=False, cut=(layer,)))
-    softmax = lambda v: np.exp(v - v.max(-1, keepdims=True)) / np.exp(v - v.max(-1, keepdims=True)).sum(-1, keepdims=True)
     p, c = softmax(z.astype(np.float64))[0], int(z[0].argmax())
     wins = [(i, j) for i in corners(fh, k, step) for j in corners(fh, k, step)]
     rng = np.random.default_rng([4, 0])

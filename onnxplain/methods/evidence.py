@@ -25,13 +25,7 @@ from ..errors import OnnxplainError
 from ..perturb import bilinear_weights, to_chw, top1, window_sampler
 from ..rewrite.graph import COTANGENT, GRAD, Request
 from .base import Method
-from .perturbation import _whole
-
-
-def log_odds(p: np.ndarray, n: int, k: int) -> np.ndarray:
-    """PDA's log₂ odds of the Laplace-corrected probability (p·N + 1)/(N + K)."""
-    q = (p * n + 1) / (n + k)
-    return np.log2(q / (1 - q))
+from .perturbation import _whole, log_odds
 
 
 def average_windows(values: np.ndarray, corners: list[tuple[int, int]], k: int, size: tuple[int, int]) -> np.ndarray:

@@ -278,6 +278,12 @@ class KernelSHAP(_Superpixels):
         return np.append(phi, total - phi.sum())
 
 
+def log_odds(p: np.ndarray, n: int, k: int) -> np.ndarray:
+    """PDA's log₂ odds of the Laplace-corrected probability (p·N + 1)/(N + K), N = `n` and K = `k` classes."""
+    q = (p * n + 1) / (n + k)
+    return np.log2(q / (1 - q))
+
+
 @dataclass(frozen=True)
 class PDA(Perturbation):
     """Prediction Difference Analysis (Zintgraf et al. 2017), weight of evidence in bits:
@@ -322,12 +328,7 @@ class PDA(Perturbation):
                                  self.sampling == "conditional")
         corners = [(i, j) for i in _whole(h, k, self.stride) for j in _whole(w, k, self.stride)]
         kk = len(base)
-
-        def log_odds(p):
-            p = (p * self.laplace_n + 1) / (self.laplace_n + kk)
-            return np.log2(p / (1 - p))
-
-        full = log_odds(base[wanted])
+        full = log_odds(base[wanted], self.laplace_n, kk)
         state = {"we": np.zeros((len(wanted), h, w)), "count": np.zeros((h, w)), "partial": np.zeros(len(wanted))}
 
         def window_samples(wi):
@@ -349,7 +350,7 @@ class PDA(Perturbation):
                 state["partial"] += p[lo - a:hi - a].sum(axis=0)
                 if hi == wi * n + n:                                  # the window's last sample: its evidence
                     i, j = corners[wi]
-                    state["we"][:, i:i + k, j:j + k] += (full - log_odds(state["partial"] / n))[:, None, None]
+                    state["we"][:, i:i + k, j:j + k] += (full - log_odds(state["partial"] / n, self.laplace_n, kk))[:, None, None]
                     state["count"][i:i + k, j:j + k] += 1
                     state["partial"][:] = 0
 
