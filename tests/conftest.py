@@ -12,6 +12,13 @@ EXPORTERS = ("dynamo", "legacy")
 sys.path.insert(0, str(MODELS))  # architectures.py, for the torch reference tests
 
 
+def softmax(z):
+    """Softmax over the last axis, the references' own (float64 in, float64 out)."""
+    import numpy as np
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
 def rel_err(a, b):
     """max |a - b| / max |b|: the relative error used throughout."""
     import numpy as np

@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from conftest import EXPORTERS, IMAGES, MOBILENET, MODELS, ZOO, exposed, rel_err, zoo
+from conftest import EXPORTERS, IMAGES, MOBILENET, MODELS, ZOO, exposed, rel_err, softmax, zoo
 from onnx import TensorProto, helper, numpy_helper
 from onnxplain_cli.main import cli, main
 
@@ -177,11 +177,6 @@ def test_nhwc_layers_give_the_nchw_maps():
             assert expected.maps.max() > 0 and rel_err(e.maps, expected.maps) <= 1e-5, method
 
 
-def _softmax(y):
-    z = np.exp(y - y.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
 @pytest.mark.parametrize("layer", [-1, -2])
 def test_scorecam_equals_a_loop_over_channels(layer):
     """Each channel upsampled, min-max normalised, multiplied into the image and scored alone by a plain forward."""
@@ -194,7 +189,7 @@ def test_scorecam_equals_a_loop_over_channels(layer):
         up = _up(a[i, k][None], m.input_size)[0]
         if up.max() > up.min():
             mask = ((up - up.min()) / (up.max() - up.min())).astype(np.float32)
-            weights[i, k] = _softmax(forward(m, x[i:i + 1] * mask).astype(np.float64))[0, targets[i]]
+            weights[i, k] = softmax(forward(m, x[i:i + 1] * mask).astype(np.float64))[0, targets[i]]
     expected = _relu_sum(weights[:, :, None, None], a)
     e = onnxplain.explain(m, x, "scorecam", target=targets.tolist(), layer=name, batch_size=7)
     assert rel_err(e.attributions, expected) <= 1e-4 and rel_err(e.maps, _up(expected, m.input_size)) <= 1e-4

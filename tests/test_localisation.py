@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 from conftest import MODELS
+from PIL import Image
+from test_cli import run
 
 import onnxplain
 from onnxplain.errors import OnnxplainError
@@ -124,8 +126,6 @@ def test_founding_methods_on_the_ground_truth_model(heldout, method):
 
 def test_founding_methods_run_from_the_command_line_on_the_ground_truth_model(tmp_path):
     """The CLI on two held-out scenes saved as PNG files writes, for each founding method, the map the API gives."""
-    from PIL import Image
-    from test_cli import run
     data = np.load(LOCALISATION / "heldout.npz")
     paths = []
     for i in range(2):

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import IMAGES, MODELS, rel_err, zoo
-from test_perturbation import patch_matrix, patch_model, softmax
+from conftest import IMAGES, MODELS, rel_err, softmax, zoo
+from test_perturbation import patch_matrix, patch_model
 
 import onnxplain
 from onnxplain.errors import OnnxplainError

@@ -4,7 +4,7 @@ from math import factorial
 
 import numpy as np
 import pytest
-from conftest import IMAGES, MODELS, rel_err, zoo
+from conftest import IMAGES, MODELS, rel_err, softmax, zoo
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
@@ -56,11 +56,6 @@ def paint(values, size):
     """N×n×n patch values → N×H×W."""
     cell = size // values.shape[-1]
     return np.repeat(np.repeat(values, cell, axis=-2), cell, axis=-1)
-
-
-def softmax(z):
-    z = np.exp(z - z.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
 
 
 @pytest.fixture(scope="module")

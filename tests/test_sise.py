@@ -4,7 +4,7 @@ layer maps, Otsu's threshold against a brute-force search, and the cascading fus
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import IMAGES, MOBILENET, MODELS, ZOO, exposed, rel_err, zoo
+from conftest import IMAGES, MOBILENET, MODELS, ZOO, exposed, rel_err, softmax, zoo
 from onnxplain_cli.main import cli, main
 
 import onnxplain
@@ -20,11 +20,6 @@ LOCALISATION = MODELS / "localisation"
 
 def _minmax(v):
     return (v - v.min()) / (v.max() - v.min()) if v.max() > v.min() else np.zeros_like(v)
-
-
-def _softmax(y):
-    z = np.exp(y - y.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
 
 
 def _brute_otsu(v, bins=256):
@@ -53,7 +48,7 @@ def _sise(m, x, targets, layers, mu=0.0):
         for k in np.flatnonzero(alpha > mu * alpha.max()):
             if acts[l][i, k].max() > acts[l][i, k].min():
                 mask = _minmax(rows.astype(np.float64) @ acts[l][i, k] @ cols.T)
-                s = _softmax(forward(m, x[i:i + 1] * mask[None, None].astype(np.float32)).astype(np.float64))
+                s = softmax(forward(m, x[i:i + 1] * mask[None, None].astype(np.float32)).astype(np.float64))
                 num, kept[i, l] = num + s[0, targets[i]] * mask / mask.sum(), kept[i, l] + 1
         views[i, l] = _minmax(num)
     fused = views[:, 0]

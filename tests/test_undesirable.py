@@ -2,8 +2,8 @@
 by its definition, and the claim on the bundled MobileNetV2."""
 import numpy as np
 import pytest
-from conftest import IMAGES, MOBILENET, rel_err
-from test_perturbation import paint, patch_matrix, patch_means, patch_model, softmax
+from conftest import IMAGES, MOBILENET, rel_err, softmax
+from test_perturbation import paint, patch_matrix, patch_means, patch_model
 
 import onnxplain
 from onnxplain.errors import OnnxplainError
