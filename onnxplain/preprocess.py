@@ -82,7 +82,9 @@ def read_image(path: str | Path, p: Preprocessing) -> tuple[np.ndarray, np.ndarr
     try:
         with Image.open(path) as im:
             im.load()
-            rgb = im.convert("RGB")
+            rgb = _as_rgb(im, path)
+    except OnnxplainError:
+        raise
     except Exception as exc:
         raise OnnxplainError(f"cannot read image {path}: {exc}") from None
     h, w = p.size
@@ -97,6 +99,18 @@ def read_image(path: str | Path, p: Preprocessing) -> tuple[np.ndarray, np.ndarr
         rgb = rgb.resize((w, h), resample)
     view = np.asarray(rgb, dtype=np.uint8)
     return view, to_input(view, p)
+
+
+def _as_rgb(im, path: Path):
+    """8-bit RGB. 16-bit grey maps its full range 0..65535 onto 0..255 (Pillow's own conversion clips it to white;
+    older Pillows open 16-bit PNGs as mode I); 32-bit integer or float pixels have no defined range, so they are
+    refused rather than guessed."""
+    if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
+        im = _pil().fromarray(((np.asarray(im).astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8))
+    elif im.mode in ("I", "F"):
+        raise OnnxplainError(f"cannot read image {path}: its 32-bit {'integer' if im.mode == 'I' else 'float'} pixels "
+                             "have no defined range; save it with 8- or 16-bit channels, or pass a preprocessed array")
+    return im.convert("RGB")
 
 
 def to_input(view: np.ndarray, p: Preprocessing) -> np.ndarray:

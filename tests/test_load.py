@@ -131,6 +131,22 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
     _one_line(e, "outside the model's folder")
 
 
+def test_16_bit_grey_images_read_by_their_full_range_and_32_bit_pixels_refused(tmp_path, mobilenet):
+    from PIL import Image
+    grey = np.asarray(Image.open(IMAGES[0]).convert("L"))
+    Image.fromarray(grey).save(tmp_path / "g8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "g16.png")  # Pillow's convert("RGB") gives white
+    p = mobilenet.preprocessing
+    view8, x8 = onnxplain.preprocess.read_image(tmp_path / "g8.png", p)
+    view16, x16 = onnxplain.preprocess.read_image(tmp_path / "g16.png", p)
+    assert view16.std() > 20 and np.array_equal(view16, view8) and np.array_equal(x16, x8)
+    for name, a in (("i32.tif", grey.astype(np.int32)), ("f32.tif", grey.astype(np.float32))):
+        Image.fromarray(a).save(tmp_path / name)
+        with pytest.raises(OnnxplainError) as e:
+            onnxplain.explain(mobilenet, [tmp_path / name])
+        _one_line(e, "cannot read image", "no defined range")
+
+
 def test_wrong_shapes_targets_images_and_sidecars(tmp_path, mobilenet):
     with pytest.raises(OnnxplainError) as e:
         onnxplain.explain(mobilenet, np.zeros((1, 3, 100, 100), np.float32))
