@@ -219,8 +219,18 @@ def _report(m, image, e, j, k, top_k, png):
     probs = m.probabilities(e.logits[j].astype(np.float64))
     c, score = (e.targets[j], e.scores[j]) if k is None else (e.targets[j, k], e.scores[j, k])
     click.echo(f"{image}: explained {m.label(int(c))} [{int(c)}] (score {score:.3f}) -> {png}")
+    if e.info:  # a method's by-products for this image and class, e.g. IG's completeness gap
+        items = {name: v[j] if k is None else v[j, k] for name, v in e.info.items()}
+        click.echo("  " + ", ".join(f"{name.replace('_', ' ')} {_value(v)}" for name, v in items.items()))
     for rank, k in enumerate(np.argsort(-probs)[:top_k], 1):
         click.echo(f"  {rank}. {m.label(int(k)):<30} [{int(k)}]  p={probs[k]:.3f}")
+
+
+def _value(v) -> str:
+    v = np.asarray(v)
+    if v.ndim == 0:
+        return f"{int(v)}" if v.dtype.kind in "iu" else f"{float(v):.4g}"
+    return "[" + ", ".join(_value(x) for x in v) + "]"
 
 
 @cli.command()

@@ -72,6 +72,13 @@ def test_several_classes_per_image_write_one_map_each(tmp_path, capsys, mobilene
     assert "class given twice" in fail(capsys, "explain", MOBILENET, IMAGES[0], "-t", "1,1", "-o", tmp_path / "c")
 
 
+def test_a_methods_by_products_are_printed_per_image_and_class(tmp_path, mobilenet):
+    out = run("explain", MOBILENET, IMAGES[0], "-m", "ig", "-p", "steps=8", "-t", "285,281", "-o", tmp_path)
+    e = onnxplain.explain(mobilenet, IMAGES[:1], "ig", target=[[285, 281]], steps=8)
+    gaps = [float(line.split("completeness gap ")[1].split(",")[0]) for line in out.splitlines() if "gap" in line]
+    assert np.allclose(gaps, e.info["completeness_gap"][0], rtol=1e-3) and abs(gaps[0] - gaps[1]) > 1e-2
+
+
 def test_bad_inputs_give_one_line(tmp_path, capsys):
     truncated = tmp_path / "t.onnx"
     truncated.write_bytes(MOBILENET.read_bytes()[:1000])
