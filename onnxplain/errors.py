@@ -1,10 +1,24 @@
 """One exception type for everything a user can get wrong: its message is one line, fit to print as is."""
+from contextlib import contextmanager
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (libraries' messages can span pages), or its type's name."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def first_line(exc: BaseException, limit: int = 500) -> str:
+    """An exception's message on one line, cut after `limit` characters (libraries' messages can span pages, and
+    some break a sentence over lines), or its type's name."""
+    text = " ".join(str(exc).split())
+    return (text if len(text) <= limit else text[:limit - 1] + "…") or type(exc).__name__
+
+
+@contextmanager
+def quiet_onnxruntime():
+    """Mute onnxruntime's default logger, which sessions that libraries create write to, while their failures are
+    reported in one line by the caller; then restore onnxruntime's default severity (warnings)."""
+    import onnxruntime as ort
+    ort.set_default_logger_severity(4)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(2)
 
 
 class OnnxplainError(Exception):

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import OnnxplainError, first_line
+from .errors import OnnxplainError, first_line, quiet_onnxruntime
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
@@ -19,14 +19,11 @@ class Session:
         data = proto.SerializeToString()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # failures are raised, and reported in one line, not logged too
         self.session = None
         if device in ("auto", "cuda") and CUDA in ort.get_available_providers():
-            ort.set_default_logger_severity(4)  # a failed CUDA start is reported below in one line, not ORT's five
-            try:
+            with quiet_onnxruntime():  # a failed CUDA start is reported below in one line, not ORT's five
                 self.session = self._create(data, options, [CUDA, CPU])
-            finally:
-                ort.set_default_logger_severity(2)  # onnxruntime's default
             if self.session is not None and self.session.get_providers()[0] != CUDA:
                 self.session = None
             if self.session is None and device == "auto":

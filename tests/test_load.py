@@ -108,6 +108,27 @@ def test_non_image_model():
     _one_line(e, "no image input", "x[1, 20]")
 
 
+def test_hostile_graphs_fail_in_one_line_and_nothing_else_on_stderr(capfd):
+    proto = tiny_cnn()  # logits + the sum of a 4 TB constant: neither folding nor the run can allocate it
+    proto.graph.initializer.append(numpy_helper.from_array(np.array([10**6, 10**6], np.int64), "huge"))
+    proto.graph.node[-1].output[0] = "fc_out"
+    proto.graph.node.extend([helper.make_node("ConstantOfShape", ["huge"], ["zeros"]),
+                             helper.make_node("ReduceSum", ["zeros"], ["total"], keepdims=0),
+                             helper.make_node("Add", ["fc_out", "total"], ["logits"])])
+    m = onnxplain.load(proto, preprocessing="unit")
+    capfd.readouterr()
+    for method in ("saliency", "occlusion"):
+        with pytest.raises(OnnxplainError) as e:
+            onnxplain.explain(m, RNG.standard_normal((1, 3, 8, 8)).astype(np.float32), method)
+        _one_line(e, "onnxruntime failed to run the model", "allocate")
+    assert capfd.readouterr().err == ""  # onnxruntime's and onnx-graphsurgeon's own logs are muted
+    cyclic = tiny_cnn()
+    cyclic.graph.node[0].input[0] = "r"  # conv reads the relu it feeds
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.load(cyclic, preprocessing="unit")
+    _one_line(e, "topologically sorted", "is not output of any previous nodes")
+
+
 def test_unknown_op_names_op_node_and_the_black_box_path():
     m = onnxplain.load(tiny_cnn(op=("com.example", "Swizzle")), preprocessing="unit")
     with pytest.raises(UnsupportedOpError) as e:

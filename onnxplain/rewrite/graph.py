@@ -1,6 +1,7 @@
 """Turn a model plus a request (tensors to expose, outputs to differentiate, tensors wanted) into a runnable graph."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,7 +11,7 @@ from onnx import numpy_helper
 
 import warnings
 
-from ..errors import OnnxplainError, first_line
+from ..errors import OnnxplainError, first_line, quiet_onnxruntime
 from .autodiff import append_vjp
 from .builder import Builder
 from .rules import MIN_OPSET
@@ -145,9 +146,23 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     lift_constants(graph)
     if any(n.op != "Constant" and n.inputs and all(isinstance(t, gs.Constant) for t in n.inputs if t.name)
            for n in graph.nodes):
-        graph.fold_constants(error_ok=True)
+        with quiet_onnxruntime(), _quiet_graphsurgeon():  # a subgraph that fails to fold stays as it is
+            graph.fold_constants(error_ok=True, size_threshold=FOLD_LIMIT)
     graph.cleanup(remove_unused_graph_inputs=False)
     return gs.export_onnx(graph, do_type_check=False)
+
+
+FOLD_LIMIT = 1 << 26  # bytes: larger constant subgraphs (of a known size) are left to run, not stored in the graph
+
+
+@contextmanager
+def _quiet_graphsurgeon():
+    from onnx_graphsurgeon.logger import G_LOGGER
+    severity, G_LOGGER.severity = G_LOGGER.severity, G_LOGGER.CRITICAL
+    try:
+        yield
+    finally:
+        G_LOGGER.severity = severity
 
 
 def lift_constants(graph: gs.Graph) -> None:
