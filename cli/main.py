@@ -181,7 +181,6 @@ def explain(model, images, method, target, layer, out_dir, force, top_k, batch_s
                              "explain them into different --out folders")
     check_writable(files, force)
     m = _load(model, pre, device, probabilities, batch_size)
-    out_dir.mkdir(parents=True, exist_ok=True)
     chunks = [range(i, min(i + batch_size, len(images))) for i in range(0, len(images), batch_size)]
     with click.progressbar(chunks, label="explaining", file=sys.stderr, hidden=len(images) <= batch_size) as bar:
         for chunk in bar:

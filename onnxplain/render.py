@@ -1,6 +1,8 @@
 """Render maps: heat-map overlays on the image as the model saw it (PNG), raw arrays (.npy)."""
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,17 +60,33 @@ def overlay(view: np.ndarray, m: np.ndarray, alpha: float = 0.5, signed: bool | 
 
 
 def check_writable(paths: list[Path], force: bool) -> None:
-    """Refuse, before any work, to overwrite existing files unless `force`."""
+    """Refuse, before any work, to overwrite existing files unless `force`, or to start where the results cannot be
+    written; creates the folders they go to."""
     existing = [p for p in paths if p.exists()]
     if existing and not force:
         raise OnnxplainError(f"{existing[0]} exists (and {len(existing) - 1} more); use --force to overwrite"
                              if len(existing) > 1 else f"{existing[0]} exists; use --force to overwrite")
+    for folder in dict.fromkeys(Path(p).parent for p in paths):
+        with _writing(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise OnnxplainError(f"cannot write to {folder}: permission denied")
+
+
+@contextmanager
+def _writing(path: Path):
+    try:
+        yield
+    except OSError as exc:
+        raise OnnxplainError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def save_png(path: Path, rgb: np.ndarray) -> None:
     from PIL import Image
-    Image.fromarray(rgb).save(path)
+    with _writing(path):
+        Image.fromarray(rgb).save(path)
 
 
 def save_npy(path: Path, a: np.ndarray) -> None:
-    np.save(path, a)
+    with _writing(path):
+        np.save(path, a)

@@ -89,6 +89,10 @@ def test_bad_inputs_give_one_line(tmp_path, capsys):
     assert "unknown method" in fail(capsys, "explain", MOBILENET, IMAGES[0], "-m", "nope", "-o", tmp_path / "o")
     assert "2 targets for 1 images" in fail(capsys, "explain", MOBILENET, IMAGES[0], "-t", "1", "-t", "2",
                                             "-o", tmp_path / "o")
+    (tmp_path / "plain").write_text("a file, not a folder")
+    for command in (("explain", MOBILENET, IMAGES[0], "-o", tmp_path / "plain" / "o"),
+                    ("export", MOBILENET, "-o", tmp_path / "plain" / "o" / "x.onnx")):
+        assert "cannot write " + str(tmp_path / "plain") in fail(capsys, *command)
 
 
 @pytest.mark.parametrize("method, params", [("saliency", {}), ("gradcam", {}), ("lrp", {"composite": "epsilon_gamma_box"})])
