@@ -136,6 +136,43 @@ def test_unknown_op_names_op_node_and_the_black_box_path():
     _one_line(e, "Swizzle", "'mystery'", "opset", "occlusion")
 
 
+def _quantised(proto, activations: bool):
+    """int8 weights through DequantizeLinear; with `activations`, the Relu output through QuantizeLinear too."""
+    w = next(t for t in proto.graph.initializer if t.name == "w")
+    values = numpy_helper.to_array(w)
+    scale = np.float32(np.abs(values).max() / 127)
+    proto.graph.initializer.remove(w)
+    proto.graph.initializer.extend([numpy_helper.from_array(np.round(values / scale).astype(np.int8), "wq"),
+                                    numpy_helper.from_array(np.array(scale), "ws"),
+                                    numpy_helper.from_array(np.array(0.05, np.float32), "as"),
+                                    numpy_helper.from_array(np.array(0, np.uint8), "az")])
+    proto.graph.node.insert(0, helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"]))
+    if activations:
+        relu = next(n for n in proto.graph.node if n.op_type == "Relu")
+        relu.output[0] = "r0"
+        at = list(proto.graph.node).index(relu) + 1
+        proto.graph.node.insert(at, helper.make_node("QuantizeLinear", ["r0", "as", "az"], ["rq"], name="q1"))
+        proto.graph.node.insert(at + 1, helper.make_node("DequantizeLinear", ["rq", "as", "az"], ["r"]))
+    return proto
+
+
+def test_quantised_weights_are_differentiated_and_quantised_activations_named():
+    x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    proto = tiny_cnn()
+    quantised = _quantised(onnx.ModelProto.FromString(proto.SerializeToString()), activations=False)
+    q, scale = (numpy_helper.to_array(next(t for t in quantised.graph.initializer if t.name == n)) for n in ("wq", "ws"))
+    w = next(t for t in proto.graph.initializer if t.name == "w")
+    w.CopyFrom(numpy_helper.from_array(q.astype(np.float32) * scale, "w"))  # the same model with float weights
+    e = onnxplain.explain(onnxplain.load(quantised, preprocessing="unit"), x, "gradxinput", target=3)
+    reference = onnxplain.explain(onnxplain.load(proto, preprocessing="unit"), x, "gradxinput", target=3)
+    assert rel_err(e.maps, reference.maps) < 1e-6
+    m = onnxplain.load(_quantised(tiny_cnn(), activations=True), preprocessing="unit")
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.explain(m, x, "saliency")
+    _one_line(e, "QuantizeLinear 'q1'", "gradient is zero", "occlusion")
+    assert onnxplain.explain(m, x, "occlusion", window=4, stride=4).maps.shape == (2, 8, 8)
+
+
 def test_external_data_outside_the_model_folder_is_refused(tmp_path):
     secret = tmp_path / "secret.bin"
     secret.write_bytes(np.zeros(4 * 3 * 3 * 3, np.float32).tobytes())

@@ -96,4 +96,22 @@ def append_vjp(graph: gs.Graph, opset: int, ys: list[gs.Tensor], dys: list[gs.Te
     for t in wrt:  # graph inputs are produced by no node
         if t.name not in results:
             results[t.name] = total(t)
+        if results[t.name] is None:
+            raise OnnxplainError(f"the score depends on '{t.name}' only through {_cut(graph, needed, t)}, so its "
+                                 "gradient is zero; explain this model with a black-box method instead (occlusion, "
+                                 "rise, lime, kernelshap), which only runs the model")
     return [results[t.name] for t in wrt]
+
+
+def _cut(graph: gs.Graph, needed: set[str], t: gs.Tensor) -> str:
+    """Names the node where the paths from `t` to the score lose their gradient (an integer output, such as a
+    quantised model's QuantizeLinear, or an op without a derivative), for the error message."""
+    reached = {t.name}
+    for node in graph.nodes:
+        if any(i.name in reached for i in node.inputs):
+            if node.op in NOT_DIFFERENTIABLE or not all(is_float(o) for o in node.outputs):
+                if node.op not in ("Shape", "Size"):  # shapes feed a Reshape beside its data, never instead of it
+                    return f"{node.op} '{node.name}' (integer or piecewise-constant output)"
+            else:
+                reached.update(o.name for o in node.outputs if o.name in needed)
+    return "ops without a gradient"
