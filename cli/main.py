@@ -16,8 +16,7 @@ from onnxplain.explain import candidate_layers, cam_layer
 from onnxplain.export import export as export_graph
 from onnxplain.preprocess import PRESETS
 from onnxplain.render import check_writable, overlay, save_npy, save_png
-from onnxplain.rewrite.graph import opset_of
-from onnxplain.rewrite.rules import unsupported_ops
+from onnxplain.rewrite.graph import opset_of, unsupported_ops
 
 MODEL = click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 DEVICE = click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
@@ -126,13 +125,14 @@ def inspect(model, **pre):
     click.echo("CAM layers (block ends; * = default):")
     for name in dict.fromkeys(candidate_layers(m) + [default]):
         click.echo(f"  {'*' if name == default else ' '} {name}")
-    missing = unsupported_ops(m.proto)
+    missing = unsupported_ops(m.proto, m.input, m.score)
     if missing:
-        click.echo("ops without a gradient rule (white-box methods fail; black-box methods work):")
+        click.echo("ops between input and score without a gradient rule (white-box methods fail; black-box methods "
+                   "work):")
         for op, nodes in missing.items():
             click.echo(f"    {op}: {len(nodes)} node(s), e.g. '{nodes[0]}'")
     else:
-        click.echo("gradient rules: every op of the model has one")
+        click.echo("gradient rules: every op between input and score has one")
 
 
 @cli.command()

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import IMAGES, MOBILENET, rel_err
 from onnxplain_cli.main import cli, main
+from test_load import _quantised, tiny_cnn
 
 import onnxplain
 
@@ -35,7 +36,15 @@ def test_methods_lists_groups():
 def test_inspect_shows_layers_and_preprocessing():
     out = run("inspect", MOBILENET)
     assert "input      input  NCHW  224x224" in out and "1000 names" in out
-    assert "* hardtanh_34" in out and "every op of the model has one" in out
+    assert "* hardtanh_34" in out and "every op between input and score has one" in out
+
+
+def test_inspect_lists_the_ops_on_the_gradient_path_without_a_rule(tmp_path):
+    for activations, expected in ((False, "every op between input and score has one"),
+                                  (True, "QuantizeLinear: 1 node(s), e.g. 'q1'")):
+        onnx.save(_quantised(tiny_cnn(), activations), tmp_path / "q.onnx")
+        out = run("inspect", tmp_path / "q.onnx", "--preset", "unit", "--size", 8, 8)
+        assert expected in out and "DequantizeLinear" not in out  # int8 weights fold; the activations' DQ is cut off
 
 
 def test_preprocessing_flags_override_the_preset_and_the_sidecar():

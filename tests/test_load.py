@@ -4,7 +4,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import IMAGES, MOBILENET, rel_err
+from conftest import IMAGES, MOBILENET, rel_err, softmax
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
@@ -14,9 +14,11 @@ RNG = np.random.default_rng(0)
 
 
 def tiny_cnn(batch=1, softmax=False, op=None, layout="NCHW", reshape_batch=True):
-    """input → Conv → Relu → (op) → Reshape([batch, -1]) → Gemm (→ Softmax), exported with a fixed batch."""
-    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
-    fc = RNG.standard_normal((10, 4 * 8 * 8)).astype(np.float32)
+    """input → Conv → Relu → (op) → Reshape([batch, -1]) → Gemm (→ Softmax), exported with a fixed batch; the same
+    weights at every call."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    fc = rng.standard_normal((10, 4 * 8 * 8)).astype(np.float32) / 16
     shape = [batch, 3, 8, 8] if layout == "NCHW" else [batch, 8, 8, 3]
     nodes = [] if layout == "NCHW" else [helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2])]
     nodes += [helper.make_node("Conv", ["nchw" if layout == "NHWC" else "image", "w"], ["c"], pads=[1, 1, 1, 1],
@@ -65,8 +67,7 @@ def test_softmax_model_explains_logits_unless_probabilities_are_asked_for():
     p = onnxplain.load(proto, preprocessing="unit", probabilities=True)
     assert p.score == "probs"
     ep = onnxplain.explain(p, x, "gradxinput", target=e.targets.tolist())
-    probs = np.exp(e.logits) / np.exp(e.logits).sum(1, keepdims=True)
-    assert rel_err(ep.scores, probs[np.arange(2), e.targets]) < 1e-5
+    assert rel_err(ep.scores, softmax(e.logits)[np.arange(2), e.targets]) < 1e-5
     assert not np.allclose(ep.attributions, e.attributions)
 
 
@@ -158,8 +159,7 @@ def _quantised(proto, activations: bool):
 
 def test_quantised_weights_are_differentiated_and_quantised_activations_named():
     x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
-    proto = tiny_cnn()
-    quantised = _quantised(onnx.ModelProto.FromString(proto.SerializeToString()), activations=False)
+    proto, quantised = tiny_cnn(), _quantised(tiny_cnn(), activations=False)
     q, scale = (numpy_helper.to_array(next(t for t in quantised.graph.initializer if t.name == n)) for n in ("wq", "ws"))
     w = next(t for t in proto.graph.initializer if t.name == "w")
     w.CopyFrom(numpy_helper.from_array(q.astype(np.float32) * scale, "w"))  # the same model with float weights

@@ -39,15 +39,25 @@ Lookup = Callable[[gs.Node], Callable | None]  # node → its VJP rule (a compos
 
 def path_tensors(graph: gs.Graph, ys: list[gs.Tensor], wrt: list[gs.Tensor]) -> set[str]:
     """Names of the float tensors that depend on `wrt` and that `ys` depend on."""
+    return downstream(graph, wrt) & upstream(graph, ys)
+
+
+def downstream(graph: gs.Graph, wrt: list[gs.Tensor]) -> set[str]:
+    """Names of the float tensors that depend on `wrt` through differentiable ops (graph topologically sorted)."""
     forward = {t.name for t in wrt}
-    for node in graph.nodes:  # graph is topologically sorted
+    for node in graph.nodes:
         if node.op not in NOT_DIFFERENTIABLE and any(t.name in forward for t in node.inputs):
             forward.update(t.name for t in node.outputs if is_float(t))
+    return forward
+
+
+def upstream(graph: gs.Graph, ys: list[gs.Tensor]) -> set[str]:
+    """Names of the tensors that `ys` depend on through differentiable ops."""
     backward = {t.name for t in ys}
     for node in reversed(graph.nodes):
         if any(t.name in backward for t in node.outputs) and node.op not in NOT_DIFFERENTIABLE:
             backward.update(t.name for t in node.inputs if t.name and not isinstance(t, gs.Constant))
-    return forward & backward
+    return backward
 
 
 def append_vjp(graph: gs.Graph, opset: int, ys: list[gs.Tensor], dys: list[gs.Tensor], wrt: list[gs.Tensor],

@@ -12,9 +12,9 @@ from onnx import numpy_helper
 import warnings
 
 from ..errors import OnnxplainError, first_line, quiet_onnxruntime
-from .autodiff import append_vjp
+from .autodiff import append_vjp, downstream, upstream
 from .builder import Builder
-from .rules import MIN_OPSET
+from .rules import MIN_OPSET, NOT_DIFFERENTIABLE, RULES
 
 COTANGENT = "{}__cotangent"  # graph input holding the cotangent (target weights) of a differentiated output
 GRAD = "{}__grad"            # graph output holding the gradient of a wanted tensor
@@ -163,6 +163,21 @@ def _quiet_graphsurgeon():
         yield
     finally:
         G_LOGGER.severity = severity
+
+
+def unsupported_ops(model: onnx.ModelProto, input: str, score: str) -> dict[str, list[str]]:
+    """Op type → node names, for the nodes on the way from `input` to `score` that no rule can differentiate, once
+    constant subgraphs are folded (a quantised model's int8 weights behind DequantizeLinear need no rule)."""
+    graph = gs.import_onnx(infer_shapes(fold_constants(model)))
+    graph.toposort()
+    tensors = graph.tensors()
+    forward, backward = downstream(graph, [tensors[input]]), upstream(graph, [tensors[score]])
+    missing: dict[str, list[str]] = {}
+    for node in graph.nodes:
+        if (node.op not in RULES and node.op not in NOT_DIFFERENTIABLE and any(t.name in forward for t in node.inputs)
+                and any(t.name in backward for t in node.outputs)):
+            missing.setdefault(node.op, []).append(node.name or "(unnamed)")
+    return missing
 
 
 def lift_constants(graph: gs.Graph) -> None:

@@ -55,11 +55,3 @@ def constant_input(node, i):
 
 from . import activation, conv, elementwise, linear, norm, pool, shape  # noqa: E402,F401  (they register)
 
-
-def unsupported_ops(model) -> dict[str, list[str]]:
-    """Op type → node names, for the nodes of an ONNX model that no rule can differentiate."""
-    missing: dict[str, list[str]] = {}
-    for node in model.graph.node:
-        if node.op_type not in RULES and node.op_type not in NOT_DIFFERENTIABLE:
-            missing.setdefault(node.op_type, []).append(node.name or "(unnamed)")
-    return missing
