@@ -218,17 +218,17 @@ def _report(m, image, e, j, k, top_k, png):
     probs = m.probabilities(e.logits[j].astype(np.float64))
     c, score = (e.targets[j], e.scores[j]) if k is None else (e.targets[j, k], e.scores[j, k])
     click.echo(f"{image}: explained {m.label(int(c))} [{int(c)}] (score {score:.3f}) -> {png}")
-    if e.info:  # a method's by-products for this image and class, e.g. IG's completeness gap
-        items = {name: v[j] if k is None else v[j, k] for name, v in e.info.items()}
-        click.echo("  " + ", ".join(f"{name.replace('_', ' ')} {_value(v)}" for name, v in items.items()))
+    items = {name: np.asarray(v[j] if k is None else v[j, k]) for name, v in e.info.items()}
+    shown = {name: v for name, v in items.items() if v.size <= 8}  # numbers and short lists; images stay in e.info
+    if shown:  # a method's by-products for this image and class, e.g. IG's completeness gap
+        click.echo("  " + ", ".join(f"{name.replace('_', ' ')} {_value(v)}" for name, v in shown.items()))
     for rank, k in enumerate(np.argsort(-probs)[:top_k], 1):
         click.echo(f"  {rank}. {m.label(int(k)):<30} [{int(k)}]  p={probs[k]:.3f}")
 
 
-def _value(v) -> str:
-    v = np.asarray(v)
+def _value(v: np.ndarray) -> str:
     if v.ndim == 0:
-        return f"{int(v)}" if v.dtype.kind in "iu" else f"{float(v):.4g}"
+        return f"{int(v)}" if v.dtype.kind in "iu" else f"{float(v):.4g}" if v.dtype.kind == "f" else str(v)
     return "[" + ", ".join(_value(x) for x in v) + "]"
 
 

@@ -140,3 +140,7 @@ def test_founding_methods_run_from_the_command_line_on_the_ground_truth_model(tm
         for i, path in enumerate(paths):
             assert np.allclose(np.load(tmp_path / method / f"{path.stem}.{method}.npy"), e.maps[i], atol=1e-6), method
         assert m.label(int(e.targets[0])) in out
+        if method == "fgvis":  # its numbers are printed per image; its explanation image stays in the files and e.info
+            flipped = [line for line in out.splitlines() if line.startswith("  score ")]
+            assert len(flipped) == 2 and "explanation" not in out
+            assert all(f"deleted fraction {e.info['deleted_fraction'][i]:.4g}" in flipped[i] for i in range(2))
