@@ -2,11 +2,20 @@
 from contextlib import contextmanager
 
 
-def first_line(exc: BaseException, limit: int = 500) -> str:
-    """An exception's message on one line, cut after `limit` characters (libraries' messages can span pages, and
-    some break a sentence over lines), or its type's name."""
+def first_line(exc: BaseException) -> str:
+    """An exception's message on one line, cut after 500 characters (libraries' messages can span pages, and some
+    break a sentence over lines), or its type's name."""
     text = " ".join(str(exc).split())
-    return (text if len(text) <= limit else text[:limit - 1] + "…") or type(exc).__name__
+    return (text if len(text) <= 500 else text[:499] + "…") or type(exc).__name__
+
+
+@contextmanager
+def writing(path, what: str = ""):
+    """Turn an OSError while writing `path` (a `what`, e.g. "checkpoint ") into one line that names it."""
+    try:
+        yield
+    except OSError as exc:
+        raise OnnxplainError(f"cannot write {what}{path}: {exc.strerror or exc}") from None
 
 
 @contextmanager

@@ -6,7 +6,7 @@ from pathlib import Path
 import onnx
 
 from . import methods
-from .errors import OnnxplainError
+from .errors import OnnxplainError, writing
 from .explain import cam_layer
 from .model import Model
 from .rewrite.graph import build, infer_shapes
@@ -30,8 +30,6 @@ def export(model: Model, method: str, path: str | Path, layer: str | None = None
         if not out.type.tensor_type.HasField("shape") and out.name in inferred:
             out.type.CopyFrom(inferred[out.name])
     onnx.checker.check_model(proto)
-    try:
+    with writing(path):
         onnx.save(proto, str(path))
-    except OSError as exc:
-        raise OnnxplainError(f"cannot write {path}: {exc.strerror or exc}") from None
     return proto

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import OnnxplainError
+from .errors import OnnxplainError, writing
 from .rewrite.graph import Request
 
 SCORES = ("probability", "logit")
@@ -201,12 +201,10 @@ def _save(path, key: str, done: int, plans: list[Plan]) -> None:
     path = Path(path)
     arrays = {f"{i}/{k}": v for i, p in enumerate(plans) for k, v in p.state.items()}
     tmp = path.with_name(path.name + ".tmp")
-    try:
+    with writing(path, "checkpoint "):
         with open(tmp, "wb") as f:
             np.savez(f, __key__=np.array(key), __done__=np.array(done), **arrays)
         os.replace(tmp, path)
-    except OSError as exc:
-        raise OnnxplainError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
 
 
 def _restore(path, key: str, plans: list[Plan]) -> int:

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from .errors import OnnxplainError
+from .errors import OnnxplainError, writing
 
 # Turbo colormap, polynomial fit by Mikhailov (Google, 2019), for maps of one sign.
 _TURBO = np.array([
@@ -67,26 +66,18 @@ def check_writable(paths: list[Path], force: bool) -> None:
         raise OnnxplainError(f"{existing[0]} exists (and {len(existing) - 1} more); use --force to overwrite"
                              if len(existing) > 1 else f"{existing[0]} exists; use --force to overwrite")
     for folder in dict.fromkeys(Path(p).parent for p in paths):
-        with _writing(folder):
+        with writing(folder):
             folder.mkdir(parents=True, exist_ok=True)
         if not os.access(folder, os.W_OK):
             raise OnnxplainError(f"cannot write to {folder}: permission denied")
 
 
-@contextmanager
-def _writing(path: Path):
-    try:
-        yield
-    except OSError as exc:
-        raise OnnxplainError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
 def save_png(path: Path, rgb: np.ndarray) -> None:
     from PIL import Image
-    with _writing(path):
+    with writing(path):
         Image.fromarray(rgb).save(path)
 
 
 def save_npy(path: Path, a: np.ndarray) -> None:
-    with _writing(path):
+    with writing(path):
         np.save(path, a)
