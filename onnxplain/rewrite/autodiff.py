@@ -42,6 +42,14 @@ def path_tensors(graph: gs.Graph, ys: list[gs.Tensor], wrt: list[gs.Tensor]) -> 
     return downstream(graph, wrt) & upstream(graph, ys)
 
 
+def path_nodes(graph: gs.Graph, ys: list[gs.Tensor], wrt: list[gs.Tensor]) -> list[gs.Node]:
+    """The nodes that take a tensor depending on `wrt` and give one that `ys` depend on, in topological order; ops
+    without a derivative or with integer outputs among them are where a path loses its gradient."""
+    forward, backward = downstream(graph, wrt), upstream(graph, ys)
+    return [n for n in graph.nodes
+            if any(t.name in forward for t in n.inputs) and any(t.name in backward for t in n.outputs)]
+
+
 def downstream(graph: gs.Graph, wrt: list[gs.Tensor]) -> set[str]:
     """Names of the float tensors that depend on `wrt` through differentiable ops (graph topologically sorted)."""
     forward = {t.name for t in wrt}
@@ -107,21 +115,17 @@ def append_vjp(graph: gs.Graph, opset: int, ys: list[gs.Tensor], dys: list[gs.Te
         if t.name not in results:
             results[t.name] = total(t)
         if results[t.name] is None:
-            raise OnnxplainError(f"the score depends on '{t.name}' only through {_cut(graph, needed, t)}, so its "
+            raise OnnxplainError(f"the score depends on '{t.name}' only through {_cut(graph, ys, t)}, so its "
                                  "gradient is zero; explain this model with a black-box method instead (occlusion, "
                                  "rise, lime, kernelshap), which only runs the model")
     return [results[t.name] for t in wrt]
 
 
-def _cut(graph: gs.Graph, needed: set[str], t: gs.Tensor) -> str:
+def _cut(graph: gs.Graph, ys: list[gs.Tensor], t: gs.Tensor) -> str:
     """Names the node where the paths from `t` to the score lose their gradient (an integer output, such as a
     quantised model's QuantizeLinear, or an op without a derivative), for the error message."""
-    reached = {t.name}
-    for node in graph.nodes:
-        if any(i.name in reached for i in node.inputs):
-            if node.op in NOT_DIFFERENTIABLE or not all(is_float(o) for o in node.outputs):
-                if node.op not in ("Shape", "Size"):  # shapes feed a Reshape beside its data, never instead of it
-                    return f"{node.op} '{node.name}' (integer or piecewise-constant output)"
-            else:
-                reached.update(o.name for o in node.outputs if o.name in needed)
+    for node in path_nodes(graph, ys, [t]):
+        if node.op in NOT_DIFFERENTIABLE or not all(is_float(o) for o in node.outputs):
+            if node.op not in ("Shape", "Size"):  # shapes feed a Reshape beside its data, never instead of it
+                return f"{node.op} '{node.name}' (integer or piecewise-constant output)"
     return "ops without a gradient"

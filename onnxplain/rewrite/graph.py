@@ -12,7 +12,7 @@ from onnx import numpy_helper
 import warnings
 
 from ..errors import OnnxplainError, first_line, quiet_onnxruntime
-from .autodiff import append_vjp, downstream, upstream
+from .autodiff import append_vjp, path_nodes
 from .builder import Builder
 from .rules import MIN_OPSET, NOT_DIFFERENTIABLE, RULES
 
@@ -62,8 +62,7 @@ def build(model: onnx.ModelProto, request: Request) -> onnx.ModelProto:
     if request.differentiate:
         model = upgrade_opset(model, max((MIN_OPSET.get(n.op_type, 0) for n in model.graph.node), default=0))
     opset = opset_of(model)
-    graph = gs.import_onnx(infer_shapes(fold_constants(model)))
-    graph.toposort()
+    graph = prepared(model)
     tensors = graph.tensors()
 
     def find(name: str) -> gs.Tensor:
@@ -139,6 +138,16 @@ def upgrade_opset(model: onnx.ModelProto, needed: int) -> onnx.ModelProto:
     return converted
 
 
+def prepared(model: onnx.ModelProto) -> gs.Graph:
+    """The graph the gradient walk sees: constants folded, shapes inferred, topologically sorted."""
+    graph = gs.import_onnx(infer_shapes(fold_constants(model)))
+    graph.toposort()
+    return graph
+
+
+FOLD_LIMIT = 1 << 26  # bytes: larger constant subgraphs (of a known size) are left to run, not stored in the graph
+
+
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """Evaluate the subgraphs that depend on no input (exporters compute pads and shapes that way), so rules see
     constants and shape inference sees static shapes."""
@@ -150,9 +159,6 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
             graph.fold_constants(error_ok=True, size_threshold=FOLD_LIMIT)
     graph.cleanup(remove_unused_graph_inputs=False)
     return gs.export_onnx(graph, do_type_check=False)
-
-
-FOLD_LIMIT = 1 << 26  # bytes: larger constant subgraphs (of a known size) are left to run, not stored in the graph
 
 
 @contextmanager
@@ -168,14 +174,11 @@ def _quiet_graphsurgeon():
 def unsupported_ops(model: onnx.ModelProto, input: str, score: str) -> dict[str, list[str]]:
     """Op type → node names, for the nodes on the way from `input` to `score` that no rule can differentiate, once
     constant subgraphs are folded (a quantised model's int8 weights behind DequantizeLinear need no rule)."""
-    graph = gs.import_onnx(infer_shapes(fold_constants(model)))
-    graph.toposort()
+    graph = prepared(model)
     tensors = graph.tensors()
-    forward, backward = downstream(graph, [tensors[input]]), upstream(graph, [tensors[score]])
     missing: dict[str, list[str]] = {}
-    for node in graph.nodes:
-        if (node.op not in RULES and node.op not in NOT_DIFFERENTIABLE and any(t.name in forward for t in node.inputs)
-                and any(t.name in backward for t in node.outputs)):
+    for node in path_nodes(graph, [tensors[score]], [tensors[input]]):
+        if node.op not in RULES and node.op not in NOT_DIFFERENTIABLE:
             missing.setdefault(node.op, []).append(node.name or "(unnamed)")
     return missing
 

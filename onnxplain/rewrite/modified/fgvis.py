@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..autodiff import path_tensors
+from ..autodiff import path_nodes
 from ..composite import Composite
-from ..graph import fold_constants
+from ..graph import prepared
 from ..rules import RULES
 from ..rules.activation import shaped
 from .guided import RELU_LIKE_OPS, relu_like
@@ -43,9 +43,7 @@ FILTER = Composite("fgvis_filter", rules=tuple((op, filtered) for op in RELU_LIK
 
 def filtered_tensors(model: onnx.ModelProto, input_name: str, score: str) -> list[str]:
     """The outputs of the ReLU-like ops between the input and the score: the a⁰ a FILTER graph needs fed."""
-    graph = gs.import_onnx(fold_constants(model))  # Clip bounds computed from constants become constants, as in build
-    graph.toposort()
+    graph = prepared(model)  # as build sees it: Clip bounds computed from constants are constants
     tensors = graph.tensors()
-    on_path = path_tensors(graph, [tensors[score]], [tensors[input_name]])
-    return [n.outputs[0].name for n in graph.nodes if n.op in RELU_LIKE_OPS and relu_like(n)
-            and n.outputs[0].name in on_path]
+    return [n.outputs[0].name for n in path_nodes(graph, [tensors[score]], [tensors[input_name]])
+            if n.op in RELU_LIKE_OPS and relu_like(n)]
