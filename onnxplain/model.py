@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from .errors import OnnxplainError, first_line
 from .preprocess import Preprocessing, preset
 from .rewrite.graph import Request, build, dynamic_batch, opset_of
 from .rewrite.layers import spatial_tensors
+from .rewrite.precision import to_float32
 from .runtime import Session
 
 SIDECAR_KEY = "onnxplain"  # metadata_props key holding the same JSON as a sidecar file
@@ -34,6 +36,7 @@ class Model:
     labels: list[str] | None = None
     device: str = "auto"
     batch_size: int = 16
+    promoted_from: str | None = None  # the half types of a model explained in float32 ("float16", "bfloat16")
     _sessions: dict = field(default_factory=dict, repr=False)
     _layers: list | None = field(default=None, repr=False)
 
@@ -98,6 +101,10 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     except Exception as exc:
         raise OnnxplainError(f"{_where(model_path)} is not a valid ONNX model: {first_line(exc)}") from None
     opset_of(proto)
+    proto, half = to_float32(proto)
+    if half:
+        warnings.warn(f"onnxplain: {_where(model_path)} computes in {half}; it is explained in float32 (its weights "
+                      f"promoted exactly), so scores differ from a {half} run by its rounding", stacklevel=2)
     inp = _image_input(proto, model_path)
     sidecar = _sidecar(proto, model_path)
     pre = _preprocessing(inp, sidecar, preprocessing)
@@ -107,7 +114,7 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     if labels is not None and len(labels) != num_classes:
         raise OnnxplainError(f"the model scores {num_classes} classes but {len(labels)} labels were given")
     return Model(model_path, dynamic_batch(proto, inp.name), inp.name, out, score, num_classes, softmax, pre, labels,
-                 device, batch_size)
+                 device, batch_size, half)
 
 
 # -- reading the file safely ---------------------------------------------------------------------------------------

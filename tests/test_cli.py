@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import IMAGES, MOBILENET, rel_err
 from onnxplain_cli.main import cli, main
-from test_load import _quantised, tiny_cnn
+from test_load import _quantised, _rounded, tiny_cnn
 
 import onnxplain
 
@@ -45,6 +45,14 @@ def test_inspect_lists_the_ops_on_the_gradient_path_without_a_rule(tmp_path):
         onnx.save(_quantised(tiny_cnn(), activations), tmp_path / "q.onnx")
         out = run("inspect", tmp_path / "q.onnx", "--preset", "unit", "--size", 8, 8)
         assert expected in out and "DequantizeLinear" not in out  # int8 weights fold; the activations' DQ is cut off
+
+
+def test_inspect_and_explain_say_a_half_model_is_explained_in_float32(tmp_path, capsys):
+    onnx.save(_rounded(tiny_cnn(), np.float16, io=True)[0], tmp_path / "h.onnx")
+    main(["explain", str(tmp_path / "h.onnx"), str(IMAGES[0]), "--preset", "unit", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("warning: ") and "explained in float32" in err and len(err.splitlines()) == 1
+    assert "precision  float16, explained in float32" in run("inspect", tmp_path / "h.onnx", "--preset", "unit")
 
 
 def test_preprocessing_flags_override_the_preset_and_the_sidecar():

@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
 from onnxplain import OnnxplainError, UnsupportedOpError
+from onnxplain.explain import as_batch
 
 RNG = np.random.default_rng(0)
 
@@ -171,6 +172,51 @@ def test_quantised_weights_are_differentiated_and_quantised_activations_named():
         onnxplain.explain(m, x, "saliency")
     _one_line(e, "QuantizeLinear 'q1'", "gradient is zero", "occlusion")
     assert onnxplain.explain(m, x, "occlusion", window=4, stride=4).maps.shape == (2, 8, 8)
+
+
+def _rounded(proto, dtype, io=False):
+    """(`proto` computing in `dtype`: its float weights and inner tensors, and with `io` its input and outputs; the
+    float32 `proto` with the same rounded weights)."""
+    half, rounded = (onnx.ModelProto.FromString(proto.SerializeToString()) for _ in range(2))
+    for h, r in zip(half.graph.initializer, rounded.graph.initializer):
+        if h.data_type == TensorProto.FLOAT:
+            a = numpy_helper.to_array(h).astype(dtype)
+            h.CopyFrom(numpy_helper.from_array(a, h.name))
+            r.CopyFrom(numpy_helper.from_array(a.astype(np.float32), r.name))
+    code = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    for v in (*half.graph.value_info, *((*half.graph.input, *half.graph.output) if io else ())):
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT:
+            v.type.tensor_type.elem_type = code
+    return half, rounded
+
+
+def test_half_precision_models_are_explained_in_float32(mobilenet):
+    half, rounded = _rounded(mobilenet.proto, np.float16, io=True)  # deployed in float16
+    with pytest.warns(UserWarning, match="float16; it is explained in float32"):
+        m = onnxplain.load(half, preprocessing=mobilenet.preprocessing)
+    assert m.promoted_from == "float16"
+    x, _ = as_batch(m, IMAGES)
+    e = onnxplain.explain(m, x, "saliency")
+    reference = onnxplain.explain(onnxplain.load(rounded, preprocessing=mobilenet.preprocessing), x, "saliency")
+    assert rel_err(e.attributions, reference.attributions) < 1e-6
+    import onnxruntime as ort  # the float16 model as deployed scores the same classes, up to its rounding
+    deployed = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = deployed.run(None, {m.input: x.astype(np.float16)})[0]
+    assert list(e.targets) == list(logits.argmax(1)) and rel_err(e.logits, logits) < 1e-3
+
+    import ml_dtypes
+    bf16 = tiny_cnn()  # float32 in and out, bfloat16 inside, between two Casts
+    bf16.graph.node[-1].output[0] = "half_logits"
+    bf16.graph.node.insert(0, helper.make_node("Cast", ["image"], ["half_image"], to=TensorProto.BFLOAT16))
+    bf16.graph.node[1].input[0] = "half_image"
+    bf16.graph.node.append(helper.make_node("Cast", ["half_logits"], ["logits"], to=TensorProto.FLOAT))
+    with pytest.warns(UserWarning, match="bfloat16"):
+        m = onnxplain.load(_rounded(bf16, ml_dtypes.bfloat16)[0], preprocessing="unit")
+    x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    e = onnxplain.explain(m, x, "gradxinput", target=4)
+    rounded = onnxplain.load(_rounded(tiny_cnn(), ml_dtypes.bfloat16)[1], preprocessing="unit")
+    reference = onnxplain.explain(rounded, x, "gradxinput", target=4)
+    assert rel_err(e.attributions, reference.attributions) < 1e-6
 
 
 def test_external_data_outside_the_model_folder_is_refused(tmp_path):
