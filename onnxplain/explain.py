@@ -48,6 +48,8 @@ def as_batch(model: Model, x) -> tuple[np.ndarray, list[np.ndarray] | None]:
         views, inputs = zip(*(read_image(p, model.preprocessing) for p in x))
         return np.stack(inputs), list(views)
     x = np.asarray(x)
+    if not x.size:
+        raise OnnxplainError(f"nothing to explain: the input is empty (shape {tuple(x.shape)})")
     if not np.issubdtype(x.dtype, np.floating):
         raise OnnxplainError(f"input must be a float array or image paths, not {x.dtype}")
     h, w = model.input_size
@@ -57,6 +59,10 @@ def as_batch(model: Model, x) -> tuple[np.ndarray, list[np.ndarray] | None]:
     if x.ndim != 4 or x.shape[1:] != want:
         raise OnnxplainError(f"input has shape {tuple(x.shape)}; the model takes N×{'×'.join(map(str, want))} "
                              f"({model.layout})")
+    bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
+    if bad.any():
+        raise OnnxplainError(f"input image {int(np.argmax(bad))} has values that are NaN or infinite "
+                             f"({int(bad.sum())} of {len(x)} images do)")
     return np.ascontiguousarray(x, dtype=np.float32), None
 
 

@@ -173,7 +173,7 @@ def test_both_routes_run_on_the_bundled_model_by_api_and_cli(mobilenet, tmp_path
     ("evidence_hidden", {"window": 0}, "window"),
     ("evidence_hidden", {"samples": 0}, "samples"),
     ("evidence_hidden", {"layer": "nowhere"}, "no tensor named"),
-    ("evidence", {"colours": 3}, "bad parameters"),
+    ("evidence", {"colours": 3}, "no parameter 'colours' \\(its parameters: window, stride"),
 ])
 def test_user_errors_are_one_sentence(two_classes, method, params, words):
     m, x = two_classes

@@ -272,6 +272,18 @@ def test_wrong_shapes_targets_images_and_sidecars(tmp_path, mobilenet):
     with pytest.raises(OnnxplainError) as e:
         onnxplain.explain(mobilenet, IMAGES[:1], method="gradcam", layer="no_such_tensor")
     _one_line(e, "no tensor named 'no_such_tensor'")
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.explain(mobilenet, IMAGES[:1], method="gradcam", layer=mobilenet.score)
+    _one_line(e, f"layer '{mobilenet.score}' has shape ['batch', 1000]", "channels, height and width")
+    x = np.zeros((2, 3, 224, 224), np.float32)
+    x[1, 0, 5, 5] = np.nan
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.explain(mobilenet, x)
+    _one_line(e, "input image 1 has values that are NaN or infinite")
+    for empty in ([], x[:0]):
+        with pytest.raises(OnnxplainError) as e:
+            onnxplain.explain(mobilenet, empty)
+        _one_line(e, "nothing to explain")
     model = tmp_path / "m.onnx"
     onnx.save(tiny_cnn(), model)
     model.with_suffix(".json").write_text("{ broken")

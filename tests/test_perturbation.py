@@ -380,7 +380,11 @@ def test_occlusion_equals_captum(name, kind):
     ("pda", {"window": 40}, "window"),
     ("lime", {"segmentation": "watershed"}, "segmentation must be"),
     ("rise", {"cells": 0}, "cells"),
-    ("kernelshap", {"colours": 3}, "bad parameters"),
+    ("kernelshap", {"colours": 3}, "kernelshap' has no parameter 'colours'"),
+    ("occlusion", {"window": "abc"}, "occlusion: window must be an integer ≥ 0, not 'abc'"),
+    ("rise", {"seed": -1}, "rise: seed must be an integer ≥ 0, not -1"),
+    ("lime", {"samples": 2.5}, "lime: samples must be an integer ≥ 0, not 2.5"),
+    ("lime", {"progress": "bar"}, "lime: progress must be a function or None"),
 ])
 def test_user_errors_are_one_sentence(linear, method, params, words):
     m, _, x = linear

@@ -125,7 +125,7 @@ def test_cli_runs_sise_and_refuses_bad_parameters(tmp_path, capsys):
             main(["explain", str(MOBILENET), str(IMAGES[0]), "-m", "sise", "-p", param, "-o", str(tmp_path)])
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
-    with pytest.raises(OnnxplainError, match="bad parameters for method 'sise'"):
+    with pytest.raises(OnnxplainError, match="method 'sise' has no parameter 'gamma'"):
         onnxplain.explain(onnxplain.load(MOBILENET), IMAGES[0], "sise", gamma=2)
 
 

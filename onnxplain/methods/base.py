@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import OnnxplainError
@@ -106,6 +107,9 @@ class Head:
     def build(self, g: Builder, tensors: dict, grads: dict, target: gs.Tensor) -> dict:
         channel, spatial = (1, (2, 3)) if self.layout == "NCHW" else (3, (1, 2))
         a = tensors[self.layer] if self.layer else None
+        if a is not None and a.shape is not None and len(a.shape) != 4:
+            raise OnnxplainError(f"layer '{self.layer}' has shape {list(a.shape)}; {self.method.name} reads a layer "
+                                 f"with channels, height and width (see `onnxplain inspect` for candidates)")
         t = Tensors(tensors[self.input], grads.get(self.input), a, grads.get(self.layer), tensors[self.score], target,
                     channel, spatial, self.size)
         attributions, low = self.method.formula(g, t)
@@ -120,9 +124,47 @@ def upsample(g: Builder, m: gs.Tensor, size: tuple[int, int]) -> gs.Tensor:
 
 
 def get(name: str, **params) -> Method:
-    if name not in METHODS:
-        raise OnnxplainError(f"unknown method '{name}' (available: {', '.join(sorted(METHODS))})")
+    if not isinstance(name, str) or name not in METHODS:
+        raise OnnxplainError(f"unknown method {name!r} (available: {', '.join(sorted(METHODS))})")
+    cls = METHODS[name]
+    unknown = [p for p in params if not cls.accepts(p)]
+    if unknown:
+        known = ", ".join(f.name for f in fields(cls) if f.init) or "none"
+        raise OnnxplainError(f"method '{name}' has no parameter '{unknown[0]}' (its parameters: {known})")
     try:
-        return METHODS[name](**params)
-    except TypeError as exc:
-        raise OnnxplainError(f"bad parameters for method '{name}': {exc}") from None
+        method = cls(**params)  # a method's own checks say more (ranges, choices) than the types below
+    except (TypeError, ValueError):
+        _check_types(cls, params)
+        raise
+    _check_types(cls, params)
+    return method
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+KINDS = {  # a part of a parameter's annotation: (whether a value is of that kind, what to ask for)
+    "int": (lambda v: _number(v) and isinstance(v, (int, np.integer)) and v >= 0, "an integer ≥ 0"),
+    "float": (lambda v: _number(v) and bool(np.isfinite(v)), "a number"),
+    "str": (lambda v: isinstance(v, str), "text"),
+    "bool": (lambda v: isinstance(v, (bool, np.bool_)), "true or false"),
+    "None": (lambda v: v is None, "None"),
+    "Callable": (callable, "a function"),
+    "np.ndarray": (lambda v: isinstance(v, (np.ndarray, list, tuple)), "an array"),
+    "tuple": (lambda v: isinstance(v, (tuple, list)), "a list"),
+    "tuple[str, ...]": (lambda v: isinstance(v, (tuple, list)) and all(isinstance(s, str) for s in v),
+                        "a list of names"),
+}
+
+
+def _check_types(cls, params: dict) -> None:
+    """One line naming the first parameter whose value is of none of the kinds its annotation allows (parts that
+    KINDS does not know, such as a wrapped Method, are checked by the method itself)."""
+    annotations = {f.name: f.type for f in fields(cls)}
+    for key, value in params.items():
+        parts = [p.strip() for p in str(annotations[key]).split("|")]
+        kinds = [KINDS[p] for p in parts if p in KINDS]
+        if len(kinds) == len(parts) and not any(ok(value) for ok, _ in kinds):
+            raise OnnxplainError(f"{cls.name}: {key} must be {' or '.join(what for _, what in kinds)}, "
+                                 f"not {value!r}")

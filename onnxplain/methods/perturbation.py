@@ -39,10 +39,6 @@ class Perturbation(Method):
         raise NotImplementedError
 
     def run(self, model, inputs, targets, layer, batch_size):
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(f.default, int) and not isinstance(f.default, bool) and isinstance(value, int) and value < 0:
-                raise OnnxplainError(f"{self.name}: {f.name} must not be negative")
         scorer = Scorer(model, self.score)
         images = to_chw(inputs, model.layout)
         logits, base = scorer.reference(images, batch_size)
