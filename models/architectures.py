@@ -5,6 +5,7 @@
 - `ZOO`: small 10-class CNNs on 3x32x32 inputs, one per architectural pattern the gradient rewriter must
   handle. Each class has `INFO = {"name": ..., "cam_layer": ...}`; `cam_layer` is the dotted module name
   (for `model.get_submodule`) of its last convolutional feature block, the usual Grad-CAM target.
+- `TRANSFORMERS`: a small ViT on the same inputs, in `models/transformer/`, for the engine's gradient only.
 - `load_zoo_torch(name)`: rebuilds the exact torch module of `models/zoo/<name>.npz`.
 """
 from pathlib import Path
@@ -213,16 +214,69 @@ class Inception(nn.Module):
 ZOO = {cls.INFO["name"]: cls for cls in (ResNet, VGG, DenseNet, MobileNetV3, Inception)}
 
 
+class Attention(nn.Module):
+    """Multi-head self-attention written out: qkv Linear, softmax(q kᵀ / √d) v per head, output Linear."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        n, t, c = x.shape
+        q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.transpose(-2, -1) / (c // self.heads) ** 0.5, dim=-1)
+        return self.proj((a @ v).transpose(1, 2).reshape(n, t, c))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attention(LN x), then x + MLP(LN x) with GELU."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """A small vision transformer: 8x8 patches of 32x32 as a strided conv, a class token, learned positions, two
+    blocks, LayerNorm, and a Linear head on the class token (not a CNN: it checks the ops transformers add)."""
+    INFO = {"name": "vit", "cam_layer": "blocks.1.norm1"}
+
+    def __init__(self, num_classes=10, dim=32, heads=4):
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, 8, 8)
+        self.cls = nn.Parameter(0.1 * torch.randn(1, 1, dim))
+        self.pos = nn.Parameter(0.1 * torch.randn(1, 17, dim))
+        self.blocks = nn.Sequential(Block(dim, heads), Block(dim, heads))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], dim=1) + self.pos
+        return self.head(self.norm(self.blocks(t))[:, 0])
+
+
+TRANSFORMERS = {"vit": ViT}  # not in ZOO: the CNN methods' reference tests do not apply to them
+
+
 def randomize(model, generator, calibration):
-    """Seeded test weights: He-normal conv/linear weights with small random biases; BatchNorm with random affine
-    parameters and running statistics measured on the `calibration` batch, so BN matters while activations stay
-    O(1). Leaves the model in eval mode."""
+    """Seeded test weights: He-normal conv/linear weights with small random biases; LayerNorm and BatchNorm with
+    random affine parameters, BatchNorm's running statistics measured on the `calibration` batch, so BN matters
+    while activations stay O(1). Leaves the model in eval mode."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * (2 / m.weight[0].numel()) ** 0.5)
                 if m.bias is not None:
                     m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=generator))
+            elif isinstance(m, nn.LayerNorm):
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=generator))
+                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=generator))
             elif isinstance(m, nn.BatchNorm2d):
                 m.weight.copy_(0.5 + torch.rand(m.num_features, generator=generator))
                 m.bias.copy_(0.2 * torch.randn(m.num_features, generator=generator))

@@ -1,4 +1,4 @@
-"""Regenerate the bundled models: `python models/build.py [--efficientnet] [--localisation]` from the repository root.
+"""Regenerate the bundled models: `python models/build.py [--efficientnet] [--localisation] [--zoo]` from the repository root.
 
 Dev-only (needs torch, see models/README.md). Everything is seeded, so a rebuild reproduces the artifacts.
 """
@@ -25,7 +25,7 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import localisation  # noqa: E402
-from architectures import ZOO, ZOO_DIR, MobileNetV2, randomize  # noqa: E402
+from architectures import TRANSFORMERS, ZOO, ZOO_DIR, MobileNetV2, randomize  # noqa: E402
 
 OPSET = 18
 TOL = 1e-4
@@ -34,6 +34,7 @@ IMAGENET_PREPROCESSING = {"layout": "NCHW", "size": [224, 224], "resize": 256, "
                           "interpolation": "bilinear", "scale": 1 / 255, "mean": [0.485, 0.456, 0.406],
                           "std": [0.229, 0.224, 0.225], "channel_order": "RGB"}
 LOCALISATION_DIR = HERE / "localisation"
+TRANSFORMER_DIR = HERE / "transformer"
 HELDOUT = 200         # held-out scenes, drawn with their own seed
 HELDOUT_SEED = 1
 
@@ -171,27 +172,35 @@ def build_mobilenet_v2(labels):
 
 
 def build_zoo():
-    ZOO_DIR.mkdir(exist_ok=True)
-    for name, cls in ZOO.items():
-        print(name)
-        seed = zlib.crc32(name.encode())
-        generator = torch.Generator().manual_seed(seed)
-        model = randomize(cls(), generator, torch.randn(16, 3, 32, 32, generator=generator))
-        rng = np.random.default_rng(seed)
-        x = rng.standard_normal((3, 3, 32, 32), dtype=np.float32)
-        targets = rng.integers(0, 10, 3)
-        xt = torch.from_numpy(x).requires_grad_()
-        logits = model(xt)
-        cotangent = rng.standard_normal(tuple(logits.shape), dtype=np.float32)
-        grad_target, = torch.autograd.grad(logits[torch.arange(3), torch.from_numpy(targets)].sum(), xt,
-                                           retain_graph=True)
-        grad_cotangent, = torch.autograd.grad((logits * torch.from_numpy(cotangent)).sum(), xt)
-        for exp in ("dynamo", "legacy"):
-            export_and_verify(model, ZOO_DIR / f"{name}_{exp}.onnx", exp == "dynamo", [x[:1], x])
-        np.savez_compressed(ZOO_DIR / f"{name}.npz", x=x, targets=targets, logits=logits.detach().numpy(),
-                            grad_target=grad_target.numpy(), cotangent=cotangent,
-                            grad_cotangent=grad_cotangent.numpy(),
-                            **{f"state/{k}": v.numpy() for k, v in model.state_dict().items()})
+    """The CNN zoo (models/zoo/) and the transformer (models/transformer/), each with its autograd references."""
+    for folder, models in ((ZOO_DIR, ZOO), (TRANSFORMER_DIR, TRANSFORMERS)):
+        folder.mkdir(exist_ok=True)
+        for name, cls in models.items():
+            build_reference(folder, name, cls)
+
+
+def build_reference(folder, name, cls):
+    """Seeded weights, both exports, and torch autograd's input gradients for a target and a random cotangent."""
+    print(name)
+    seed = zlib.crc32(name.encode())
+    torch.manual_seed(seed)  # parameters that `randomize` does not set (a ViT's class token and positions)
+    generator = torch.Generator().manual_seed(seed)
+    model = randomize(cls(), generator, torch.randn(16, 3, 32, 32, generator=generator))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, 3, 32, 32), dtype=np.float32)
+    targets = rng.integers(0, 10, 3)
+    xt = torch.from_numpy(x).requires_grad_()
+    logits = model(xt)
+    cotangent = rng.standard_normal(tuple(logits.shape), dtype=np.float32)
+    grad_target, = torch.autograd.grad(logits[torch.arange(3), torch.from_numpy(targets)].sum(), xt,
+                                       retain_graph=True)
+    grad_cotangent, = torch.autograd.grad((logits * torch.from_numpy(cotangent)).sum(), xt)
+    for exp in ("dynamo", "legacy"):
+        export_and_verify(model, folder / f"{name}_{exp}.onnx", exp == "dynamo", [x[:1], x])
+    np.savez_compressed(folder / f"{name}.npz", x=x, targets=targets, logits=logits.detach().numpy(),
+                        grad_target=grad_target.numpy(), cotangent=cotangent,
+                        grad_cotangent=grad_cotangent.numpy(),
+                        **{f"state/{k}": v.numpy() for k, v in model.state_dict().items()})
 
 
 def build_efficientnet_lite0(labels):
@@ -250,11 +259,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--efficientnet", action="store_true", help="also build efficientnet_lite0.onnx (not committed)")
     parser.add_argument("--localisation", action="store_true", help="build models/localisation/ only")
+    parser.add_argument("--zoo", action="store_true", help="build models/zoo/ and models/transformer/ only")
     args = parser.parse_args()
     warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))  # legacy exporter on purpose; torch internals
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notices
     if args.localisation:
         return build_localisation()
+    if args.zoo:
+        return build_zoo()
     labels = (HERE / "imagenet_classes.txt").read_text().splitlines()
     build_images()
     build_mobilenet_v2(labels)

@@ -8,6 +8,7 @@ MODELS = ROOT / "models"
 MOBILENET = MODELS / "mobilenet_v2.onnx"
 IMAGES = [MODELS / "images" / "chelsea.png", MODELS / "images" / "coffee.png"]
 ZOO = sorted({p.stem.rsplit("_", 1)[0] for p in (MODELS / "zoo").glob("*.onnx")})
+TRANSFORMERS = sorted({p.stem.rsplit("_", 1)[0] for p in (MODELS / "transformer").glob("*.onnx")})
 EXPORTERS = ("dynamo", "legacy")
 sys.path.insert(0, str(MODELS))  # architectures.py, for the torch reference tests
 

@@ -1,17 +1,21 @@
-"""Every zoo model, from both torch exporters: onnxplain's input gradient equals torch autograd's."""
+"""Every zoo model and the small ViT, from both torch exporters: onnxplain's input gradient equals torch
+autograd's."""
 import numpy as np
 import pytest
-from conftest import EXPORTERS, MODELS, ZOO, rel_err
+from conftest import EXPORTERS, MODELS, TRANSFORMERS, ZOO, rel_err
 
 import onnxplain
 from onnxplain.rewrite.graph import COTANGENT, GRAD, Request
 
 
+MODELS_WITH_REFERENCES = [("zoo", n) for n in ZOO] + [("transformer", n) for n in TRANSFORMERS]
+
+
 @pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("name", ZOO)
-def test_input_gradient_matches_autograd(name, exporter):
-    ref = np.load(MODELS / "zoo" / f"{name}.npz")
-    m = onnxplain.load(MODELS / "zoo" / f"{name}_{exporter}.onnx", device="cpu", preprocessing="unit")
+@pytest.mark.parametrize("folder, name", MODELS_WITH_REFERENCES)
+def test_input_gradient_matches_autograd(folder, name, exporter):
+    ref = np.load(MODELS / folder / f"{name}.npz")
+    m = onnxplain.load(MODELS / folder / f"{name}_{exporter}.onnx", device="cpu", preprocessing="unit")
     sess = m.session(Request(differentiate=(m.score,), wrt=(m.input,)))
     onehot = np.eye(m.num_classes, dtype=np.float32)[ref["targets"]]
     for cotangent, expected in ((onehot, ref["grad_target"]), (ref["cotangent"], ref["grad_cotangent"])):
@@ -21,11 +25,11 @@ def test_input_gradient_matches_autograd(name, exporter):
         assert rel_err(grad, expected) <= 1e-4, f"{name}/{exporter}: gradient differs from autograd"
 
 
-@pytest.mark.parametrize("name", ZOO)
-def test_batch_is_dynamic_and_batching_splits_exactly(name):
+@pytest.mark.parametrize("folder, name", MODELS_WITH_REFERENCES)
+def test_batch_is_dynamic_and_batching_splits_exactly(folder, name):
     """One image at a time and three at once give the same gradients."""
-    ref = np.load(MODELS / "zoo" / f"{name}.npz")
-    m = onnxplain.load(MODELS / "zoo" / f"{name}_legacy.onnx", device="cpu", preprocessing="unit")
+    ref = np.load(MODELS / folder / f"{name}.npz")
+    m = onnxplain.load(MODELS / folder / f"{name}_legacy.onnx", device="cpu", preprocessing="unit")
     whole = onnxplain.explain(m, ref["x"], "saliency", target=ref["targets"].tolist())
     single = onnxplain.explain(m, ref["x"], "saliency", target=ref["targets"].tolist(), batch_size=1)
     assert rel_err(single.attributions, whole.attributions) < 1e-5
