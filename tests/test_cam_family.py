@@ -217,6 +217,19 @@ def test_ablationcam_equals_a_loop_over_channels(layer):
     assert rel_err(e.attributions, expected) <= 1e-4 and rel_err(e.maps, _up(expected, m.input_size)) <= 1e-4
 
 
+def test_a_layer_that_a_residual_branch_bypasses_cannot_be_cut():
+    """Inside a ResNet block the skip connection reaches the score past the layer: the upper graph would still need
+    the image, which onnxruntime reported as a missing input."""
+    m, ref = zoo("resnet")
+    inner = "getitem_3"  # the first block's first convolution (BatchNorm folded), which its skip connection bypasses
+    assert inner in dict(m.layers())
+    for method in ("ablationcam", "evidence_hidden"):
+        with pytest.raises(OnnxplainError) as e:
+            onnxplain.explain(m, ref["x"][:1], method, layer=inner)
+        assert f"cannot be cut at {inner}: its outputs also depend on 'input'" in str(e.value)
+        assert "\n" not in str(e.value)
+
+
 def test_layercam_fuses_layers_as_the_paper():
     """Each layer's LayerCAM scaled to tanh(2·M / max M), upsampled to the input, fused by the element-wise max."""
     m, ref = zoo("densenet")

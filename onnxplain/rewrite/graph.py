@@ -70,6 +70,7 @@ def build(model: onnx.ModelProto, request: Request) -> onnx.ModelProto:
             raise OnnxplainError(f"the model has no tensor named '{name}' (see `onnxplain inspect` for names)")
         return tensors[name]
 
+    upstream = _feeding_inputs(graph, [find(name) for name in request.cut])
     for name in request.cut:
         t = find(name)
         t.inputs.clear()
@@ -77,6 +78,12 @@ def build(model: onnx.ModelProto, request: Request) -> onnx.ModelProto:
     if request.cut:
         graph.cleanup(remove_unused_graph_inputs=False)
         graph.inputs = [t for t in graph.inputs if t.outputs or t.name in request.cut]
+        bypass = [t.name for t in graph.inputs if t.name in upstream]
+        if bypass:
+            raise OnnxplainError(f"the model cannot be cut at {', '.join(request.cut)}: its outputs also depend on "
+                                 f"'{bypass[0]}' through paths that bypass it (a residual or parallel branch); choose "
+                                 f"a layer that every path passes through, such as a block end (see `onnxplain "
+                                 f"inspect`)")
     outputs = list(graph.outputs) if request.keep_outputs else []
     for name in request.expose:
         t = find(name)
@@ -109,6 +116,17 @@ def build(model: onnx.ModelProto, request: Request) -> onnx.ModelProto:
     if request.seed == "target":  # an overridable default: no target fed means the top-1 class
         proto.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), TARGET))
     return proto
+
+
+def _feeding_inputs(graph: gs.Graph, tensors: list[gs.Tensor]) -> set[str]:
+    """The names of the graph inputs that `tensors` are computed from."""
+    inputs, seen, stack = {t.name for t in graph.inputs}, set(), list(tensors)
+    while stack:
+        t = stack.pop()
+        if t.name not in seen:
+            seen.add(t.name)
+            stack.extend(i for node in t.inputs for i in node.inputs)
+    return inputs & seen
 
 
 def _target_seed(g: Builder, ys: list[gs.Tensor]):
