@@ -479,5 +479,5 @@ def test_bad_parameters_on_the_command_line(tmp_path, capsys):
                                            "composite=zplus", "-o", tmp_path)
     assert "ebp's stabilizer must be" in fail(capsys, "explain", MOBILENET, IMAGES[0], "-m", "ebp", "-p",
                                               "stabilizer=-1", "-o", tmp_path)
-    assert "bad parameters for method 'cebp'" in fail(capsys, "explain", MOBILENET, IMAGES[0], "-m", "cebp", "-p",
+    assert "method 'cebp' has no parameter 'epsilon'" in fail(capsys, "explain", MOBILENET, IMAGES[0], "-m", "cebp", "-p",
                                                       "epsilon=1", "-o", tmp_path)
