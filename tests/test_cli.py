@@ -49,7 +49,8 @@ def test_inspect_lists_the_ops_on_the_gradient_path_without_a_rule(tmp_path):
 
 def test_inspect_and_explain_say_a_half_model_is_explained_in_float32(tmp_path, capsys):
     onnx.save(_rounded(tiny_cnn(), np.float16, io=True)[0], tmp_path / "h.onnx")
-    main(["explain", str(tmp_path / "h.onnx"), str(IMAGES[0]), "--preset", "unit", "-o", str(tmp_path / "out")])
+    main(["explain", str(tmp_path / "h.onnx"), str(IMAGES[0]), "--preset", "unit", "--device", "cpu", "-o",
+          str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert err.startswith("warning: ") and "explained in float32" in err and len(err.splitlines()) == 1
     assert "precision  float16, explained in float32" in run("inspect", tmp_path / "h.onnx", "--preset", "unit")
