@@ -16,53 +16,58 @@ TYPE_ATTRIBUTES = ("to", "dtype", "output_dtype")  # Cast, EyeLike and the Rando
 
 def to_float32(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     """`model` with every half tensor, type and cast in float32, and the half types it had ("float16", ...), or
-    None when it had none (the model is then returned as it is)."""
-    found: set[str] = set()
+    None when it had none: the model is then returned as it is, uncopied (a copy costs half of a load)."""
+    found = {HALF[_code(p)] for p in _places(model.graph) if _code(p) in HALF}
+    if not found:
+        return model, None
     promoted = onnx.ModelProto.FromString(model.SerializeToString())
-    _graph(promoted.graph, found)
-    return (promoted, ", ".join(sorted(found))) if found else (model, None)
+    for place in _places(promoted.graph):
+        if _code(place) in HALF:
+            _promote(place)
+    return promoted, ", ".join(sorted(found))
 
 
-def _graph(graph: onnx.GraphProto, found: set) -> None:
-    for t in graph.initializer:
-        _tensor(t, found)
-    for s in graph.sparse_initializer:
-        _tensor(s.values, found)
+def _places(graph: onnx.GraphProto):
+    """Everything in `graph` and its subgraphs that holds an element type: tensors, tensor types (of inputs, outputs
+    and value_info, also inside sequences and optionals) and the type attributes of standard ops."""
+    yield from graph.initializer
+    yield from (s.values for s in graph.sparse_initializer)
     for v in (*graph.input, *graph.output, *graph.value_info):
-        _type(v.type, found)
+        yield from _tensor_types(v.type)
     for node in graph.node:
         for a in node.attribute:
             if a.type == AttributeProto.TENSOR:
-                _tensor(a.t, found)
+                yield a.t
             elif a.type == AttributeProto.TENSORS:
-                for t in a.tensors:
-                    _tensor(t, found)
+                yield from a.tensors
             elif a.type == AttributeProto.GRAPH:
-                _graph(a.g, found)
+                yield from _places(a.g)
             elif a.type == AttributeProto.GRAPHS:
                 for g in a.graphs:
-                    _graph(g, found)
+                    yield from _places(g)
             elif a.type == AttributeProto.INT and a.name in TYPE_ATTRIBUTES and node.domain in ("", "ai.onnx"):
-                a.i = _elem_type(a.i, found)
+                yield a
 
 
-def _elem_type(code: int, found: set) -> int:
-    """FLOAT for a half type (noted in `found`), any other type as it is."""
-    if code in HALF:
-        found.add(HALF[code])
-        return TensorProto.FLOAT
-    return code
-
-
-def _tensor(t: TensorProto, found: set) -> None:
-    if t.data_type in HALF:
-        found.add(HALF[t.data_type])
-        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
-
-
-def _type(t: onnx.TypeProto, found: set) -> None:
+def _tensor_types(t: onnx.TypeProto):
     kind = t.WhichOneof("value")
     if kind == "tensor_type":
-        t.tensor_type.elem_type = _elem_type(t.tensor_type.elem_type, found)
+        yield t.tensor_type
     elif kind in ("sequence_type", "optional_type"):
-        _type(getattr(t, kind).elem_type, found)
+        yield from _tensor_types(getattr(t, kind).elem_type)
+
+
+def _code(place) -> int:
+    """The element type a place holds."""
+    if isinstance(place, TensorProto):
+        return place.data_type
+    return place.i if isinstance(place, AttributeProto) else place.elem_type
+
+
+def _promote(place) -> None:
+    if isinstance(place, TensorProto):
+        place.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(place).astype(np.float32), place.name))
+    elif isinstance(place, AttributeProto):
+        place.i = TensorProto.FLOAT
+    else:
+        place.elem_type = TensorProto.FLOAT
