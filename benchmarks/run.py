@@ -5,15 +5,26 @@ process (batch 1 and 16), and onnxplain over Captum on the same weights when tor
 Saliency and Grad-CAM, then Integrated Gradients (50 Gauss-Legendre steps) and SmoothGrad of Saliency (25 samples)
 with each library running all steps or samples of the image as one batch, as Captum does by default.
 
+Then where Saliency's graph spends its time, from onnxruntime's profiler: the kernel time of its forward nodes, of
+its gradient's convolutions, of the gradient's element-wise nodes (activation masks, products), of layout
+conversions and of the method's head, each over the kernel time of the plain forward in the same profile.
+
 Found with it: the IG and SmoothGrad ratios are those of one forward + backward pass of each library, since both
-spend over 94 % of their time in the model (onnxplain's host work, path points, noise and sums, is the rest).
+spend over 94 % of their time in the model (onnxplain's host work, path points, noise and sums, is the rest). The
+breakdown shows the floor under issue 2's bound: the forward nodes and the gradient's convolutions alone (the
+transposed convolutions do the forward's multiply-adds again) take 1.9-2.2x the forward, and the ReLU6 masks,
+memory-bound element-wise passes over every activation, add 1.2-1.7x more (batch 1 and 16, this 2-core VM).
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib.metadata
+import json
+import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +35,8 @@ sys.path.insert(0, str(ROOT / "models"))
 
 import onnxplain  # noqa: E402
 from onnxplain.explain import as_batch, forward  # noqa: E402
+from onnxplain.methods.gradient import Saliency  # noqa: E402
+from onnxplain.rewrite.graph import TARGET, build  # noqa: E402
 
 BOUNDS = {"saliency": 2.2, "gradxinput": 2.2, "gradcam": 1.3}  # issue 2: method time / forward time
 SPEEDUP = 6.0  # issue 3: Captum time / onnxplain time for IG and SmoothGrad, at least
@@ -44,6 +57,52 @@ def median_times(fns, repeats: int, warmup: int = 2) -> list[float]:
             fn()
             ts.append(time.perf_counter() - start)
     return [statistics.median(ts) for ts in times]
+
+
+PARTS = ("forward nodes", "gradient convolutions", "gradient element-wise", "layout conversions", "head")
+LINEAR = {"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul"}
+
+
+def part(node: str, op: str) -> str:
+    """Which part of the explanation graph an optimised node belongs to, by the prefix the rewrite gave it."""
+    if op.startswith("Reorder"):
+        return "layout conversions"
+    if node.startswith("vjp/"):
+        return "gradient convolutions" if op in LINEAR else "gradient element-wise"
+    return "head" if node.startswith("onnxplain/") else "forward nodes"
+
+
+def kernel_times(proto, feeds: dict, outputs: list[str], repeats: int) -> collections.Counter:
+    """Mean kernel time per run of each part of `proto`, from onnxruntime's profile (after two warm-up runs)."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    options.enable_profiling = True
+    options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "profile")
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    for _ in range(2 + repeats):
+        session.run(outputs, feeds)
+    path = session.end_profiling()
+    with open(path) as f:
+        events = [e for e in json.load(f) if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    os.remove(path)
+    times = collections.Counter()
+    for e in events[len(events) * 2 // (2 + repeats):]:
+        times[part(e["name"][:-len("_kernel_time")], e["args"]["op_name"])] += e["dur"] / repeats
+    return times
+
+
+def breakdown(model, image: np.ndarray, batches: list[int], repeats: int) -> None:
+    """Saliency's kernel time by part, over the plain forward's kernel time in the same kind of profile."""
+    print("\nwhere saliency's time goes: onnxruntime kernel time of each part / the plain forward's")
+    print(f"{'batch':>5} " + " ".join(f"{p:>{len(p)}}" for p in PARTS) + f" {'total':>6}")
+    graph = build(model.proto, Saliency().request(model, None))
+    for n in batches:
+        x = np.repeat(image, n, axis=0)
+        fwd = sum(kernel_times(model.proto, {model.input: x}, [model.output], repeats).values())
+        sal = kernel_times(graph, {model.input: x, TARGET: np.full(n, 281, np.int64)}, ["attributions"], repeats)
+        print(f"{n:>5} " + " ".join(f"{sal[p] / fwd:>{len(p)}.2f}" for p in PARTS) + f" {sum(sal.values()) / fwd:>6.2f}")
 
 
 def torch_mobilenet():
@@ -123,6 +182,7 @@ def main():
             ok &= t / fwd <= bound
             print(f"{n:>5} {method:<11} {fwd * 1e3:>10.2f} {t * 1e3:>10.2f} {t / fwd:>6.2f} {bound:>6.1f}"
                   f"{'' if t / fwd <= bound else '  OVER'}")
+    breakdown(model, image, args.batches, args.repeats)
     net = torch_mobilenet()
     if net is not None:
         ref = captum_reference(net, image, args.repeats)
