@@ -119,6 +119,10 @@ class Builder:
     def zeros_like(self, t: Tensor):
         return self.Mul(t, self.const(0, like=t))
 
+    def zeros(self, t: Tensor):
+        """Zeros of t's shape and dtype, not computed from t's values (opset 9)."""
+        return self.ConstantOfShape(self.Shape(t), value=gs.Constant(self.name("zero"), np.zeros(1, np_dtype(t))))
+
     def unbroadcast(self, grad, x: Tensor, out: Tensor):
         """Sum `grad` (shaped like the broadcast result `out`) back to the shape of `x` (NumPy broadcasting)."""
         if x.shape is None or out.shape is None:

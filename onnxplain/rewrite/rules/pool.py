@@ -22,10 +22,6 @@ from . import constant_input, optional_input, vjp
 from .conv import conv_input_grad, window
 
 
-def _zeros(g, t):
-    return g.ConstantOfShape(g.Shape(t), value=gs.Constant(g.name("zero"), np.zeros(1, np_dtype(t))))
-
-
 @vjp("MaxPool", min_opset=16)
 def max_pool(node, dys, g):
     x, (dy, *_) = node.inputs[0], dys
@@ -33,7 +29,7 @@ def max_pool(node, dys, g):
     indices = (node.outputs[1] if has_indices else
                g.op("MaxPool", x, outputs=2, **{**node.attrs, "storage_order": 0})[1])
     flat = g.ints([-1])  # indices count over the whole flattened input
-    dx = g.ScatterElements(g.Reshape(_zeros(g, x), flat), g.Reshape(indices, flat), g.Reshape(dy, flat), axis=0,
+    dx = g.ScatterElements(g.Reshape(g.zeros(x), flat), g.Reshape(indices, flat), g.Reshape(dy, flat), axis=0,
                            reduction="add")
     return [g.Reshape(dx, g.Shape(x))]
 
@@ -43,7 +39,7 @@ def global_max_pool(node, dys, g):
     x, (dy,) = node.inputs[0], dys
     xf = g.Reshape(x, g.ints([0, 0, -1]))
     first_max = g.ArgMax(xf, axis=2, keepdims=1)
-    dx = g.ScatterElements(_zeros(g, xf), first_max, g.Reshape(dy, g.ints([0, 0, 1])), axis=2)
+    dx = g.ScatterElements(g.zeros(xf), first_max, g.Reshape(dy, g.ints([0, 0, 1])), axis=2)
     return [g.Reshape(dx, g.Shape(x))]
 
 
