@@ -31,9 +31,18 @@ def positive(*shape):
     ("HardSigmoid", {}, 17), ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}, 17), ("HardSwish", {}, 14),
     ("Tanh", {}, 17), ("Erf", {}, 17), ("Softplus", {}, 17), ("Gelu", {}, 20), ("Gelu", {"approximate": "tanh"}, 20),
     ("Mish", {}, 18), ("Neg", {}, 17), ("Abs", {}, 17), ("Exp", {}, 17), ("Reciprocal", {}, 17),
+    ("Swish", {}, 24), ("Swish", {"alpha": 0.7}, 24), ("Softsign", {}, 17), ("ThresholdedRelu", {"alpha": 0.6}, 17),
+    ("Shrink", {}, 17), ("Shrink", {"lambd": 1.0, "bias": 0.3}, 17), ("Sin", {}, 17), ("Cos", {}, 17),
+    ("Tan", {}, 17), ("Sinh", {}, 17), ("Cosh", {}, 17), ("Atan", {}, 17), ("Asinh", {}, 17),
 ])
 def test_activation(op, attrs, opset):
-    check_vjp(op, {"x": GRID}, attrs, opset=opset, rtol=1e-3)
+    check_vjp(op, {"x": GRID / 6 if op == "Tan" else GRID}, attrs, opset=opset, rtol=1e-3, float64=op != "Shrink")
+
+
+@pytest.mark.parametrize("op, x", [("Asin", GRID / 8), ("Acos", GRID / 8), ("Atanh", GRID / 8),
+                                   ("Acosh", 1.2 + np.abs(GRID))])
+def test_inverse_trigonometric(op, x):
+    check_vjp(op, {"x": x}, rtol=1e-3)
 
 
 def test_celu():
@@ -148,7 +157,8 @@ def test_matmul(a_shape, b_shape):
     check_vjp("MatMul", {"a": rand(*a_shape), "b": rand(*b_shape)})
 
 
-@pytest.mark.parametrize("op", ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceL2"])
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceL1",
+                                "ReduceSumSquare", "ReduceLogSumExp", "ReduceProd"])
 @pytest.mark.parametrize("opset", [11, 13, 18])
 @pytest.mark.parametrize("axes, keepdims", [(None, 1), ([1], 1), ([0, 2], 0), ([-1], 0)])
 def test_reduce(op, opset, axes, keepdims):
@@ -156,6 +166,20 @@ def test_reduce(op, opset, axes, keepdims):
     attrs = {"keepdims": keepdims, **({"axes": axes} if axes is not None and not as_input else {})}
     consts = {"axes": np.array(axes, np.int64)} if axes is not None and as_input else {}
     check_vjp(op, {"x": away(2, 3, 4)}, attrs, consts, opset=opset)
+
+
+@pytest.mark.parametrize("opset, axes", [(13, [1]), (18, [0, 2])])
+def test_reduce_log_sum(opset, axes):
+    attrs, consts = ({"axes": axes}, {}) if opset < 18 else ({}, {"axes": np.array(axes, np.int64)})
+    check_vjp("ReduceLogSum", {"x": positive(2, 3, 4)}, attrs, consts, opset=opset)
+
+
+def test_reduce_prod_at_zeros():
+    """As torch: where one input is 0 its gradient is the product of the others, and 0 where two are."""
+    x = np.array([[2, 0, 3, 5], [0, 4, 0, 1], [2, 3, 0.5, 4]], np.float32)
+    model = one_node_model("ReduceProd", {"x": x}, {"axes": [1], "keepdims": 0}, opset=13, dtype=np.float32)
+    (dx,) = exact_vjp(model, {"x": x}, {"y0": np.array([1, 1, 2], np.float32)}, ["x"])
+    np.testing.assert_array_equal(dx, [[0, 30, 0, 0], [0, 0, 0, 0], [12, 8, 48, 6]])
 
 
 @pytest.mark.parametrize("op", ["ReduceSum", "ReduceMean", "ReduceMax"])
@@ -180,8 +204,12 @@ def test_batch_norm(opset, shape, attrs, params_as_input):
 
 @pytest.mark.parametrize("shape", [(2, 3, 5), (2, 3, 3, 4)])
 def test_instance_norm(shape):
-    check_vjp("InstanceNormalization", {"x": rand(*shape), "scale": rand(3), "bias": rand(3)}, {"epsilon": 1e-3},
-              rtol=1e-3)
+    """float32 only (onnxruntime has no float64 kernel), so finite differences take a step of 1e-2: the data has its
+    own generator, apart from the tests before it, and channels of different spreads."""
+    r = np.random.default_rng(5)
+    x = r.standard_normal(shape) * np.array([1.0, 1.5, 2.0]).reshape(1, 3, *[1] * (len(shape) - 2))
+    check_vjp("InstanceNormalization", {"x": x, "scale": r.standard_normal(3), "bias": r.standard_normal(3)},
+              {"epsilon": 1e-3}, rtol=1e-3)
 
 
 @pytest.mark.parametrize("shape, axis, pshape, bias", [((2, 3, 4), -1, (4,), True), ((2, 3, 4), 1, (3, 4), True),
@@ -189,6 +217,20 @@ def test_instance_norm(shape):
 def test_layer_norm(shape, axis, pshape, bias):
     inputs = {"x": rand(*shape), "scale": rand(*pshape), **({"bias": rand(*pshape)} if bias else {})}
     check_vjp("LayerNormalization", inputs, {"axis": axis})
+
+
+@pytest.mark.parametrize("shape, groups", [((2, 4, 3, 2), 2), ((2, 6, 5), 3), ((1, 4, 2, 2), 4)])
+def test_group_norm(shape, groups):
+    """In float32: onnxruntime computes the statistics in float32 even for float64 inputs (stash_type 1, the only
+    one it implements)."""
+    c = shape[1]
+    check_vjp("GroupNormalization", {"x": rand(*shape), "scale": rand(c), "bias": rand(c)},
+              {"num_groups": groups, "epsilon": 1e-3}, opset=21, rtol=1e-3, float64=False)
+
+
+@pytest.mark.parametrize("shape, axis, pshape", [((2, 3, 4), -1, (4,)), ((2, 3, 4), 1, (3, 4)), ((2, 3, 4), 1, (4,))])
+def test_rms_norm(shape, axis, pshape):
+    check_vjp("RMSNormalization", {"x": rand(*shape), "scale": rand(*pshape)}, {"axis": axis}, opset=23)
 
 
 def test_kinks_and_ties():

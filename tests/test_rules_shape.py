@@ -156,3 +156,51 @@ def test_symbolic_batch(op, shapes, attrs, consts):
         dynamic = _symbolic_batch(one_node_model(op, inputs, attrs, consts, n_outputs))
         for got, want in zip(exact_vjp(dynamic, inputs, us, list(inputs)), expected):
             np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("axis, indices", [(0, np.array([[1, 0, 1], [2, 2, 0]])), (1, np.array([[0, 0], [2, -1], [1, 1]]))])
+def test_gather_elements(axis, indices):
+    """Repeated indices (and a negative one) sum their cotangents."""
+    check_vjp("GatherElements", {"x": rand(3, 3)}, {"axis": axis}, {"indices": indices}, opset=13)
+
+
+@pytest.mark.parametrize("indices", [np.array([[0, 1], [2, 0], [0, 1]]), np.array([[1], [1]]),
+                                     np.array([[[0, 2, 1]], [[1, 0, 3]]])])
+def test_gather_nd(indices):
+    check_vjp("GatherND", {"x": rand(3, 3, 4)}, {}, {"indices": indices}, opset=13)
+
+
+@pytest.mark.parametrize("attrs, k", [({}, 2), ({"axis": 0, "largest": 0}, 1), ({"axis": 1, "sorted": 0}, 3)])
+def test_top_k(attrs, k):
+    """Values only: the indices output is not differentiable."""
+    check_vjp("TopK", {"x": rand(3, 4)}, attrs, {"k": ints(k)}, n_outputs=2, opset=11, wrt=["x"])
+
+
+@pytest.mark.parametrize("attrs", [{}, {"exclusive": 1}, {"reverse": 1}, {"exclusive": 1, "reverse": 1}])
+@pytest.mark.parametrize("axis", [1, -3])
+def test_cumsum(attrs, axis):
+    check_vjp("CumSum", {"x": rand(3, 4, 2)}, attrs, {"axis": ints(axis)}, opset=14)
+
+
+@pytest.mark.parametrize("op, shape, attrs", [("DepthToSpace", (2, 8, 2, 3), {"blocksize": 2}),
+                                              ("DepthToSpace", (2, 8, 2, 3), {"blocksize": 2, "mode": "CRD"}),
+                                              ("DepthToSpace", (1, 18, 1, 2), {"blocksize": 3, "mode": "CRD"}),
+                                              ("SpaceToDepth", (2, 3, 4, 6), {"blocksize": 2})])
+def test_depth_to_space(op, shape, attrs):
+    check_vjp(op, {"x": rand(*shape)}, attrs, opset=13)
+
+
+@pytest.mark.parametrize("equation, shapes", [
+    ("ij,jk->ik", [(2, 3), (3, 4)]), ("nchw,dc->ndhw", [(2, 3, 2, 2), (4, 3)]), ("bij,bjk->bik", [(2, 3, 4), (2, 4, 2)]),
+    ("ij,jk", [(2, 3), (3, 4)]), ("ij->", [(2, 3)]), ("ijk->ki", [(2, 3, 4)]), ("i,j->ij", [(3,), (2,)]),
+    ("...ij,...jk->...ik", [(2, 1, 3, 4), (1, 3, 4, 2)]), ("ij,j->i", [(3, 4), (4,)]), ("bhqd,bhkd->bhqk", [(1, 2, 3, 4), (1, 2, 5, 4)]),
+    ("abc,cd,de->ae", [(2, 3, 2), (2, 3), (3, 2)]),
+])
+def test_einsum(equation, shapes):
+    """Letters summed in one operand only (ij->, abc: b) broadcast back; an ellipsis broadcast (size 1) sums back."""
+    check_vjp("Einsum", {f"x{i}": rand(*s) for i, s in enumerate(shapes)}, {"equation": equation}, opset=12)
+
+
+def test_einsum_diagonal_is_refused():
+    with pytest.raises(Exception, match="diagonal of operand 0"):
+        check_vjp("Einsum", {"x": rand(3, 3)}, {"equation": "ii->i"}, opset=12)

@@ -119,6 +119,29 @@ def hard_swish(g, c, x, y, a):  # y = x h(x), h = HardSigmoid(alpha=1/6, beta=1/
     return g.Add(h, g.Mul(x, hard_sigmoid(g, c, x, h, {"alpha": 1 / 6})))
 
 
+@pointwise("Swish")
+def swish(g, c, x, y, a):  # y = x s, s = sigmoid(alpha x): y' = s + alpha x s (1 - s)
+    alpha = a.get("alpha", 1.0)
+    s = g.Sigmoid(g.Mul(c(alpha), x))
+    return g.Add(s, g.Mul(g.Mul(c(alpha), x), g.Mul(s, g.Sub(c(1), s))))
+
+
+@pointwise("Softsign")
+def softsign(g, c, x, y, a):  # y = x / (1 + |x|): y' = 1 / (1 + |x|)²
+    r = g.Sub(c(1), g.Abs(y))  # 1 - |y| = 1 / (1 + |x|)
+    return g.Mul(r, r)
+
+
+@pointwise("ThresholdedRelu")
+def thresholded_relu(g, c, x, y, a):  # y = x where x > alpha, else 0
+    return g.cast_like(g.Greater(x, c(a.get("alpha", 1.0))), x)
+
+
+@pointwise("Shrink")
+def shrink(g, c, x, y, a):  # y = x ∓ bias where |x| > lambd, else 0 (torch's hard and soft shrink)
+    return g.cast_like(g.Greater(g.Abs(x), c(a.get("lambd", 0.5))), x)
+
+
 @pointwise("Tanh")
 def tanh(g, c, x, y, a):
     return g.Sub(c(1), g.Mul(y, y))

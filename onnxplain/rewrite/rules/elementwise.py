@@ -76,9 +76,14 @@ def neg(g, c, x, y, a):
     return c(-1)
 
 
+def sign(g, x):
+    """1, 0 or -1 as x is positive, zero or negative (Sign needs opset 9)."""
+    return g.Sub(step(g, x), g.cast_like(g.Less(x, g.const(0, like=x)), x))
+
+
 @pointwise("Abs")
 def abs_(g, c, x, y, a):  # sign(x), 0 at 0 as in torch
-    return g.Sub(step(g, x), g.cast_like(g.Less(x, c(0)), x))
+    return sign(g, x)
 
 
 @pointwise("Exp")
@@ -99,3 +104,58 @@ def sqrt(g, c, x, y, a):
 @pointwise("Reciprocal")
 def reciprocal(g, c, x, y, a):
     return g.Neg(g.Mul(y, y))
+
+
+@pointwise("Sin")
+def sin(g, c, x, y, a):
+    return g.Cos(x)
+
+
+@pointwise("Cos")
+def cos(g, c, x, y, a):
+    return g.Neg(g.Sin(x))
+
+
+@pointwise("Tan")
+def tan(g, c, x, y, a):
+    return g.Add(c(1), g.Mul(y, y))
+
+
+@pointwise("Sinh")
+def sinh(g, c, x, y, a):
+    return g.Cosh(x)
+
+
+@pointwise("Cosh")
+def cosh(g, c, x, y, a):
+    return g.Sinh(x)
+
+
+@pointwise("Asin")
+def asin(g, c, x, y, a):
+    return g.Reciprocal(g.Sqrt(g.Sub(c(1), g.Mul(x, x))))
+
+
+@pointwise("Acos")
+def acos(g, c, x, y, a):
+    return g.Neg(asin(g, c, x, y, a))
+
+
+@pointwise("Atan")
+def atan(g, c, x, y, a):
+    return g.Reciprocal(g.Add(c(1), g.Mul(x, x)))
+
+
+@pointwise("Asinh")
+def asinh(g, c, x, y, a):
+    return g.Reciprocal(g.Sqrt(g.Add(g.Mul(x, x), c(1))))
+
+
+@pointwise("Acosh")
+def acosh(g, c, x, y, a):
+    return g.Reciprocal(g.Sqrt(g.Sub(g.Mul(x, x), c(1))))
+
+
+@pointwise("Atanh")
+def atanh(g, c, x, y, a):
+    return g.Reciprocal(g.Sub(c(1), g.Mul(x, x)))

@@ -1,11 +1,14 @@
-"""VJP rules for Gemm, MatMul and the Reduce* ops.
+"""VJP rules for Gemm, MatMul, Einsum and the Reduce* ops.
 
-ReduceMax and ReduceMin split the gradient evenly among tied extrema, as torch.amax / torch.amin do.
+ReduceMax and ReduceMin split the gradient evenly among tied extrema, as torch.amax / torch.amin do; ReduceL1 takes
+sign(0) = 0, and ReduceProd is exact where inputs are zero.
 """
 from __future__ import annotations
 
+from ...errors import OnnxplainError
 from . import constant_input, optional_input, vjp
 from .activation import equal
+from .elementwise import sign
 
 
 @vjp("Gemm")
@@ -53,6 +56,53 @@ def matmul(node, dys, g):
     return [da, db]
 
 
+def _einsum_terms(node) -> tuple[list[str], str]:
+    """Each operand's subscripts and the output's, explicit: an ellipsis becomes letters of its own (right-aligned,
+    as it broadcasts), and an implicit output is the letters used once, in alphabetical order, after the ellipsis."""
+    eq = node.attrs["equation"].replace(" ", "")
+    ins, out = eq.split("->") if "->" in eq else (eq, None)
+    terms = ins.split(",")
+    spare = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in eq]
+    dots = max((len(x.shape) - len(t) + 3 for t, x in zip(terms, node.inputs) if "..." in t), default=0)
+    ell = "".join(spare[:dots])
+    terms = [t.replace("...", ell[dots - (len(x.shape) - len(t) + 3):]) for t, x in zip(terms, node.inputs)]
+    if out is None:
+        letters = "".join(terms)
+        out = ell + "".join(sorted(c for c in set(letters) if letters.count(c) == 1 and c not in ell))
+    return terms, out.replace("...", ell)
+
+
+def _size(node, terms, out, letter):
+    """The size of `letter` in the einsum's result: the largest static size any operand gives it (1 if all do)."""
+    sizes = [x.shape[t.index(letter)] for t, x in zip(terms, node.inputs) if letter in t]
+    return 1 if all(d == 1 for d in sizes) else next((d for d in sizes if d != 1), None)
+
+
+@vjp("Einsum", min_opset=12)
+def einsum(node, dys, g):
+    """Operand i's cotangent is the einsum of dy with the other operands into i's subscripts; letters that only i
+    has were summed over in the forward, so its cotangent is broadcast along them."""
+    terms, out = _einsum_terms(node)
+    grads = []
+    for i, x in enumerate(node.inputs):
+        if not g.needs(x):
+            grads.append(None)
+            continue
+        term, others = terms[i], terms[:i] + terms[i + 1:]
+        if len(set(term)) < len(term):
+            raise OnnxplainError(f"Einsum node '{node.name}' takes a diagonal of operand {i} ('{terms[i]}'), whose "
+                                 "gradient is not supported")
+        seen = set(out).union(*others)
+        kept = "".join(c for c in term if c in seen)
+        others_in = node.inputs[:i] + node.inputs[i + 1:]
+        dx = g.Einsum(dys[0], *others_in, equation=f"{','.join([out, *others])}->{kept}")
+        if kept != term:
+            dx = g.Expand(g.unsqueeze(dx, [k for k, c in enumerate(term) if c not in seen]), g.Shape(x))
+        wide = [k for k, c in enumerate(term) if x.shape[k] == 1 and _size(node, terms, out, c) != 1]
+        grads.append(g.reduce_sum(dx, wide) if wide else dx)  # ellipsis axes that x broadcast
+    return grads
+
+
 def _reduced_axes(node, x):
     """The axes a Reduce* node reduces (attribute, or input from opset 13/18), or None when it is the identity."""
     axes = node.attrs["axes"] if "axes" in node.attrs else constant_input(node, 1)
@@ -97,3 +147,36 @@ def reduce_extremum(g, x, y, dy, axes):
 @reduction("ReduceL2")
 def reduce_l2(g, x, y, dy, axes):
     return g.Mul(dy, g.Div(x, y))
+
+
+@reduction("ReduceL1")
+def reduce_l1(g, x, y, dy, axes):
+    return g.Mul(dy, sign(g, x))
+
+
+@reduction("ReduceSumSquare")
+def reduce_sum_square(g, x, y, dy, axes):
+    return g.Mul(dy, g.Mul(x, g.const(2, like=x)))
+
+
+@reduction("ReduceLogSumExp")
+def reduce_log_sum_exp(g, x, y, dy, axes):
+    return g.Mul(dy, g.Exp(g.Sub(x, y)))
+
+
+@reduction("ReduceLogSum", min_opset=8)
+def reduce_log_sum(g, x, y, dy, axes):  # y = log sum x: dx = dy / sum x
+    return g.Expand(g.Div(dy, g.Exp(y)), g.Shape(x))
+
+
+@reduction("ReduceProd")
+def reduce_prod(g, x, y, dy, axes):
+    """dx_i = dy · (product of the others): y / x_i without zeros; where one x is 0, the product of the rest at it
+    and 0 elsewhere; 0 everywhere with two zeros or more (as torch)."""
+    zero = g.const(0, like=x)
+    is_zero = equal(g, x, zero, x)
+    zeros = g.reduce_sum(is_zero, axes)
+    rest = g.reduce("ReduceProd", g.Add(x, is_zero), axes)  # the product of the nonzero x
+    one_zero = g.Mul(equal(g, zeros, g.const(1, like=x), x), is_zero)
+    none = g.Mul(equal(g, zeros, zero, x), g.Div(y, g.Add(x, is_zero)))
+    return g.Mul(dy, g.Add(none, g.Mul(one_zero, rest)))

@@ -1,4 +1,5 @@
-"""VJP rules for normalisation: BatchNormalization (inference), InstanceNormalization, LayerNormalization.
+"""VJP rules for normalisation: BatchNormalization (inference), InstanceNormalization, LayerNormalization,
+GroupNormalization, RMSNormalization.
 
 Instance and layer norm recompute xhat = (x - mean) / sqrt(var + eps) over their axes and use
 dx = (d - mean(d) - xhat mean(d xhat)) / sqrt(var + eps) with d = dy * scale; scale and bias get sum(dy xhat), sum(dy).
@@ -86,3 +87,34 @@ def layer_norm(node, dys, g):
     dscale = g.unbroadcast(g.Mul(dy, xhat), scale, y) if g.needs(scale) else None
     dbias = g.unbroadcast(dy, bias, y) if bias is not None and g.needs(bias) else None
     return [dx, dscale, dbias]
+
+
+@vjp("GroupNormalization")
+def group_norm(node, dys, g):
+    """Instance norm over (channels of a group, spatial axes) of x viewed as (N, G, C/G · spatial), then per-channel
+    scale and bias (opset 21; the checker refuses opset 18's per-group form, deprecated)."""
+    (x, scale, bias), dy = node.inputs, dys[0]
+    grouped = g.Reshape(x, g.ints([0, node.attrs["num_groups"], -1]))
+    grouped.dtype = x.dtype  # for the constants _standardize makes like it
+    xhat, inv = _standardize(g, grouped, [2], node.attrs.get("epsilon", 1e-5))
+    d = g.Reshape(g.Mul(dy, _per_channel(g, scale, 1, x)), g.Shape(grouped))
+    dx = g.Reshape(_standardize_vjp(g, d, xhat, inv, [2]), g.Shape(x))
+    xhat = g.Reshape(xhat, g.Shape(x))
+    axes = [0, *range(2, len(x.shape))]
+    dscale = g.reduce_sum(g.Mul(dy, xhat), axes, keepdims=False) if g.needs(scale) else None
+    dbias = g.reduce_sum(dy, axes, keepdims=False) if g.needs(bias) else None
+    return [dx, dscale, dbias]
+
+
+@vjp("RMSNormalization")
+def rms_norm(node, dys, g):
+    """y = x r · scale, r = 1 / sqrt(mean(x²) + eps) over the axes from `axis` on: dx = r (d - x r mean(d x r)),
+    d = dy · scale."""
+    (x, scale), dy = node.inputs, dys[0]
+    axes = list(range(node.attrs.get("axis", -1) % len(x.shape), len(x.shape)))
+    inv = g.Reciprocal(g.Sqrt(g.Add(g.reduce_mean(g.Mul(x, x), axes), g.const(node.attrs.get("epsilon", 1e-5),
+                                                                               like=x))))
+    xhat, d = g.Mul(x, inv), g.Mul(dy, scale)
+    dx = g.Mul(inv, g.Sub(d, g.Mul(xhat, g.reduce_mean(g.Mul(d, xhat), axes))))
+    dscale = g.unbroadcast(g.Mul(dy, xhat), scale, node.outputs[0]) if g.needs(scale) else None
+    return [dx, dscale]

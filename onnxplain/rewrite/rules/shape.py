@@ -1,4 +1,5 @@
-"""VJP rules for ops that move data without arithmetic: reshapes, transposes, joins, splits, slices, gathers, pads.
+"""VJP rules for ops that move data without arithmetic: reshapes, transposes, joins, splits, slices, gathers, pads,
+running sums and top-k.
 
 Also the readers of a node's form shared by all rule modules: optional inputs, and inputs that must be constants
 (indices, sizes, pads, axes) because the gradient's structure depends on their values.
@@ -148,6 +149,51 @@ def gather(node, dys, g):
     axis = node.attrs.get("axis", 0) % len(x.shape)
     idx = idx.values if isinstance(idx, gs.Constant) else idx
     return [_ungather(g, dys[0], _onehot(g, idx, _dim(g, x, axis), x), len(idx.shape), axis, x)]
+
+
+@vjp("GatherElements", min_opset=16)  # ScatterElements' reduction
+def gather_elements(node, dys, g):
+    """Repeated indices sum their cotangents."""
+    x, idx = node.inputs
+    return [g.ScatterElements(g.zeros(x), idx, dys[0], axis=node.attrs.get("axis", 0), reduction="add"), None]
+
+
+@vjp("GatherND", min_opset=16)  # ScatterND's reduction
+def gather_nd(node, dys, g):
+    x, idx = node.inputs
+    if node.attrs.get("batch_dims", 0):
+        raise OnnxplainError(f"GatherND node '{node.name}' has batch_dims {node.attrs['batch_dims']}; its gradient "
+                             "is supported for batch_dims 0 only")
+    return [g.ScatterND(g.zeros(x), idx, dys[0], reduction="add"), None]
+
+
+@vjp("TopK", min_opset=11)  # ScatterElements
+def top_k(node, dys, g):
+    """The values' cotangents go back to the positions they were taken from (the indices, distinct along axis)."""
+    x, indices, dy = node.inputs[0], node.outputs[1], dys[0]
+    dx = None if dy is None else g.ScatterElements(g.zeros(x), indices, dy, axis=node.attrs.get("axis", -1))
+    return [dx] + [None] * (len(node.inputs) - 1)
+
+
+@vjp("CumSum")
+def cumsum(node, dys, g):
+    """Each input reaches the outputs at and after it (before it when reversed): sum their cotangents the other way."""
+    exclusive, reverse = node.attrs.get("exclusive", 0), node.attrs.get("reverse", 0)
+    return [g.CumSum(dys[0], node.inputs[1], exclusive=exclusive, reverse=1 - reverse), None]
+
+
+@vjp("DepthToSpace", "SpaceToDepth")
+def depth_to_space(node, dys, g):
+    """Both permute elements: dx is dy permuted back. DepthToSpace in DCR mode and SpaceToDepth undo each other;
+    CRD mode (N, C b², H, W) -> (N, C, H b, W b) is undone by its reshapes and transpose in reverse."""
+    x, dy, b = node.inputs[0], dys[0], node.attrs["blocksize"]
+    if node.op == "SpaceToDepth":
+        return [g.DepthToSpace(dy, blocksize=b, mode="DCR")]
+    if node.attrs.get("mode", "DCR") == "DCR":
+        return [g.SpaceToDepth(dy, blocksize=b)]
+    c, h, w = (_static_dim(node, x, axis) for axis in (1, 2, 3))
+    t = g.Reshape(dy, g.ints([0, c // (b * b), h, b, w, b]))
+    return [g.Reshape(g.Transpose(t, perm=[0, 1, 3, 5, 2, 4]), g.ints([0, c, h, w]))]
 
 
 def _pads(node, rank):
