@@ -8,8 +8,8 @@ chain and Σ (x − x')·m = y_c(x) − y_c(x') (summation-to-delta).
 
 - Elementwise ops: Captum's rule for those Captum covers (ReLU, ELU, LeakyReLU, Sigmoid, Tanh, Softplus). The same
   formula holds for every elementwise nonlinearity, so it also covers Clip (ReLU6), PRelu, Selu, Celu, HardSigmoid,
-  HardSwish, Erf, Gelu and Mish, which Captum leaves plain. HardSigmoid and HardSwish (MobileNetV3) take m in a
-  form without the cancellation in y − y'.
+  HardSwish, Erf, Gelu, Mish, Swish, Softsign, ThresholdedRelu and Shrink, which Captum leaves plain. HardSigmoid
+  and HardSwish (MobileNetV3) take m in a form without the cancellation in y − y'.
 - MaxPool and GlobalMaxPool: Captum's rule. The pooled difference goes to the image's maximum when y ≥ y', else to
   the reference's maximum, and is divided by Δx there. Where |Δx| < eps each row keeps its own plain gradient
   (Captum 0.9 takes the first image's, captum#1276).
@@ -28,7 +28,8 @@ from ..rules.activation import _softmax_axes
 
 EPS = 1e-10  # Captum's DeepLift eps: below it |Δx| counts as zero and the plain derivative is used
 ELEMENTWISE_OPS = ("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "Sigmoid", "Tanh", "Erf",
-                   "Softplus", "Gelu", "Mish")  # and HardSigmoid, HardSwish: their own forms below
+                   "Softplus", "Gelu", "Mish", "Swish", "Softsign", "ThresholdedRelu",
+                   "Shrink")  # and HardSigmoid, HardSwish: their own forms below
 
 
 def halves(g, t):
