@@ -12,8 +12,8 @@ conversions and of the method's head, each over the kernel time of the plain for
 Found with it: the IG and SmoothGrad ratios are those of one forward + backward pass of each library, since both
 spend over 94 % of their time in the model (onnxplain's host work, path points, noise and sums, is the rest). The
 breakdown shows the floor under issue 2's bound: the forward nodes and the gradient's convolutions alone (the
-transposed convolutions do the forward's multiply-adds again) take 1.9-2.2x the forward, and the ReLU6 masks,
-memory-bound element-wise passes over every activation, add 1.2-1.7x more (batch 1 and 16, this 2-core VM).
+transposed convolutions do the forward's multiply-adds again) take 1.9-2.3x the forward, and the ReLU6 masks,
+memory-bound element-wise passes over every activation, add 1.2-1.9x more (batch 1 and 16, this 2-core VM).
 """
 from __future__ import annotations
 
