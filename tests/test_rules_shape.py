@@ -5,6 +5,8 @@ import pytest
 from gradcheck import check_vjp, exact_vjp, one_node_model
 from onnx import TensorProto
 
+from onnxplain.errors import OnnxplainError
+
 R = np.random.default_rng(1)
 BIG = np.iinfo(np.int64).max
 
@@ -201,6 +203,10 @@ def test_einsum(equation, shapes):
     check_vjp("Einsum", {f"x{i}": rand(*s) for i, s in enumerate(shapes)}, {"equation": equation}, opset=12)
 
 
-def test_einsum_diagonal_is_refused():
-    with pytest.raises(Exception, match="diagonal of operand 0"):
-        check_vjp("Einsum", {"x": rand(3, 3)}, {"equation": "ii->i"}, opset=12)
+@pytest.mark.parametrize("op, inputs, attrs, consts, message", [
+    ("Einsum", {"x": rand(3, 3)}, {"equation": "ii->i"}, {}, "takes a diagonal of operand 0"),
+    ("GatherND", {"x": rand(2, 3)}, {"batch_dims": 1}, {"indices": np.array([[1], [0]])}, "batch_dims 0 only"),
+])
+def test_unsupported_forms_are_refused_in_one_line(op, inputs, attrs, consts, message):
+    with pytest.raises(OnnxplainError, match=message):
+        check_vjp(op, inputs, attrs, consts, opset=16)
