@@ -72,10 +72,9 @@ def _einsum_terms(node) -> tuple[list[str], str]:
     return terms, out.replace("...", ell)
 
 
-def _size(node, terms, out, letter):
-    """The size of `letter` in the einsum's result: the largest static size any operand gives it (1 if all do)."""
-    sizes = [x.shape[t.index(letter)] for t, x in zip(terms, node.inputs) if letter in t]
-    return 1 if all(d == 1 for d in sizes) else next((d for d in sizes if d != 1), None)
+def _widened(node, terms, letter) -> bool:
+    """Whether some operand gives `letter` a size other than 1, to which operands of size 1 there broadcast."""
+    return any(x.shape[t.index(letter)] != 1 for t, x in zip(terms, node.inputs) if letter in t)
 
 
 @vjp("Einsum", min_opset=12)
@@ -90,15 +89,14 @@ def einsum(node, dys, g):
             continue
         term, others = terms[i], terms[:i] + terms[i + 1:]
         if len(set(term)) < len(term):
-            raise OnnxplainError(f"Einsum node '{node.name}' takes a diagonal of operand {i} ('{terms[i]}'), whose "
+            raise OnnxplainError(f"Einsum node '{node.name}' takes a diagonal of operand {i} ('{term}'), whose "
                                  "gradient is not supported")
         seen = set(out).union(*others)
         kept = "".join(c for c in term if c in seen)
-        others_in = node.inputs[:i] + node.inputs[i + 1:]
-        dx = g.Einsum(dys[0], *others_in, equation=f"{','.join([out, *others])}->{kept}")
+        dx = g.Einsum(dys[0], *node.inputs[:i], *node.inputs[i + 1:], equation=f"{','.join([out, *others])}->{kept}")
         if kept != term:
             dx = g.Expand(g.unsqueeze(dx, [k for k, c in enumerate(term) if c not in seen]), g.Shape(x))
-        wide = [k for k, c in enumerate(term) if x.shape[k] == 1 and _size(node, terms, out, c) != 1]
+        wide = [k for k, c in enumerate(term) if x.shape[k] == 1 and _widened(node, terms, c)]
         grads.append(g.reduce_sum(dx, wide) if wide else dx)  # ellipsis axes that x broadcast
     return grads
 
@@ -173,10 +171,9 @@ def reduce_log_sum(g, x, y, dy, axes):  # y = log sum x: dx = dy / sum x
 def reduce_prod(g, x, y, dy, axes):
     """dx_i = dy · (product of the others): y / x_i without zeros; where one x is 0, the product of the rest at it
     and 0 elsewhere; 0 everywhere with two zeros or more (as torch)."""
-    zero = g.const(0, like=x)
-    is_zero = equal(g, x, zero, x)
+    is_zero = equal(g, x, g.const(0, like=x), x)
     zeros = g.reduce_sum(is_zero, axes)
-    rest = g.reduce("ReduceProd", g.Add(x, is_zero), axes)  # the product of the nonzero x
-    one_zero = g.Mul(equal(g, zeros, g.const(1, like=x), x), is_zero)
-    none = g.Mul(equal(g, zeros, zero, x), g.Div(y, g.Add(x, is_zero)))
-    return g.Mul(dy, g.Add(none, g.Mul(one_zero, rest)))
+    nonzero = g.Add(x, is_zero)  # x with its zeros set to 1
+    others = g.Div(g.reduce("ReduceProd", nonzero, axes), nonzero)  # the product of the other nonzero x
+    live = g.Add(equal(g, zeros, g.const(0, like=x), x), g.Mul(equal(g, zeros, g.const(1, like=x), x), is_zero))
+    return g.Mul(dy, g.Mul(others, live))  # live: 1 in groups without zeros, and at a group's only zero
