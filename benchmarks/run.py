@@ -102,7 +102,8 @@ def breakdown(model, image: np.ndarray, batches: list[int], repeats: int) -> Non
         x = np.repeat(image, n, axis=0)
         fwd = sum(kernel_times(model.proto, {model.input: x}, [model.output], repeats).values())
         sal = kernel_times(graph, {model.input: x, TARGET: np.full(n, 281, np.int64)}, ["attributions"], repeats)
-        print(f"{n:>5} " + " ".join(f"{sal[p] / fwd:>{len(p)}.2f}" for p in PARTS) + f" {sum(sal.values()) / fwd:>6.2f}")
+        cells = " ".join(f"{sal[p] / fwd:>{len(p)}.2f}" for p in PARTS)
+        print(f"{n:>5} {cells} {sum(sal.values()) / fwd:>6.2f}")
 
 
 def torch_mobilenet():

@@ -36,7 +36,8 @@ def one_node_model(op, inputs, attrs=None, constants=None, n_outputs=1, opset=17
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
     for o, inferred in zip(model.graph.output, onnx.shape_inference.infer_shapes(model).graph.output):
         # as inferred (TopK's indices are int64), else typed like the inputs
-        o.CopyFrom(inferred if inferred.type.tensor_type.elem_type else helper.make_tensor_value_info(o.name, elem, None))
+        typed = inferred.type.tensor_type.elem_type
+        o.CopyFrom(inferred if typed else helper.make_tensor_value_info(o.name, elem, None))
     if any(not o.type.tensor_type.HasField("shape") for o in model.graph.output):
         # onnx infers no shapes for some function ops (GroupNormalization): declare the ones onnxruntime computes
         for o, y in zip(model.graph.output, _session(model).run(None, inputs)):

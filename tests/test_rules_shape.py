@@ -160,7 +160,8 @@ def test_symbolic_batch(op, shapes, attrs, consts):
             np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
-@pytest.mark.parametrize("axis, indices", [(0, np.array([[1, 0, 1], [2, 2, 0]])), (1, np.array([[0, 0], [2, -1], [1, 1]]))])
+@pytest.mark.parametrize("axis, indices", [(0, np.array([[1, 0, 1], [2, 2, 0]])),
+                                           (1, np.array([[0, 0], [2, -1], [1, 1]]))])
 def test_gather_elements(axis, indices):
     """Repeated indices (and a negative one) sum their cotangents."""
     check_vjp("GatherElements", {"x": rand(3, 3)}, {"axis": axis}, {"indices": indices}, opset=13)
@@ -193,9 +194,11 @@ def test_depth_to_space(op, shape, attrs):
 
 
 @pytest.mark.parametrize("equation, shapes", [
-    ("ij,jk->ik", [(2, 3), (3, 4)]), ("nchw,dc->ndhw", [(2, 3, 2, 2), (4, 3)]), ("bij,bjk->bik", [(2, 3, 4), (2, 4, 2)]),
+    ("ij,jk->ik", [(2, 3), (3, 4)]), ("nchw,dc->ndhw", [(2, 3, 2, 2), (4, 3)]),
+    ("bij,bjk->bik", [(2, 3, 4), (2, 4, 2)]),
     ("ij,jk", [(2, 3), (3, 4)]), ("ij->", [(2, 3)]), ("ijk->ki", [(2, 3, 4)]), ("i,j->ij", [(3,), (2,)]),
-    ("...ij,...jk->...ik", [(2, 1, 3, 4), (1, 3, 4, 2)]), ("ij,j->i", [(3, 4), (4,)]), ("bhqd,bhkd->bhqk", [(1, 2, 3, 4), (1, 2, 5, 4)]),
+    ("...ij,...jk->...ik", [(2, 1, 3, 4), (1, 3, 4, 2)]), ("ij,j->i", [(3, 4), (4,)]),
+    ("bhqd,bhkd->bhqk", [(1, 2, 3, 4), (1, 2, 5, 4)]),
     ("abc,cd,de->ae", [(2, 3, 2), (2, 3), (3, 2)]),
 ])
 def test_einsum(equation, shapes):

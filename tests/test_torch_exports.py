@@ -51,7 +51,8 @@ class Statistics(nn.Module):  # ReduceLogSumExp, ReduceProd, CumSum and TopK in 
 
 BLOCKS = {
     "adaptive_pool": (lambda: Classifier(AdaptivePool()), ("dynamo",)),
-    "pixel_shuffle": (lambda: Classifier(nn.Sequential(nn.Conv2d(C, 4 * C, 1), nn.PixelShuffle(2))), ("dynamo", "legacy")),
+    "pixel_shuffle": (lambda: Classifier(nn.Sequential(nn.Conv2d(C, 4 * C, 1), nn.PixelShuffle(2))),
+                      ("dynamo", "legacy")),
     "einsum": (lambda: Classifier(ChannelMix()), ("dynamo", "legacy")),
     "statistics": (lambda: Classifier(Statistics()), ("dynamo", "legacy")),
 }
