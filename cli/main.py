@@ -119,8 +119,8 @@ def inspect(model, **pre):
     click.echo(f"output     {m.output}  {m.num_classes} classes" + ("" if m.output == m.score else
                                                                        f"  (Softmax; explaining its input {m.score})"))
     click.echo(f"labels     {'%d names' % len(m.labels) if m.labels else 'none'}")
-    if m.promoted_from:
-        click.echo(f"precision  {m.promoted_from}, explained in float32")
+    for name, note in m.normalised:  # what the load passes did
+        click.echo(f"{name:<10} {note}")
     click.echo(f"preprocess resize {p.resize or 'direct'} -> {p.size[0]}x{p.size[1]} {p.interpolation}, "
                f"scale {p.scale:.6g}, mean {list(p.mean)}, std {list(p.std)}, {p.channel_order}")
     default = cam_layer(m, None)

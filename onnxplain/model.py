@@ -12,10 +12,11 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import OnnxplainError, first_line
+from .passes import normalise
+from .passes.precision import PROMOTED
 from .preprocess import Preprocessing, preset
 from .rewrite.graph import Request, build, dynamic_batch, opset_of
 from .rewrite.layers import spatial_tensors
-from .rewrite.precision import to_float32
 from .runtime import Session
 
 SIDECAR_KEY = "onnxplain"  # metadata_props key holding the same JSON as a sidecar file
@@ -36,7 +37,7 @@ class Model:
     labels: list[str] | None = None
     device: str = "auto"
     batch_size: int = 16
-    promoted_from: str | None = None  # the half types of a model explained in float32 ("float16", "bfloat16")
+    normalised: tuple[tuple[str, str], ...] = ()  # (pass, what it did) for each load pass that changed the model
     _sessions: dict = field(default_factory=dict, repr=False)
     _layers: list | None = field(default=None, repr=False)
 
@@ -51,6 +52,12 @@ class Model:
         if self._layers is None:
             self._layers = spatial_tensors(self.proto, self.input, self.score, self.layout)
         return self._layers
+
+    @property
+    def promoted_from(self) -> str | None:
+        """The half types of a model explained in float32 ("float16", "bfloat16"), None for a float32 model."""
+        note = dict(self.normalised).get("precision")
+        return note and note.removesuffix(PROMOTED)
 
     @property
     def opset(self) -> int:
@@ -101,7 +108,8 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     except Exception as exc:
         raise OnnxplainError(f"{_where(model_path)} is not a valid ONNX model: {first_line(exc)}") from None
     opset_of(proto)
-    proto, half = to_float32(proto)
+    proto, normalised = normalise(proto)
+    half = dict(normalised).get("precision", "").removesuffix(PROMOTED)
     if half:
         warnings.warn(f"onnxplain: {_where(model_path)} computes in {half}; it is explained in float32 (its weights "
                       f"promoted exactly), so scores differ from a {half} run by its rounding", stacklevel=2)
@@ -114,7 +122,7 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     if labels is not None and len(labels) != num_classes:
         raise OnnxplainError(f"the model scores {num_classes} classes but {len(labels)} labels were given")
     return Model(model_path, dynamic_batch(proto, inp.name), inp.name, out, score, num_classes, softmax, pre, labels,
-                 device, batch_size, half)
+                 device, batch_size, normalised)
 
 
 # -- reading the file safely ---------------------------------------------------------------------------------------

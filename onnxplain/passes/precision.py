@@ -10,8 +10,18 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, numpy_helper
 
+from . import register
+
 HALF = {TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}
+PROMOTED = ", explained in float32"  # ends the pass's note, after the half types it found
 TYPE_ATTRIBUTES = ("to", "dtype", "output_dtype")  # Cast, EyeLike and the Random* ops, Quantize/DequantizeLinear
+
+
+@register("precision")
+def promote_half(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """The pass: `model` in float32, noted as "float16, explained in float32" where it had half types."""
+    promoted, half = to_float32(model)
+    return promoted, half and half + PROMOTED
 
 
 def to_float32(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:

@@ -1,0 +1,37 @@
+"""Load-time normalisation passes: each rewrites one awkward structure of real exports into the form the rewrite and
+the rules expect, and says what it did, so that `onnxplain inspect` can list it.
+
+A pass is one small function ``pass_(model) -> (model, note)`` in its own module, registered with :func:`register`;
+``note`` is one line for `inspect` (None when the pass changed nothing). Passes run in the order of ``PASSES`` on a
+model that the ONNX checker accepted, before the batch is made dynamic. A pass returns its input unchanged (not a
+copy) when it has nothing to do, and raises OnnxplainError with one line when the model cannot be normalised.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import onnx
+
+Pass = Callable[[onnx.ModelProto], "tuple[onnx.ModelProto, str | None]"]
+PASSES: list[tuple[str, Pass]] = []
+
+
+def register(name: str):
+    """Append a pass to PASSES under `name` (the order of registration is the order of running)."""
+    def add(fn: Pass) -> Pass:
+        PASSES.append((name, fn))
+        return fn
+    return add
+
+
+def normalise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, tuple[tuple[str, str], ...]]:
+    """`model` after every pass, and (pass name, note) for each pass that changed something."""
+    notes = []
+    for name, fn in PASSES:
+        model, note = fn(model)
+        if note:
+            notes.append((name, note))
+    return model, tuple(notes)
+
+
+from . import precision  # noqa: E402,F401  (registers; the order of these imports is the order of the passes)
