@@ -122,18 +122,22 @@ def torch_mobilenet():
     return net.eval()
 
 
-def captum_reference(net, x: np.ndarray, repeats: int):
-    """Captum Saliency and LayerGradCam times on the same MobileNetV2 weights."""
+def captum_reference(net, x: np.ndarray, repeats: int, device: str = "cpu"):
+    """Captum Saliency and LayerGradCam times on the same MobileNetV2 weights (`net` on `device`); on CUDA each
+    timed call waits for the GPU to finish."""
     import torch
     from captum.attr import LayerGradCam, Saliency
-    xt = torch.tensor(x)
+    xt = torch.tensor(x, device=device)
     target = 281
+    def done(fn):
+        return (lambda: (fn(), torch.cuda.synchronize())) if device == "cuda" else fn
     def fwd():
         with torch.no_grad():
             net(xt)
-    fwd, sal, gc = median_times([fwd,
-                                 lambda: Saliency(net).attribute(xt.clone().requires_grad_(), target=target),
-                                 lambda: LayerGradCam(net, net.features[18]).attribute(xt, target=target)], repeats)
+    fwd, sal, gc = median_times([done(fwd),
+                                 done(lambda: Saliency(net).attribute(xt.clone().requires_grad_(), target=target)),
+                                 done(lambda: LayerGradCam(net, net.features[18]).attribute(xt, target=target))],
+                                repeats)
     return {"forward": fwd, "saliency": sal, "gradcam": gc}
 
 
