@@ -14,6 +14,7 @@ from onnxplain import methods as method_registry
 from onnxplain.errors import OnnxplainError
 from onnxplain.explain import candidate_layers, cam_layer
 from onnxplain.export import export as export_graph
+from onnxplain.model import outputs_described
 from onnxplain.preprocess import PRESETS
 from onnxplain.render import check_writable, overlay, save_npy, save_png
 from onnxplain.rewrite.graph import opset_of, unsupported_ops
@@ -44,6 +45,8 @@ def _preprocessing(options: dict) -> dict | None:
     """The preprocessing options given on the command line, as `onnxplain.load` takes them."""
     given = {k: v for k, v in options.items() if v is not None and v != ()}
     return given or None
+OUTPUT = click.option("--output", "output", default=None, metavar="NAME",
+                      help="The output holding the class scores, for models with several (see `onnxplain inspect`).")
 PROBS = click.option("--probabilities", is_flag=True, help="Explain the Softmax output rather than its input logits.")
 PARAM = click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
                      help="Method parameter, repeatable (e.g. -p masks=2000 -p baseline=blur); see the method's docs.")
@@ -97,8 +100,10 @@ def _with_progress(method: str, params: dict) -> dict:
 
 
 def _load(model: Path, pre: dict, device: str = "auto", probabilities: bool = False, batch_size: int = 16):
+    """Load `model` with the preprocessing options and --output found in `pre` (the command's other options)."""
+    output = pre.pop("output", None)
     return onnxplain.load(model, preprocessing=_preprocessing(pre), device=device, probabilities=probabilities,
-                          batch_size=batch_size)
+                          batch_size=batch_size, output=output)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -110,14 +115,17 @@ def cli():
 @cli.command()
 @MODEL
 @PREPROCESSING
+@OUTPUT
 def inspect(model, **pre):
     """Show inputs, outputs, preprocessing, CAM layers and ops without a gradient rule."""
     m = _load(model, pre)
     p = m.preprocessing
     click.echo(f"model      {model}  (opset {opset_of(m.proto)}, {len(m.proto.graph.node)} nodes)")
     click.echo(f"input      {m.input}  {m.layout}  {p.size[0]}x{p.size[1]}")
-    click.echo(f"output     {m.output}  {m.num_classes} classes" + ("" if m.output == m.score else
-                                                                       f"  (Softmax; explaining its input {m.score})"))
+    click.echo(f"output     {m.output}  {m.num_classes} classes ({m.score_why})" + (
+        "" if m.output == m.score else f"  (Softmax; explaining its input {m.score})"))
+    if len(m.proto.graph.output) > 1:
+        click.echo(f"outputs    {outputs_described(m.proto)}  (choose another with --output NAME)")
     click.echo(f"labels     {'%d names' % len(m.labels) if m.labels else 'none'}")
     for name, note in m.normalised:  # what the load passes did
         click.echo(f"{name:<10} {note}")
@@ -164,6 +172,7 @@ def methods():
 @click.option("--batch-size", default=16, show_default=True)
 @DEVICE
 @PREPROCESSING
+@OUTPUT
 @PROBS
 @PARAM
 def explain(model, images, method, target, layer, out_dir, force, top_k, batch_size, device, probabilities, params,
@@ -241,6 +250,7 @@ def _value(v: np.ndarray) -> str:
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True)
 @PREPROCESSING
+@OUTPUT
 @PROBS
 @PARAM
 def export(model, method, layer, out, force, probabilities, params, **pre):
@@ -268,6 +278,7 @@ def export(model, method, layer, out, force, probabilities, params, **pre):
 @click.option("--batch-size", default=16, show_default=True)
 @DEVICE
 @PREPROCESSING
+@OUTPUT
 @PROBS
 @PARAM
 def evaluate(model, images, methods, target, metrics, step, deletion_baseline, insertion_baseline, batch_size, device,

@@ -38,6 +38,7 @@ class Model:
     device: str = "auto"
     batch_size: int = 16
     normalised: tuple[tuple[str, str], ...] = ()  # (pass, what it did) for each load pass that changed the model
+    score_why: str = ""             # why `output` holds the class scores (for inspect)
     _sessions: dict = field(default_factory=dict, repr=False)
     _layers: list | None = field(default=None, repr=False)
 
@@ -116,13 +117,13 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     inp = _image_input(proto, model_path)
     sidecar = _sidecar(proto, model_path)
     pre = _preprocessing(inp, sidecar, preprocessing)
-    out, score, num_classes, softmax = _score_output(proto, output or sidecar.get("output"), probabilities)
+    chosen = _score_output(proto, output or sidecar.get("output"), probabilities, lambda: _probe(proto, inp, pre))
     if labels is None:
         labels = _labels(sidecar, model_path)
-    if labels is not None and len(labels) != num_classes:
-        raise OnnxplainError(f"the model scores {num_classes} classes but {len(labels)} labels were given")
-    return Model(model_path, dynamic_batch(proto, inp.name), inp.name, out, score, num_classes, softmax, pre, labels,
-                 device, batch_size, normalised)
+    if labels is not None and len(labels) != chosen.num_classes:
+        raise OnnxplainError(f"the model scores {chosen.num_classes} classes but {len(labels)} labels were given")
+    return Model(model_path, dynamic_batch(proto, inp.name), inp.name, chosen.output, chosen.score,
+                 chosen.num_classes, chosen.softmax, pre, labels, device, batch_size, normalised, chosen.why)
 
 
 # -- reading the file safely ---------------------------------------------------------------------------------------
@@ -221,30 +222,80 @@ def _preprocessing(inp, sidecar: dict, requested) -> Preprocessing:
     return pre
 
 
+def _probe(proto: onnx.ModelProto, inp, pre: Preprocessing) -> dict[str, tuple]:
+    """The shape of every output of the model, from one run on a zero image of the preprocessing's size."""
+    h, w = pre.size
+    dims = _dims(inp)
+    channels = dims[1 if pre.layout == "NCHW" else 3]
+    channels = channels if isinstance(channels, int) and channels > 0 else len(pre.mean)
+    shape = (1, channels, h, w) if pre.layout == "NCHW" else (1, h, w, channels)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+    session = Session(dynamic_batch(proto, inp.name), "cpu")
+    values = session.run(session.output_names, {inp.name: np.zeros(shape, dtype)})
+    return {name: v.shape for name, v in zip(session.output_names, values)}
+
+
 def _producer(proto: onnx.ModelProto, name: str):
     return next((n for n in proto.graph.node if name in n.output), None)
 
 
-def _score_output(proto: onnx.ModelProto, wanted: str | None, probabilities: bool) -> tuple[str, str, int, bool]:
-    outputs = {o.name: _dims(o) for o in proto.graph.output}
-    if wanted is not None and wanted not in outputs:
-        raise OnnxplainError(f"the model has no output '{wanted}' (outputs: {', '.join(outputs)})")
-    candidates = [wanted] if wanted else [n for n, d in outputs.items() if len(d) == 2]
-    if not candidates:
-        described = ", ".join(f"{n}{d}" for n, d in outputs.items())
-        raise OnnxplainError(f"the model has no class-score output (N×classes); its outputs: {described}")
-    out = candidates[0]
-    dims = outputs[out]
-    if len(dims) != 2 or not isinstance(dims[1], int) or dims[1] < 1:
-        raise OnnxplainError(f"output '{out}' has shape {dims}, not N×classes with a fixed number of classes")
-    score = out
-    node = _producer(proto, out)
+@dataclass(frozen=True)
+class Score:
+    """Which output holds the class scores, which tensor is differentiated, and why that output was chosen."""
+
+    output: str
+    score: str
+    num_classes: int
+    softmax: bool
+    why: str
+
+
+def outputs_described(proto: onnx.ModelProto) -> str:
+    """Every output of the model with its shape, e.g. "logits[N, 1000], boxes[N, 4, 7]"."""
+    return ", ".join(f"{o.name}[{', '.join(str(d or '?') for d in _dims(o))}]" for o in proto.graph.output)
+
+
+def _behind_softmax(proto: onnx.ModelProto, name: str):
+    """The Softmax that makes tensor `name` through Identities, or None."""
+    node = _producer(proto, name)
     while node is not None and node.op_type == "Identity":
         node = _producer(proto, node.input[0])
-    softmax = node is not None and node.op_type == "Softmax"
-    if softmax and not probabilities:
-        score = node.input[0]
-    return out, score, dims[1], softmax
+    return node if node is not None and node.op_type == "Softmax" else None
+
+
+def _is_float(value_info) -> bool:
+    return value_info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def _score_output(proto: onnx.ModelProto, wanted: str | None, probabilities: bool, probe) -> Score:
+    """The score output: `wanted`, else the only N×classes float output, else the only one behind a Softmax.
+    `probe()` runs the model once and gives every output's shape, for a class count that the graph leaves symbolic."""
+    outputs = {o.name: o for o in proto.graph.output}
+    if wanted is not None and wanted not in outputs:
+        raise OnnxplainError(f"the model has no output '{wanted}'; its outputs: {outputs_described(proto)}")
+    scores = [n for n, o in outputs.items() if _is_float(o) and len(_dims(o)) == 2]
+    if wanted is not None:
+        out, why = wanted, "chosen by output="
+        if len(_dims(outputs[out])) != 2 or not _is_float(outputs[out]):
+            raise OnnxplainError(f"output '{out}' has shape {_dims(outputs[out])}, not N×classes (float); its "
+                                 f"outputs: {outputs_described(proto)}")
+    elif len(scores) == 1:
+        out, why = scores[0], "the only N×classes float output"
+    elif len([n for n in scores if _behind_softmax(proto, n)]) == 1:
+        out, why = next(n for n in scores if _behind_softmax(proto, n)), "the N×classes output behind a Softmax"
+    elif not scores:
+        raise OnnxplainError(f"the model has no class-score output (N×classes); its outputs: "
+                             f"{outputs_described(proto)}")
+    else:
+        raise OnnxplainError(f"the model has several N×classes outputs ({outputs_described(proto)}); choose the "
+                             f"class scores with --output NAME (load(output=NAME))")
+    classes = _dims(outputs[out])[1]
+    if not isinstance(classes, int) or classes < 1:
+        classes = probe()[out][1]
+        why += f"; {classes} classes from one run of the model"
+    softmax = _behind_softmax(proto, out)
+    score = softmax.input[0] if softmax is not None and not probabilities else out
+    return Score(out, score, classes, softmax is not None, why)
 
 
 # -- sidecar, metadata and labels ------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def _bounds(method: str, key: str, value) -> tuple[float, ...] | None:
 
 def score_of_target(g, t):
     """y_c per image, shaped N×1×…×1 to scale an input-shaped tensor."""
-    onehot = g.OneHot(t.target, g.ints([t.y.shape[1]]), g.const([0, 1], like=t.y), axis=-1)
+    onehot = g.OneHot(t.target, g.size_of(t.y, 1), g.const([0, 1], like=t.y), axis=-1)
     return g.unsqueeze(g.reduce_sum(g.Mul(t.y, onehot), [1], keepdims=False), [1, 2, 3])
 
 

@@ -35,3 +35,4 @@ def normalise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, tuple[tuple[str,
 
 
 from . import precision  # noqa: E402,F401  (registers; the order of these imports is the order of the passes)
+from . import head  # noqa: E402,F401

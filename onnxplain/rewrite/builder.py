@@ -123,6 +123,12 @@ class Builder:
         """Zeros of t's shape and dtype, not computed from t's values (opset 9)."""
         return self.ConstantOfShape(self.Shape(t), value=gs.Constant(self.name("zero"), np.zeros(1, np_dtype(t))))
 
+    def size_of(self, t: Tensor, axis: int):
+        """t's size along `axis` as a 1-element int64 tensor: a constant when shape inference knows it."""
+        if t.shape is not None and isinstance(t.shape[axis], int):
+            return self.ints([t.shape[axis]])
+        return self.slice(self.Shape(t), [axis], [axis + 1], [0])
+
     def unbroadcast(self, grad, x: Tensor, out: Tensor):
         """Sum `grad` (shaped like the broadcast result `out`) back to the shape of `x` (NumPy broadcasting)."""
         if x.shape is None or out.shape is None:

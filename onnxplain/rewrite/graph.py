@@ -131,13 +131,13 @@ def _feeding_inputs(graph: gs.Graph, tensors: list[gs.Tensor]) -> set[str]:
 
 def _target_seed(g: Builder, ys: list[gs.Tensor]):
     """Cotangent = one-hot of the `target` input, or of the arg-max of y where the target is negative."""
-    if len(ys) != 1 or ys[0].shape is None or len(ys[0].shape) != 2 or not isinstance(ys[0].shape[1], int):
+    if len(ys) != 1 or ys[0].shape is None or len(ys[0].shape) != 2:
         raise OnnxplainError("a target seed needs one differentiated N×classes tensor")
     y = ys[0]
     target = gs.Variable(TARGET, dtype=np.int64, shape=[y.shape[0]])
     g.graph.inputs.append(target)
     chosen = g.Where(g.Less(target, g.ints(0)), g.ArgMax(y, axis=1, keepdims=0), target)
-    onehot = g.OneHot(chosen, g.ints([y.shape[1]]), g.const([0, 1], like=y), axis=-1)
+    onehot = g.OneHot(chosen, g.size_of(y, 1), g.const([0, 1], like=y), axis=-1)
     return [onehot], chosen
 
 
