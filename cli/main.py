@@ -47,6 +47,9 @@ def _preprocessing(options: dict) -> dict | None:
     return given or None
 OUTPUT = click.option("--output", "output", default=None, metavar="NAME",
                       help="The output holding the class scores, for models with several (see `onnxplain inspect`).")
+QUANTIZED = click.option("--quantized", type=click.Choice(["ste", "exact"]), default="ste", show_default=True,
+                         help="Gradients of quantised models: straight through each quantiser within its range "
+                              "(ste), or exact (zero: gradient methods refuse).")
 PROBS = click.option("--probabilities", is_flag=True, help="Explain the Softmax output rather than its input logits.")
 PARAM = click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
                      help="Method parameter, repeatable (e.g. -p masks=2000 -p baseline=blur); see the method's docs.")
@@ -101,9 +104,9 @@ def _with_progress(method: str, params: dict) -> dict:
 
 def _load(model: Path, pre: dict, device: str = "auto", probabilities: bool = False, batch_size: int = 16):
     """Load `model` with the preprocessing options and --output found in `pre` (the command's other options)."""
-    output = pre.pop("output", None)
+    output, quantized = pre.pop("output", None), pre.pop("quantized", "ste")
     return onnxplain.load(model, preprocessing=_preprocessing(pre), device=device, probabilities=probabilities,
-                          batch_size=batch_size, output=output)
+                          batch_size=batch_size, output=output, quantized=quantized)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -116,6 +119,7 @@ def cli():
 @MODEL
 @PREPROCESSING
 @OUTPUT
+@QUANTIZED
 def inspect(model, **pre):
     """Show inputs, outputs, preprocessing, CAM layers and ops without a gradient rule."""
     m = _load(model, pre)
@@ -135,7 +139,11 @@ def inspect(model, **pre):
     click.echo("CAM layers (block ends; * = default):")
     for name in dict.fromkeys(candidate_layers(m) + [default]):
         click.echo(f"  {'*' if name == default else ' '} {name}")
-    missing = unsupported_ops(m.proto, m.input, m.score)
+    if m.quantisers:
+        click.echo(f"quantised  {m.quantisers} quantisers: " + (
+            "gradients pass straight through each within its range (straight-through estimator; --quantized exact "
+            "refuses)" if m.straight_through else "exact gradients (zero through each quantiser)"))
+    missing = unsupported_ops(m.proto, m.input, m.score, m.straight_through)
     if missing:
         click.echo("ops between input and score without a gradient rule (white-box methods fail; black-box methods "
                    "work):")
@@ -173,6 +181,7 @@ def methods():
 @DEVICE
 @PREPROCESSING
 @OUTPUT
+@QUANTIZED
 @PROBS
 @PARAM
 def explain(model, images, method, target, layer, out_dir, force, top_k, batch_size, device, probabilities, params,
@@ -251,6 +260,7 @@ def _value(v: np.ndarray) -> str:
 @click.option("--force", is_flag=True)
 @PREPROCESSING
 @OUTPUT
+@QUANTIZED
 @PROBS
 @PARAM
 def export(model, method, layer, out, force, probabilities, params, **pre):
@@ -279,6 +289,7 @@ def export(model, method, layer, out, force, probabilities, params, **pre):
 @DEVICE
 @PREPROCESSING
 @OUTPUT
+@QUANTIZED
 @PROBS
 @PARAM
 def evaluate(model, images, methods, target, metrics, step, deletion_baseline, insertion_baseline, batch_size, device,

@@ -17,6 +17,7 @@ from .passes.precision import PROMOTED
 from .preprocess import Preprocessing, preset
 from .rewrite.graph import Request, build, dynamic_batch, opset_of
 from .rewrite.layers import spatial_tensors
+from .rewrite.rules.quant import QUANTISERS
 from .runtime import Session
 
 SIDECAR_KEY = "onnxplain"  # metadata_props key holding the same JSON as a sidecar file
@@ -39,14 +40,36 @@ class Model:
     batch_size: int = 16
     normalised: tuple[tuple[str, str], ...] = ()  # (pass, what it did) for each load pass that changed the model
     score_why: str = ""             # why `output` holds the class scores (for inspect)
+    quantized: str = "ste"          # "ste": quantisers pass the gradient straight through; "exact": it stops there
     _sessions: dict = field(default_factory=dict, repr=False)
     _layers: list | None = field(default=None, repr=False)
 
     def session(self, request: Request) -> Session:
         """The cached session computing `request` on this model."""
         if request not in self._sessions:
-            self._sessions[request] = Session(build(self.proto, request), self.device)
+            if request.differentiate and self.straight_through and not any(r.differentiate for r in self._sessions):
+                warnings.warn(f"onnxplain: {_where(self.path)} is quantised ({self.quantisers} quantisers); its "
+                              f"gradient passes straight through each within its range (quantized='exact' refuses "
+                              f"instead)", stacklevel=3)
+            self._sessions[request] = Session(build(self.proto, request, self.straight_through), self.device,
+                                              1 if self.batch_coupled else None)
         return self._sessions[request]
+
+    @property
+    def quantisers(self) -> int:
+        """The number of QuantizeLinear and DynamicQuantizeLinear nodes (quantised activations)."""
+        return sum(n.op_type in QUANTISERS for n in self.proto.graph.node)
+
+    @property
+    def batch_coupled(self) -> bool:
+        """Whether an image's result depends on the others in its batch: dynamic quantisation takes its range from
+        the whole batch, so such models run one image at a time, as deployed on single images."""
+        return any(n.op_type == "DynamicQuantizeLinear" for n in self.proto.graph.node)
+
+    @property
+    def straight_through(self) -> bool:
+        """Whether gradients pass straight through quantisers (quantized="ste" on a quantised model)."""
+        return self.quantized == "ste" and self.quantisers > 0
 
     def layers(self) -> list[tuple[str, tuple]]:
         """(name, shape) of the tensors with spatial extent between the input and the score, in graph order."""
@@ -90,18 +113,24 @@ class Model:
 
 def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict | Preprocessing | None = None,
          probabilities: bool = False, output: str | None = None, device: str = "auto", batch_size: int = 16,
-         labels: list[str] | None = None) -> Model:
+         labels: list[str] | None = None, quantized: str = "ste") -> Model:
     """Load an ONNX image classifier (a path or a ModelProto).
 
     preprocessing: a preset name (see `onnxplain.preprocess.PRESETS`), a dict of fields (optionally with "preset",
     the fields overriding it) or a Preprocessing; by default read from `MODEL.json` beside the file or the model's
     metadata (key "onnxplain"), whose fields a dict also overrides.
     probabilities: differentiate the Softmax output instead of its input (the logits) when the model ends in one.
+    output: the output holding the class scores, for a model with several.
+    quantized: "ste" differentiates quantised activations by the straight-through estimator (the gradient passes
+    each quantiser within its range); "exact" keeps their exact gradient, zero, so gradient methods refuse. The
+    black-box methods run the quantised model as it is either way.
     """
     if device not in ("auto", "cuda", "cpu"):
         raise OnnxplainError(f"device must be auto, cuda or cpu, not '{device}'")
     if batch_size < 1:
         raise OnnxplainError("batch_size must be at least 1")
+    if quantized not in ("ste", "exact"):
+        raise OnnxplainError(f"quantized must be 'ste' or 'exact', not {quantized!r}")
     model_path = None if isinstance(path, onnx.ModelProto) else Path(path)
     proto = path if model_path is None else _read(model_path)
     try:
@@ -123,7 +152,7 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     if labels is not None and len(labels) != chosen.num_classes:
         raise OnnxplainError(f"the model scores {chosen.num_classes} classes but {len(labels)} labels were given")
     return Model(model_path, dynamic_batch(proto, inp.name), inp.name, chosen.output, chosen.score,
-                 chosen.num_classes, chosen.softmax, pre, labels, device, batch_size, normalised, chosen.why)
+                 chosen.num_classes, chosen.softmax, pre, labels, device, batch_size, normalised, chosen.why, quantized)
 
 
 # -- reading the file safely ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 class Session:
     """An onnxruntime session on the requested device, run in batches along axis 0 of every feed."""
 
-    def __init__(self, proto: onnx.ModelProto, device: str = "auto"):
+    def __init__(self, proto: onnx.ModelProto, device: str = "auto", max_batch: int | None = None):
         data = proto.SerializeToString()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -38,6 +38,7 @@ class Session:
                 raise OnnxplainError(f"onnxruntime cannot run the rewritten graph: {self._error}")
         self.device = "cuda" if self.session.get_providers()[0] == CUDA else "cpu"
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.max_batch = max_batch  # rows per run at most, whatever the caller's batch size
 
     def _create(self, data: bytes, options, providers):
         try:
@@ -49,7 +50,7 @@ class Session:
     def run(self, outputs: list[str], feeds: dict[str, np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
         """Run `outputs` for `feeds`, every feed batched along axis 0, `batch_size` rows at a time."""
         n = max(len(v) for v in feeds.values())
-        step = batch_size or n
+        step = min(batch_size or n, self.max_batch or n)
         parts = []
         for start in range(0, n, step):
             chunk = {k: v[start:start + step] for k, v in feeds.items()}

@@ -37,25 +37,27 @@ class VJPBuilder(Builder):
 Lookup = Callable[[gs.Node], Callable | None]  # node → its VJP rule (a composite's lookup, or the plain registry)
 
 
-def path_tensors(graph: gs.Graph, ys: list[gs.Tensor], wrt: list[gs.Tensor]) -> set[str]:
-    """Names of the float tensors that depend on `wrt` and that `ys` depend on."""
-    return downstream(graph, wrt) & upstream(graph, ys)
+def path_tensors(graph: gs.Graph, ys: list[gs.Tensor], wrt: list[gs.Tensor], through=frozenset()) -> set[str]:
+    """Names of the float tensors that depend on `wrt` and that `ys` depend on (and the integer outputs of the ops
+    in `through`, which carry a straight-through gradient)."""
+    return downstream(graph, wrt, through) & upstream(graph, ys)
 
 
-def path_nodes(graph: gs.Graph, ys: list[gs.Tensor], wrt: list[gs.Tensor]) -> list[gs.Node]:
+def path_nodes(graph: gs.Graph, ys: list[gs.Tensor], wrt: list[gs.Tensor], through=frozenset()) -> list[gs.Node]:
     """The nodes that take a tensor depending on `wrt` and give one that `ys` depend on, in topological order; ops
     without a derivative or with integer outputs among them are where a path loses its gradient."""
-    forward, backward = downstream(graph, wrt), upstream(graph, ys)
+    forward, backward = downstream(graph, wrt, through), upstream(graph, ys)
     return [n for n in graph.nodes
             if any(t.name in forward for t in n.inputs) and any(t.name in backward for t in n.outputs)]
 
 
-def downstream(graph: gs.Graph, wrt: list[gs.Tensor]) -> set[str]:
-    """Names of the float tensors that depend on `wrt` through differentiable ops (graph topologically sorted)."""
+def downstream(graph: gs.Graph, wrt: list[gs.Tensor], through=frozenset()) -> set[str]:
+    """Names of the float tensors that depend on `wrt` through differentiable ops (graph topologically sorted), and
+    the integer outputs of the ops in `through`."""
     forward = {t.name for t in wrt}
     for node in graph.nodes:
         if node.op not in NOT_DIFFERENTIABLE and any(t.name in forward for t in node.inputs):
-            forward.update(t.name for t in node.outputs if is_float(t))
+            forward.update(t.name for t in node.outputs if is_float(t) or node.op in through)
     return forward
 
 
@@ -69,14 +71,15 @@ def upstream(graph: gs.Graph, ys: list[gs.Tensor]) -> set[str]:
 
 
 def append_vjp(graph: gs.Graph, opset: int, ys: list[gs.Tensor], dys: list[gs.Tensor], wrt: list[gs.Tensor],
-               rule_of: Lookup | None = None) -> list[gs.Tensor]:
+               rule_of: Lookup | None = None, through=frozenset()) -> list[gs.Tensor]:
     """Emit nodes computing d<dys, ys>/d(wrt); returns one gradient tensor per `wrt` entry.
 
     `graph` must be topologically sorted and carry shape-inference results. `dys` are tensors (usually graph inputs)
     shaped like `ys`. `rule_of` gives each node's rule: by default its op type's registered rule; a composite's
-    lookup overrides some (see `onnxplain.rewrite.composite`).
+    lookup overrides some (see `onnxplain.rewrite.composite`). `through`: the ops whose integer outputs carry a
+    straight-through gradient (a quantised model's, see `rules/quant.py`); by default none do.
     """
-    needed = path_tensors(graph, ys, wrt)
+    needed = path_tensors(graph, ys, wrt, through)
     missing = [t.name for t in wrt if t.name not in needed]
     if missing:
         raise OnnxplainError(f"the score does not depend on tensor '{missing[0]}': nothing to differentiate")

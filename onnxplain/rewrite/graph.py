@@ -15,6 +15,7 @@ from ..errors import OnnxplainError, first_line, quiet_onnxruntime
 from .autodiff import append_vjp, path_nodes
 from .builder import Builder
 from .rules import MIN_OPSET, NOT_DIFFERENTIABLE, RULES
+from .rules.quant import STRAIGHT_THROUGH
 
 COTANGENT = "{}__cotangent"  # graph input holding the cotangent (target weights) of a differentiated output
 GRAD = "{}__grad"            # graph output holding the gradient of a wanted tensor
@@ -53,8 +54,9 @@ class Request:
                                          # multiplied into a tensor
 
 
-def build(model: onnx.ModelProto, request: Request) -> onnx.ModelProto:
-    """The model with `request` applied: exposed tensors, cotangent inputs and gradient outputs."""
+def build(model: onnx.ModelProto, request: Request, straight_through: bool = False) -> onnx.ModelProto:
+    """The model with `request` applied: exposed tensors, cotangent inputs and gradient outputs. `straight_through`:
+    differentiate quantisers by the straight-through estimator (rules/quant.py) instead of stopping at them."""
     if request.transform is not None:
         model = request.transform(model)
     if request.rules is not None:
@@ -104,7 +106,8 @@ def build(model: onnx.ModelProto, request: Request) -> onnx.ModelProto:
         wrt = [find(n) for n in request.wrt]
         if wrt:
             lookup = request.rules.lookup(graph, wrt) if request.rules is not None else None
-            grads = dict(zip(request.wrt, append_vjp(graph, opset, ys, dys, wrt, lookup)))
+            through = STRAIGHT_THROUGH if straight_through else frozenset()
+            grads = dict(zip(request.wrt, append_vjp(graph, opset, ys, dys, wrt, lookup, through)))
         if request.head is None:
             outputs += [_renamed(graph, grads[t.name], GRAD.format(t.name), t.dtype, t.shape) for t in wrt]
     if request.head is not None:
@@ -189,14 +192,16 @@ def _quiet_graphsurgeon():
         G_LOGGER.severity = severity
 
 
-def unsupported_ops(model: onnx.ModelProto, input: str, score: str) -> dict[str, list[str]]:
+def unsupported_ops(model: onnx.ModelProto, input: str, score: str, straight_through: bool = False
+                    ) -> dict[str, list[str]]:
     """Op type → node names, for the nodes on the way from `input` to `score` that no rule can differentiate, once
     constant subgraphs are folded (a quantised model's int8 weights behind DequantizeLinear need no rule)."""
     graph = prepared(model)
     tensors = graph.tensors()
     missing: dict[str, list[str]] = {}
-    for node in path_nodes(graph, [tensors[score]], [tensors[input]]):
-        if node.op not in RULES and node.op not in NOT_DIFFERENTIABLE:
+    through = STRAIGHT_THROUGH if straight_through else frozenset()
+    for node in path_nodes(graph, [tensors[score]], [tensors[input]], through):
+        if (node.op not in RULES or node.op in STRAIGHT_THROUGH and not through) and node.op not in NOT_DIFFERENTIABLE:
             missing.setdefault(node.op, []).append(node.name or "(unnamed)")
     return missing
 

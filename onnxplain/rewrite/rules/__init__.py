@@ -53,5 +53,5 @@ def constant_input(node, i):
     return None if t is None else t.values
 
 
-from . import activation, conv, elementwise, linear, norm, pool, shape  # noqa: E402,F401  (they register)
+from . import activation, conv, elementwise, linear, norm, pool, quant, shape  # noqa: E402,F401  (they register)
 

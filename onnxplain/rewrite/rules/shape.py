@@ -63,8 +63,10 @@ def identity(node, dys, g):
 
 @vjp("Cast", "CastLike")
 def cast(node, dys, g):
+    """dx = dy in x's float type; an integer x gets dy as it is (it is on the path only as a quantised value, whose
+    straight-through cotangent is a float: see rules/quant.py)."""
     x = node.inputs[0]
-    return [g.cast_like(dys[0], x) if np.issubdtype(np_dtype(x), np.floating) else None]
+    return [g.cast_like(dys[0], x) if np.issubdtype(np_dtype(x), np.floating) else dys[0]]
 
 
 @vjp("Reshape", "Flatten", "Squeeze", "Unsqueeze")
