@@ -50,10 +50,10 @@ def as_batch(model: Model, x) -> tuple[np.ndarray, list[np.ndarray] | None]:
     x = np.asarray(x)
     if not x.size:
         raise OnnxplainError(f"nothing to explain: the input is empty (shape {tuple(x.shape)})")
-    if not np.issubdtype(x.dtype, np.floating):
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer) and model.pixels != "float32"):
         raise OnnxplainError(f"input must be a float array or image paths, not {x.dtype}")
-    h, w = model.input_size
-    want = (3, h, w) if model.layout == "NCHW" else (h, w, 3)
+    h, w, c = *model.input_size, model.preprocessing.channels
+    want = (c, h, w) if model.layout == "NCHW" else (h, w, c)
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[1:] != want:

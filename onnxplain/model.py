@@ -13,8 +13,9 @@ from google.protobuf.message import DecodeError
 
 from .errors import OnnxplainError, first_line
 from .passes import normalise
+from .passes.input_type import integer_images
 from .passes.precision import PROMOTED
-from .preprocess import Preprocessing, preset
+from .preprocess import MODES, Preprocessing, preset
 from .rewrite.graph import Request, build, dynamic_batch, opset_of
 from .rewrite.layers import spatial_tensors
 from .rewrite.rules.quant import QUANTISERS
@@ -41,6 +42,7 @@ class Model:
     normalised: tuple[tuple[str, str], ...] = ()  # (pass, what it did) for each load pass that changed the model
     score_why: str = ""             # why `output` holds the class scores (for inspect)
     quantized: str = "ste"          # "ste": quantisers pass the gradient straight through; "exact": it stops there
+    pixels: str = "float32"         # the type the deployed model takes its image in (uint8 ... fed here as float32)
     _sessions: dict = field(default_factory=dict, repr=False)
     _layers: list | None = field(default=None, repr=False)
 
@@ -70,6 +72,14 @@ class Model:
     def straight_through(self) -> bool:
         """Whether gradients pass straight through quantisers (quantized="ste" on a quantised model)."""
         return self.quantized == "ste" and self.quantisers > 0
+
+    def deployed(self, x: np.ndarray) -> np.ndarray:
+        """A float32 batch as the deployed model receives it: rounded and clipped to its integer pixel type, if any
+        (the black-box path runs the model on such values only)."""
+        if self.pixels == "float32":
+            return x
+        info = np.iinfo(self.pixels)
+        return np.clip(np.round(x), info.min, info.max).astype(np.float32)
 
     def layers(self) -> list[tuple[str, tuple]]:
         """(name, shape) of the tensors with spatial extent between the input and the score, in graph order."""
@@ -138,6 +148,7 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     except Exception as exc:
         raise OnnxplainError(f"{_where(model_path)} is not a valid ONNX model: {first_line(exc)}") from None
     opset_of(proto)
+    pixels = integer_images(proto)
     proto, normalised = normalise(proto)
     half = dict(normalised).get("precision", "").removesuffix(PROMOTED)
     if half:
@@ -145,14 +156,15 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
                       f"promoted exactly), so scores differ from a {half} run by its rounding", stacklevel=2)
     inp = _image_input(proto, model_path)
     sidecar = _sidecar(proto, model_path)
-    pre = _preprocessing(inp, sidecar, preprocessing)
+    pre = _preprocessing(inp, sidecar, preprocessing, pixels.get(inp.name))
     chosen = _score_output(proto, output or sidecar.get("output"), probabilities, lambda: _probe(proto, inp, pre))
     if labels is None:
         labels = _labels(sidecar, model_path)
     if labels is not None and len(labels) != chosen.num_classes:
         raise OnnxplainError(f"the model scores {chosen.num_classes} classes but {len(labels)} labels were given")
     return Model(model_path, dynamic_batch(proto, inp.name), inp.name, chosen.output, chosen.score,
-                 chosen.num_classes, chosen.softmax, pre, labels, device, batch_size, normalised, chosen.why, quantized)
+                 chosen.num_classes, chosen.softmax, pre, labels, device, batch_size, normalised, chosen.why, quantized,
+                 pixels.get(inp.name, "float32"))
 
 
 # -- reading the file safely ---------------------------------------------------------------------------------------
@@ -221,7 +233,9 @@ def _guess_layout(dims: list) -> str:
     return "NCHW"
 
 
-def _preprocessing(inp, sidecar: dict, requested) -> Preprocessing:
+def _preprocessing(inp, sidecar: dict, requested, pixels: str | None) -> Preprocessing:
+    """The preprocessing asked for (a preset, fields, a Preprocessing), over the sidecar's, fitted to the input's
+    layout, size and channels; `pixels`: the integer type of an input that takes raw pixels (no scaling by default)."""
     dims = _dims(inp)
     fields = dict(requested) if isinstance(requested, dict) else {}
     if isinstance(requested, Preprocessing):
@@ -246,18 +260,21 @@ def _preprocessing(inp, sidecar: dict, requested) -> Preprocessing:
     pre = replace(pre, size=tuple(int(s) for s in pre.size))
     if all(isinstance(d, int) and d > 0 for d in spatial) and tuple(spatial) != pre.size:
         raise OnnxplainError(f"preprocessing size {list(pre.size)} does not match input '{inp.name}' of shape {dims}")
-    if isinstance(channels, int) and channels not in (3, len(pre.mean)):
-        raise OnnxplainError(f"input '{inp.name}' has {channels} channels; onnxplain reads RGB images (3 channels)")
+    if isinstance(channels, int) and channels > 0:
+        if channels not in MODES:
+            raise OnnxplainError(f"input '{inp.name}' has {channels} channels; onnxplain reads grey (1), RGB (3) or "
+                                 f"RGBA (4) images")
+        pre = pre.for_channels(channels)
+    if pixels and requested is None and "preprocessing" not in sidecar:
+        pre = replace(pre, scale=1.0)  # integer pixels are fed as they are, 0..255
     return pre
 
 
 def _probe(proto: onnx.ModelProto, inp, pre: Preprocessing) -> dict[str, tuple]:
     """The shape of every output of the model, from one run on a zero image of the preprocessing's size."""
     h, w = pre.size
-    dims = _dims(inp)
-    channels = dims[1 if pre.layout == "NCHW" else 3]
-    channels = channels if isinstance(channels, int) and channels > 0 else len(pre.mean)
-    shape = (1, channels, h, w) if pre.layout == "NCHW" else (1, h, w, channels)
+    c = pre.channels
+    shape = (1, c, h, w) if pre.layout == "NCHW" else (1, h, w, c)
     dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
     session = Session(dynamic_batch(proto, inp.name), "cpu")
     values = session.run(session.output_names, {inp.name: np.zeros(shape, dtype)})

@@ -52,7 +52,7 @@ class Scorer:
 
     def outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         x = np.ascontiguousarray(batch.transpose(0, 2, 3, 1)) if self.nhwc else batch
-        return dict(zip(self.names, self.session.run(self.names, {self.model.input: x})))
+        return dict(zip(self.names, self.session.run(self.names, {self.model.input: self.model.deployed(x)})))
 
     def scores(self, out: dict[str, np.ndarray], n: int) -> np.ndarray:
         if callable(self.score):
@@ -473,5 +473,8 @@ def _sampler_cache(reference: str | None, preprocessing, k: int, ring: int, size
 
 def window_sampler(reference, preprocessing, k: int, ring: int, size, conditional: bool) -> WindowSampler:
     """The (cached) sampler for a window size on a model's inputs."""
+    if preprocessing.channels != 3:
+        raise OnnxplainError(f"the patch model windows are sampled from holds RGB statistics; this model reads "
+                             f"{preprocessing.channels}-channel images: use occlusion, rise, lime or kernelshap")
     return _sampler_cache(str(reference) if reference else None, preprocessing, k, ring, tuple(size), conditional)
 

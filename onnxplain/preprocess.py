@@ -21,6 +21,7 @@ class Preprocessing:
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     channel_order: str = "RGB"
+    channels: int = 3                    # 1 (grey), 3 (RGB) or 4 (RGBA), found from the model when not given
 
     @classmethod
     def from_dict(cls, d: dict, base: "Preprocessing | None" = None) -> "Preprocessing":
@@ -44,6 +45,20 @@ class Preprocessing:
             raise OnnxplainError(f"interpolation must be one of {', '.join(_PIL_FILTERS)}")
         if len(self.mean) != len(self.std) or any(s == 0 for s in self.std):
             raise OnnxplainError("preprocessing mean and std need the same length and a non-zero std")
+        if self.channels not in MODES:
+            raise OnnxplainError(f"onnxplain reads grey (1 channel), RGB (3) or RGBA (4) images, not {self.channels} "
+                                 "channels")
+
+    def for_channels(self, channels: int) -> "Preprocessing":
+        """This preprocessing for images of `channels` channels: a mean and std equal across RGB (as the defaults and
+        the `inception` preset) become one value that every channel shares."""
+        mean, std = self.mean, self.std
+        if len(mean) not in (1, channels) and len(set(mean)) == 1 and len(set(std)) == 1:
+            mean, std = mean[:1], std[:1]
+        if len(mean) not in (1, channels):
+            raise OnnxplainError(f"preprocessing mean and std have {len(mean)} values for {channels} channels; give "
+                                 f"1 or {channels}")
+        return replace(self, channels=channels, mean=mean, std=std)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -72,9 +87,12 @@ def _pil():
 _PIL_FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1}
 
 
+MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # Pillow's mode for images of each channel count
+
+
 def read_image(path: str | Path, p: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
-    """Open, resize and crop an image as the model sees it: returns (uint8 H×W×3 RGB view, model input C×H×W or
-    H×W×C float32)."""
+    """Open, resize and crop an image as the model sees it: returns (uint8 H×W×C view, grey, RGB or RGBA as the
+    model has 1, 3 or 4 channels; model input C×H×W or H×W×C float32)."""
     Image = _pil()
     path = Path(path)
     if not path.is_file():
@@ -82,7 +100,7 @@ def read_image(path: str | Path, p: Preprocessing) -> tuple[np.ndarray, np.ndarr
     try:
         with Image.open(path) as im:
             im.load()
-            rgb = _as_rgb(im, path)
+            rgb = _as_mode(im, path, MODES[p.channels])
     except OnnxplainError:
         raise
     except Exception as exc:
@@ -97,35 +115,40 @@ def read_image(path: str | Path, p: Preprocessing) -> tuple[np.ndarray, np.ndarr
         rgb = rgb.crop((left, top, left + w, top + h))
     else:
         rgb = rgb.resize((w, h), resample)
-    view = np.asarray(rgb, dtype=np.uint8)
+    view = np.asarray(rgb, dtype=np.uint8).reshape(h, w, p.channels)
     return view, to_input(view, p)
 
 
-def _as_rgb(im, path: Path):
-    """8-bit RGB. 16-bit grey maps its full range 0..65535 onto 0..255 (Pillow's own conversion clips it to white;
-    older Pillows open 16-bit PNGs as mode I); 32-bit integer or float pixels have no defined range, so they are
-    refused rather than guessed."""
+def _as_mode(im, path: Path, mode: str):
+    """8-bit grey, RGB or RGBA (`mode`). 16-bit grey maps its full range 0..65535 onto 0..255 (Pillow's own
+    conversion clips it to white; older Pillows open 16-bit PNGs as mode I); 32-bit integer or float pixels have no
+    defined range, so they are refused rather than guessed."""
     if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
         im = _pil().fromarray(((np.asarray(im).astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8))
     elif im.mode in ("I", "F"):
         raise OnnxplainError(f"cannot read image {path}: its 32-bit {'integer' if im.mode == 'I' else 'float'} pixels "
                              "have no defined range; save it with 8- or 16-bit channels, or pass a preprocessed array")
-    return im.convert("RGB")
+    return im.convert(mode)
+
+
+def _swap_rb(x: np.ndarray) -> np.ndarray:
+    """RGB(A) ↔ BGR(A) on the last axis; grey stays."""
+    return x if x.shape[-1] == 1 else x[..., [2, 1, 0, 3][:x.shape[-1]]]
 
 
 def to_input(view: np.ndarray, p: Preprocessing) -> np.ndarray:
-    """uint8 H×W×3 RGB → normalised float32 in the model's layout and channel order."""
+    """uint8 H×W×C (grey, RGB or RGBA) → normalised float32 in the model's layout and channel order."""
     x = view.astype(np.float32)
     if p.channel_order == "BGR":
-        x = x[..., ::-1]
+        x = _swap_rb(x)
     x = (x * np.float32(p.scale) - np.asarray(p.mean, np.float32)) / np.asarray(p.std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1) if p.layout == "NCHW" else x)
 
 
 def to_view(x: np.ndarray, p: Preprocessing) -> np.ndarray:
-    """The inverse of `to_input`: a model input back to a uint8 H×W×3 RGB picture for overlays."""
+    """The inverse of `to_input`: a model input back to a uint8 H×W×C picture (grey, RGB or RGBA) for overlays."""
     hwc = x.transpose(1, 2, 0) if p.layout == "NCHW" else x
     rgb = (hwc * np.asarray(p.std, np.float32) + np.asarray(p.mean, np.float32)) / np.float32(p.scale)
     if p.channel_order == "BGR":
-        rgb = rgb[..., ::-1]
+        rgb = _swap_rb(rgb)
     return np.clip(rgb, 0, 255).round().astype(np.uint8)

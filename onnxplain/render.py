@@ -45,11 +45,18 @@ def normalise(m: np.ndarray, signed: bool, percentile: float = 99.5) -> np.ndarr
     return np.clip(out, -1 if signed else 0, 1)
 
 
+def rgb(view: np.ndarray) -> np.ndarray:
+    """A uint8 H×W×3 picture of a grey (H×W or H×W×1), RGB or RGBA view (its alpha dropped: the overlay is opaque)."""
+    view = view.reshape(*view.shape[:2], -1)
+    return np.repeat(view, 3, axis=2) if view.shape[2] == 1 else view[..., :3]
+
+
 def overlay(view: np.ndarray, m: np.ndarray, alpha: float = 0.5, signed: bool | None = None) -> np.ndarray:
-    """Blend the heat map `m` (H×W) over the uint8 H×W×3 `view`; signed maps use the diverging colormap and are
-    transparent where the evidence is zero, opaque where it is strongest."""
+    """Blend the heat map `m` (H×W) over the uint8 H×W×C `view` (grey, RGB or RGBA); signed maps use the diverging
+    colormap and are transparent where the evidence is zero, opaque where it is strongest."""
     if view.shape[:2] != m.shape:
         raise OnnxplainError(f"map of shape {m.shape} does not fit image of shape {view.shape[:2]}")
+    view = rgb(view)
     signed = is_signed(m) if signed is None else signed
     t = normalise(m, signed)
     colour = diverging(t) if signed else turbo(t)

@@ -102,7 +102,8 @@ def small_cnn():
              helper.make_node("Flatten", ["p"], ["f"]),
              helper.make_node("MatMul", ["f", "fc"], ["mm"]),
              helper.make_node("Add", ["mm", "fb"], ["logits"])]
-    graph = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 12, 12])],
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 12, 12])
+    graph = helper.make_graph(nodes, "small", [image],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
                               [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)

@@ -35,4 +35,5 @@ def normalise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, tuple[tuple[str,
 
 
 from . import precision  # noqa: E402,F401  (registers; the order of these imports is the order of the passes)
+from . import input_type  # noqa: E402,F401
 from . import head  # noqa: E402,F401
