@@ -50,7 +50,8 @@ def as_batch(model: Model, x) -> tuple[np.ndarray, list[np.ndarray] | None]:
     x = np.asarray(x)
     if not x.size:
         raise OnnxplainError(f"nothing to explain: the input is empty (shape {tuple(x.shape)})")
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer) and model.pixels != "float32"):
+    integer_pixels = np.issubdtype(np.dtype(model.pixels), np.integer)
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer) and integer_pixels):
         raise OnnxplainError(f"input must be a float array or image paths, not {x.dtype}")
     h, w, c = *model.input_size, model.preprocessing.channels
     want = (c, h, w) if model.layout == "NCHW" else (h, w, c)

@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError
 
 from .errors import OnnxplainError, first_line
 from .passes import normalise
-from .passes.input_type import integer_images
+from .passes.input_type import pixel_images
 from .passes.precision import PROMOTED
 from .preprocess import MODES, Preprocessing, preset
 from .rewrite.graph import Request, build, dynamic_batch, opset_of
@@ -42,7 +42,7 @@ class Model:
     normalised: tuple[tuple[str, str], ...] = ()  # (pass, what it did) for each load pass that changed the model
     score_why: str = ""             # why `output` holds the class scores (for inspect)
     quantized: str = "ste"          # "ste": quantisers pass the gradient straight through; "exact": it stops there
-    pixels: str = "float32"         # the type the deployed model takes its image in (uint8 ... fed here as float32)
+    pixels: str = "float32"         # the type the deployed model takes its image in (uint8, float64: fed as float32)
     _sessions: dict = field(default_factory=dict, repr=False)
     _layers: list | None = field(default=None, repr=False)
 
@@ -76,7 +76,7 @@ class Model:
     def deployed(self, x: np.ndarray) -> np.ndarray:
         """A float32 batch as the deployed model receives it: rounded and clipped to its integer pixel type, if any
         (the black-box path runs the model on such values only)."""
-        if self.pixels == "float32":
+        if not np.issubdtype(np.dtype(self.pixels), np.integer):
             return x
         info = np.iinfo(self.pixels)
         return np.clip(np.round(x), info.min, info.max).astype(np.float32)
@@ -148,7 +148,7 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     except Exception as exc:
         raise OnnxplainError(f"{_where(model_path)} is not a valid ONNX model: {first_line(exc)}") from None
     opset_of(proto)
-    pixels = integer_images(proto)
+    pixels = pixel_images(proto)
     proto, normalised = normalise(proto)
     half = dict(normalised).get("precision", "").removesuffix(PROMOTED)
     if half:
@@ -265,7 +265,8 @@ def _preprocessing(inp, sidecar: dict, requested, pixels: str | None) -> Preproc
             raise OnnxplainError(f"input '{inp.name}' has {channels} channels; onnxplain reads grey (1), RGB (3) or "
                                  f"RGBA (4) images")
         pre = pre.for_channels(channels)
-    if pixels and requested is None and "preprocessing" not in sidecar:
+    raw = pixels and np.issubdtype(np.dtype(pixels), np.integer)
+    if raw and requested is None and "preprocessing" not in sidecar:
         pre = replace(pre, scale=1.0)  # integer pixels are fed as they are, 0..255
     return pre
 

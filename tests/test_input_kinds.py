@@ -112,3 +112,11 @@ def test_uint8_pixels_are_differentiated_through_their_cast_and_fed_as_integers_
     assert rel_err(e.logits, truth) < 1e-6
     nudged = x.astype(np.float32) + RNG.uniform(-0.4, 0.4, x.shape).astype(np.float32)
     assert (m.deployed(nudged) == x).all() and m.deployed(np.full(3, 300.0)).max() == 255
+
+
+def test_float64_inputs_are_fed_as_float32():
+    m = onnxplain.load(classifier(3, pixels=TensorProto.DOUBLE), preprocessing="unit")
+    reference = onnxplain.load(classifier(3), preprocessing="unit")
+    x = RNG.random((2, 3, 8, 8)).astype(np.float32)
+    assert m.pixels == "float64" and (m.deployed(x) == x).all()
+    assert rel_err(_gradient(m, x), _gradient(reference, x / 255) / 255) < 1e-6  # the float model without the 1/255

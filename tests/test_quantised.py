@@ -125,9 +125,10 @@ class _Images:
 def _quantised(tmp_path, kind):
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     onnx.save(small_cnn(), tmp_path / "float.onnx")
-    if kind == "static":
-        quantize_static(tmp_path / "float.onnx", tmp_path / "q.onnx", _Images(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    if kind in ("static", "operators"):
+        quantize_static(tmp_path / "float.onnx", tmp_path / "q.onnx", _Images(), activation_type=QuantType.QUInt8,
+                        quant_format=QuantFormat.QDQ if kind == "static" else QuantFormat.QOperator,
+                        weight_type=QuantType.QInt8)
     else:
         quantize_dynamic(tmp_path / "float.onnx", tmp_path / "q.onnx", weight_type=QuantType.QUInt8,
                          op_types_to_quantize=["Conv", "MatMul"])
@@ -187,6 +188,15 @@ def test_dynamic_quantisation_differentiates_as_the_dequantised_weights(tmp_path
     with pytest.warns(UserWarning, match="straight through"):
         grad = _gradient(onnxplain.load(quantised, preprocessing="unit", device="cpu"), IMAGES, 3)
     assert rel_err(grad, _gradient(onnxplain.load(linear, preprocessing="unit", device="cpu"), IMAGES, 3)) < 1e-5
+
+
+def test_integer_operators_are_named_in_the_refusal(tmp_path):
+    """onnxruntime's QOperator format (QLinearConv, QLinearMatMul) computes in integers: no straight-through rule."""
+    m = onnxplain.load(_quantised(tmp_path, "operators"), preprocessing="unit", device="cpu")
+    with pytest.raises(OnnxplainError, match="only through QLinearConv '.*' \\(integer"):
+        with pytest.warns(UserWarning, match="straight through"):
+            onnxplain.explain(m, IMAGES, "saliency")
+    assert onnxplain.explain(m, IMAGES, "occlusion", window=4, stride=4).maps.shape == (4, 12, 12)
 
 
 def test_inspect_says_how_a_quantised_model_is_differentiated(tmp_path):

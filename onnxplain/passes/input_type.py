@@ -1,8 +1,8 @@
-"""Image inputs of integer type (uint8 pixels, as many TF exports take them) become float32, so that the gradient
-reaches the pixels.
+"""Image inputs of integer type (uint8 pixels, as many TF exports take them) or float64 become float32, so that the
+gradient reaches the pixels and the pipeline feeds float32.
 
 Such models cast the pixels to float first. The input is declared float32: a Cast to a float type now casts float
-to float (a differentiable identity), and any other consumer reads the input cast back to its integer type, so the
+to float (a differentiable identity), and any other consumer reads the input cast back to its own type, so the
 model computes what it did on integer-valued pixels. The black-box path feeds it such values: it rounds and clips
 its perturbed images to the input's type (`Model.deployed`).
 """
@@ -13,23 +13,24 @@ from onnx import TensorProto, helper
 
 from . import register
 
-INTEGERS = {TensorProto.UINT8: "uint8", TensorProto.INT8: "int8", TensorProto.UINT16: "uint16",
-            TensorProto.INT16: "int16", TensorProto.INT32: "int32", TensorProto.INT64: "int64"}
+PIXELS = {TensorProto.UINT8: "uint8", TensorProto.INT8: "int8", TensorProto.UINT16: "uint16",
+          TensorProto.INT16: "int16", TensorProto.INT32: "int32", TensorProto.INT64: "int64",
+          TensorProto.DOUBLE: "float64"}  # input types fed as float32
 FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
 
-def integer_images(model: onnx.ModelProto) -> dict[str, str]:
-    """Name → integer type of the rank-4 inputs of integer type (initializers listed as inputs excepted)."""
+def pixel_images(model: onnx.ModelProto) -> dict[str, str]:
+    """Name → type of the rank-4 inputs of integer or float64 type (initializers listed as inputs excepted)."""
     initializers = {t.name for t in model.graph.initializer}
-    return {i.name: INTEGERS[i.type.tensor_type.elem_type] for i in model.graph.input
-            if i.name not in initializers and i.type.tensor_type.elem_type in INTEGERS
+    return {i.name: PIXELS[i.type.tensor_type.elem_type] for i in model.graph.input
+            if i.name not in initializers and i.type.tensor_type.elem_type in PIXELS
             and len(i.type.tensor_type.shape.dim) == 4}
 
 
 @register("input")
 def float_pixels(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
-    """The pass: integer image inputs declared float32, noted as "'x' uint8 pixels fed as float32 (...)"."""
-    found = integer_images(model)
+    """The pass: integer and float64 image inputs declared float32, noted as "'x' uint8 pixels fed as float32"."""
+    found = pixel_images(model)
     if not found:
         return model, None
     model = onnx.ModelProto.FromString(model.SerializeToString())
@@ -37,13 +38,13 @@ def float_pixels(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
         if inp.name in found:
             _as_float(model.graph, inp)
     casts = "; ".join(f"'{name}' {kind} pixels fed as float32 through its Cast" for name, kind in found.items())
-    return model, casts + " (the gradient reaches the pixels; black-box inputs are rounded to the type)"
+    return model, casts + " (the gradient reaches the pixels; black-box inputs are rounded to an integer type)"
 
 
 def _as_float(graph: onnx.GraphProto, inp) -> None:
     code = inp.type.tensor_type.elem_type
     inp.type.tensor_type.elem_type = TensorProto.FLOAT
-    integer = f"{inp.name}__{INTEGERS[code]}"
+    integer = f"{inp.name}__{PIXELS[code]}"
     readers = [n for n in graph.node if inp.name in n.input and not _casts_to_float(n)]
     for node in readers:
         node.input[:] = [integer if i == inp.name else i for i in node.input]

@@ -118,17 +118,17 @@ def append_vjp(graph: gs.Graph, opset: int, ys: list[gs.Tensor], dys: list[gs.Te
         if t.name not in results:
             results[t.name] = total(t)
         if results[t.name] is None:
-            raise OnnxplainError(f"the score depends on '{t.name}' only through {_cut(graph, ys, t)}, so its "
-                                 "gradient is zero; explain this model with a black-box method instead (occlusion, "
-                                 "rise, lime, kernelshap), which only runs the model")
+            raise OnnxplainError(f"the score depends on '{t.name}' only through {_cut(graph, ys, t, through)}, so "
+                                 "its gradient is zero; explain this model with a black-box method instead "
+                                 "(occlusion, rise, lime, kernelshap), which only runs the model")
     return [results[t.name] for t in wrt]
 
 
-def _cut(graph: gs.Graph, ys: list[gs.Tensor], t: gs.Tensor) -> str:
+def _cut(graph: gs.Graph, ys: list[gs.Tensor], t: gs.Tensor, through=frozenset()) -> str:
     """Names the node where the paths from `t` to the score lose their gradient (an integer output, such as a
-    quantised model's QuantizeLinear, or an op without a derivative), for the error message."""
-    for node in path_nodes(graph, ys, [t]):
-        if node.op in NOT_DIFFERENTIABLE or not all(is_float(o) for o in node.outputs):
+    quantised model's QuantizeLinear or QLinearConv, or an op without a derivative), for the error message."""
+    for node in path_nodes(graph, ys, [t], through):
+        if node.op in NOT_DIFFERENTIABLE or not all(is_float(o) for o in node.outputs) and node.op not in through:
             if node.op not in ("Shape", "Size"):  # shapes feed a Reshape beside its data, never instead of it
                 return f"{node.op} '{node.name}' (integer or piecewise-constant output)"
     return "ops without a gradient"
