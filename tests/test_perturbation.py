@@ -43,7 +43,7 @@ def patch_model(w, size=32, layout="NCHW", aux=False):
     graph = helper.make_graph(nodes, "patches", [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)],
                               outputs, inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
-    return onnxplain.load(proto, preprocessing="unit", device="cpu")
+    return onnxplain.load(proto, preprocessing="unit", device="cpu", output="logits")  # (aux is N×classes too)
 
 
 def patch_means(x, n):
