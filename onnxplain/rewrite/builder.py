@@ -111,7 +111,8 @@ class Builder:
     def resize(self, x, sizes, mode: str = "linear", **attrs):
         """Resize to absolute `sizes` (a 1-D int64 tensor or list covering every axis)."""
         sizes = sizes if isinstance(sizes, Tensor) else self.ints(sizes)
-        return self.op("Resize", x, None, None, sizes, mode=mode, **attrs)
+        empty = None if self.opset >= 13 else self.const(np.zeros(0, np.float32))  # roi and scales: optional from 13
+        return self.op("Resize", x, empty, empty, sizes, mode=mode, **attrs)
 
     def cast_like(self, x, like: Tensor):
         return self.op("Cast", x, to=int(onnx.helper.np_dtype_to_tensor_dtype(np_dtype(like))))

@@ -9,12 +9,10 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-import warnings
-
 from ..errors import OnnxplainError, first_line, quiet_onnxruntime
 from .autodiff import append_vjp, path_nodes
 from .builder import Builder
-from .rules import MIN_OPSET, NOT_DIFFERENTIABLE, RULES
+from .rules import NOT_DIFFERENTIABLE, RULES
 from .rules.quant import STRAIGHT_THROUGH
 
 COTANGENT = "{}__cotangent"  # graph input holding the cotangent (target weights) of a differentiated output
@@ -61,8 +59,6 @@ def build(model: onnx.ModelProto, request: Request, straight_through: bool = Fal
         model = request.transform(model)
     if request.rules is not None:
         model = request.rules.prepare(model)
-    if request.differentiate:
-        model = upgrade_opset(model, max((MIN_OPSET.get(n.op_type, 0) for n in model.graph.node), default=0))
     opset = opset_of(model)
     graph = prepared(model)
     tensors = graph.tensors()
@@ -142,21 +138,6 @@ def _target_seed(g: Builder, ys: list[gs.Tensor]):
     chosen = g.Where(g.Less(target, g.ints(0)), g.ArgMax(y, axis=1, keepdims=0), target)
     onehot = g.OneHot(chosen, g.size_of(y, 1), g.const([0, 1], like=y), axis=-1)
     return [onehot], chosen
-
-
-def upgrade_opset(model: onnx.ModelProto, needed: int) -> onnx.ModelProto:
-    """Convert `model` to opset `needed` when a gradient rule needs a newer op than the model imports, and say so."""
-    have = opset_of(model)
-    if needed <= have:
-        return model
-    try:
-        converted = onnx.version_converter.convert_version(model, needed)
-    except Exception as exc:
-        raise OnnxplainError(f"the gradient needs opset {needed} but converting this opset-{have} model failed: "
-                             f"{first_line(exc)}") from None
-    warnings.warn(f"onnxplain: converted the model from opset {have} to {needed} for its gradient graph",
-                  stacklevel=3)
-    return converted
 
 
 def prepared(model: onnx.ModelProto) -> gs.Graph:
