@@ -22,7 +22,8 @@ def as_constant_nodes(model):
 
 def as_ir3(model):
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in model.graph.initializer)
+    listed = [helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in model.graph.initializer]
+    model.graph.input.extend(listed)
     model.ir_version = 3
     return model
 

@@ -35,6 +35,7 @@ def normalise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, tuple[tuple[str,
 
 
 from . import constants  # noqa: E402,F401  (registers; the order of these imports is the order of the passes)
+from . import ifs  # noqa: E402,F401
 from . import precision  # noqa: E402,F401
 from . import opset  # noqa: E402,F401
 from . import input_type  # noqa: E402,F401

@@ -17,7 +17,7 @@ import onnxruntime as ort
 from onnx import helper, version_converter
 
 from ..errors import OnnxplainError, first_line
-from ..rewrite.graph import opset_of
+from ..rewrite.graph import opset_of, subgraphs
 from ..rewrite.rules import MIN_OPSET
 from . import probe, register
 
@@ -86,6 +86,5 @@ def _nodes(graph: onnx.GraphProto):
     """Every node of `graph` and of its subgraphs."""
     for node in graph.node:
         yield node
-        for a in node.attribute:
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs):
-                yield from _nodes(g)
+        for g in subgraphs(node):
+            yield from _nodes(g)

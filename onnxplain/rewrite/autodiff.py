@@ -48,7 +48,7 @@ def path_nodes(graph: gs.Graph, ys: list[gs.Tensor], wrt: list[gs.Tensor], throu
     without a derivative or with integer outputs among them are where a path loses its gradient."""
     forward, backward = downstream(graph, wrt, through), upstream(graph, ys)
     return [n for n in graph.nodes
-            if any(t.name in forward for t in n.inputs) and any(t.name in backward for t in n.outputs)]
+            if any(t.name in forward for t in reads(n)) and any(t.name in backward for t in n.outputs)]
 
 
 def downstream(graph: gs.Graph, wrt: list[gs.Tensor], through=frozenset()) -> set[str]:
@@ -56,7 +56,7 @@ def downstream(graph: gs.Graph, wrt: list[gs.Tensor], through=frozenset()) -> se
     the integer outputs of the ops in `through`."""
     forward = {t.name for t in wrt}
     for node in graph.nodes:
-        if node.op not in NOT_DIFFERENTIABLE and any(t.name in forward for t in node.inputs):
+        if node.op not in NOT_DIFFERENTIABLE and any(t.name in forward for t in reads(node)):
             forward.update(t.name for t in node.outputs if is_float(t) or node.op in through)
     return forward
 
@@ -66,8 +66,17 @@ def upstream(graph: gs.Graph, ys: list[gs.Tensor]) -> set[str]:
     backward = {t.name for t in ys}
     for node in reversed(graph.nodes):
         if any(t.name in backward for t in node.outputs) and node.op not in NOT_DIFFERENTIABLE:
-            backward.update(t.name for t in node.inputs if t.name and not isinstance(t, gs.Constant))
+            backward.update(t.name for t in reads(node) if t.name and not isinstance(t, gs.Constant))
     return backward
+
+
+def reads(node: gs.Node) -> list[gs.Tensor]:
+    """The tensors `node` reads: its inputs, and those that its subgraphs (If, Loop, Scan) read from outside."""
+    found = list(node.inputs)
+    for sub in node.subgraphs():
+        inner = {t.name for t in sub.inputs} | {t.name for n in sub.nodes for t in n.outputs}
+        found += [t for n in sub.nodes for t in reads(n) if t.name not in inner]
+    return found
 
 
 def append_vjp(graph: gs.Graph, opset: int, ys: list[gs.Tensor], dys: list[gs.Tensor], wrt: list[gs.Tensor],
@@ -105,8 +114,10 @@ def append_vjp(graph: gs.Graph, opset: int, ys: list[gs.Tensor], dys: list[gs.Te
             if d is not None and t.name in wanted:
                 results[t.name] = d
             douts.append(d)
-        if all(d is None for d in douts) or not any(g.needs(t) for t in node.inputs):
+        if all(d is None for d in douts) or not any(g.needs(t) for t in reads(node)):
             continue
+        if any(True for _ in node.subgraphs()):
+            raise UnsupportedOpError(node.op, node.name, opset, "no gradient through the subgraphs of control flow")
         rule = rule_of(node) if rule_of else RULES.get(node.op)
         if rule is None:
             raise UnsupportedOpError(node.op, node.name, opset)

@@ -222,7 +222,8 @@ def dynamic_batch(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
     """Make the batch dimension of `input_name` symbolic, also in exports that hard-code batch 1 in Reshape targets.
 
     A constant Reshape target whose first entry equals the exported batch size and whose data depends on the input
-    gets -1 there (or 0, copy-from-input, when -1 is taken). Stale intermediate shapes are dropped.
+    gets -1 there (or 0, copy-from-input, when -1 is taken). Stale intermediate shapes are dropped. Subgraphs (If,
+    Loop, Scan bodies) get the same treatment, and their declared input and output shapes are dropped too.
     """
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
@@ -236,13 +237,23 @@ def dynamic_batch(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
         dims = out.type.tensor_type.shape.dim
         if dims and dims[0].HasField("dim_value") and dims[0].dim_value == batch:
             dims[0].dim_param = "N"
+    _free_batch(graph, batch, {input_name}, {})
+    return model
+
+
+def _free_batch(graph: onnx.GraphProto, batch: int, depends: set[str], constants: dict) -> None:
+    """dynamic_batch's walk over `graph` and its subgraphs; `depends`: names computed from the image input."""
     del graph.value_info[:]
-    constants = {t.name: t for t in graph.initializer}
+    constants = {**constants, **{t.name: t for t in graph.initializer}}
     constants.update({n.output[0]: n.attribute[0].t for n in graph.node
                       if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
-    depends = {input_name}
     for node in graph.node:  # exporters emit nodes in topological order
-        if any(i in depends for i in node.input) and node.op_type not in ("Shape", "Size"):
+        for sub in subgraphs(node):
+            for v in (*sub.input, *sub.output):
+                v.type.tensor_type.ClearField("shape")
+            _free_batch(sub, batch, depends, constants)
+        reads = set(node.input) | {o.name for sub in subgraphs(node) for o in sub.output}
+        if reads & depends and node.op_type not in ("Shape", "Size"):
             depends.update(node.output)
         if node.op_type != "Reshape" or node.input[0] not in depends or node.input[1] not in constants:
             continue
@@ -258,4 +269,8 @@ def dynamic_batch(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
         graph.initializer.append(numpy_helper.from_array(fixed, name))
         constants[name] = graph.initializer[-1]
         node.input[1] = name
-    return model
+
+
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The bodies and branches of a control-flow node (If, Loop, Scan)."""
+    return [g for a in node.attribute for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs)]
