@@ -38,5 +38,6 @@ from . import constants  # noqa: E402,F401  (registers; the order of these impor
 from . import ifs  # noqa: E402,F401
 from . import precision  # noqa: E402,F401
 from . import opset  # noqa: E402,F401
+from . import output_shapes  # noqa: E402,F401
 from . import input_type  # noqa: E402,F401
 from . import head  # noqa: E402,F401

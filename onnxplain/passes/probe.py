@@ -21,7 +21,7 @@ def feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         if inp.name in initializers or not inp.type.HasField("tensor_type"):
             continue
         t = inp.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in t.shape.dim]
+        dims = [max(d.dim_value, 0) for d in t.shape.dim]  # 0: symbolic (some exporters write -1)
         spatial = _spatial_axes(dims) if len(dims) == 4 else ()
         shape = [d or (SIDE if i in spatial else 1) for i, d in enumerate(dims)]
         dtype = helper.tensor_dtype_to_np_dtype(t.elem_type)
