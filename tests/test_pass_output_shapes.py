@@ -12,10 +12,15 @@ X = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
 
 
 @pytest.mark.parametrize("declared, shown", [([], "[]"), ([-1, -1], "[-1, -1]")])
-def test_misdeclared_output_gets_the_computed_shape(declared, shown):
-    """On main: 'the model has no class-score output (N×classes)'."""
+@pytest.mark.parametrize("batch", ["batch", -1])
+def test_misdeclared_output_gets_the_computed_shape(declared, shown, batch):
+    """On main: 'the model has no class-score output (N×classes)'. A batch declared -1 (Paddle) is symbolic."""
     model = tiny_cnn(reshape_batch=False)
-    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    if batch == -1:
+        dim.dim_value = -1
+    else:
+        dim.dim_param = batch
     out = model.graph.output[0].type.tensor_type
     out.shape.Clear()
     out.shape.dim.extend(onnx.TensorShapeProto.Dimension(dim_value=d) for d in declared)

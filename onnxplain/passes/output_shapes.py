@@ -55,5 +55,5 @@ def _shown(out: onnx.ValueInfoProto):
 def _symbolic_batch(model: onnx.ModelProto) -> bool:
     """Whether a rank-4 graph input (the image) leaves its batch symbolic."""
     initializers = {t.name for t in model.graph.initializer}
-    return any(len(i.type.tensor_type.shape.dim) == 4 and not i.type.tensor_type.shape.dim[0].HasField("dim_value")
+    return any(len(i.type.tensor_type.shape.dim) == 4 and i.type.tensor_type.shape.dim[0].dim_value < 1
                for i in model.graph.input if i.name not in initializers)
