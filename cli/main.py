@@ -50,6 +50,8 @@ OUTPUT = click.option("--output", "output", default=None, metavar="NAME",
 QUANTIZED = click.option("--quantized", type=click.Choice(["ste", "exact"]), default="ste", show_default=True,
                          help="Gradients of quantised models: straight through each quantiser within its range "
                               "(ste), or exact (zero: gradient methods refuse).")
+BATCH = click.option("--batch-size", type=click.IntRange(1, 65536), default=16, show_default=True,
+                     help="Images (or perturbed copies) per model run.")
 PROBS = click.option("--probabilities", is_flag=True, help="Explain the Softmax output rather than its input logits.")
 PARAM = click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
                      help="Method parameter, repeatable (e.g. -p masks=2000 -p baseline=blur); see the method's docs.")
@@ -176,8 +178,8 @@ def methods():
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out"),
               show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
-@click.option("-k", "--top-k", default=3, show_default=True, help="Classes to print per image.")
-@click.option("--batch-size", default=16, show_default=True)
+@click.option("-k", "--top-k", type=click.IntRange(0), default=3, show_default=True, help="Classes to print per image.")
+@BATCH
 @DEVICE
 @PREPROCESSING
 @OUTPUT
@@ -282,10 +284,11 @@ def export(model, method, layer, out, force, probabilities, params, **pre):
               help="Class to explain: once for all images or once per image (default: each image's top-1).")
 @click.option("--metric", "metrics", multiple=True, type=click.Choice(["deletion", "insertion", "drop", "increase"]),
               help="Metric, repeatable (default: all).")
-@click.option("--step", type=int, default=None, help="Pixels per deletion/insertion step (default H*W/224).")
+@click.option("--step", type=click.IntRange(1), default=None,
+              help="Pixels per deletion/insertion step (default H*W/224).")
 @click.option("--deletion-baseline", type=click.Choice(["zero", "blur", "mean"]), default="zero", show_default=True)
 @click.option("--insertion-baseline", type=click.Choice(["zero", "blur", "mean"]), default="blur", show_default=True)
-@click.option("--batch-size", default=16, show_default=True)
+@BATCH
 @DEVICE
 @PREPROCESSING
 @OUTPUT

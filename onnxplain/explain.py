@@ -8,6 +8,7 @@ import numpy as np
 
 from . import methods
 from .errors import OnnxplainError
+from .limits import whole
 from .model import Model
 from .preprocess import read_image
 from .rewrite.graph import Request
@@ -44,10 +45,18 @@ def as_batch(model: Model, x) -> tuple[np.ndarray, list[np.ndarray] | None]:
     """A preprocessed float32 batch in the model's layout, from an array or a list of image paths."""
     if isinstance(x, (str, Path)):
         x = [x]
-    if isinstance(x, (list, tuple)) and x and isinstance(x[0], (str, Path)):
+    views = None
+    if isinstance(x, (list, tuple)) and x and any(isinstance(p, (str, Path)) for p in x):
+        other = next((i for i, p in enumerate(x) if not isinstance(p, (str, Path))), None)
+        if other is not None:
+            raise OnnxplainError(f"the input list mixes image paths and arrays (item {other} is a "
+                                 f"{type(x[other]).__name__}); give image paths, or one array")
         views, inputs = zip(*(read_image(p, model.preprocessing) for p in x))
-        return np.stack(inputs), list(views)
-    x = np.asarray(x)
+        x = np.stack(inputs)
+    try:
+        x = np.asarray(x)
+    except ValueError:
+        raise OnnxplainError("the input arrays differ in shape; give one array N×C×H×W (or N×H×W×C)") from None
     if not x.size:
         raise OnnxplainError(f"nothing to explain: the input is empty (shape {tuple(x.shape)})")
     integer_pixels = np.issubdtype(np.dtype(model.pixels), np.integer)
@@ -60,11 +69,16 @@ def as_batch(model: Model, x) -> tuple[np.ndarray, list[np.ndarray] | None]:
     if x.ndim != 4 or x.shape[1:] != want:
         raise OnnxplainError(f"input has shape {tuple(x.shape)}; the model takes N×{'×'.join(map(str, want))} "
                              f"({model.layout})")
-    bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
+    check_finite(x, "input image")
+    return np.ascontiguousarray(x, dtype=np.float32), views and list(views)
+
+
+def check_finite(a: np.ndarray, what: str, hint: str = "") -> None:
+    """Refuse arrays (one row per image) holding NaN or infinite values, naming the first image that does."""
+    bad = ~np.isfinite(a).reshape(len(a), -1).all(axis=1)
     if bad.any():
-        raise OnnxplainError(f"input image {int(np.argmax(bad))} has values that are NaN or infinite "
-                             f"({int(bad.sum())} of {len(x)} images do)")
-    return np.ascontiguousarray(x, dtype=np.float32), None
+        raise OnnxplainError(f"{what} {int(np.argmax(bad))} has values that are NaN or infinite "
+                             f"({int(bad.sum())} of {len(a)} images do){hint}")
 
 
 def as_targets(model: Model, target, n: int) -> np.ndarray:
@@ -75,10 +89,19 @@ def as_targets(model: Model, target, n: int) -> np.ndarray:
     if target is None:
         return np.full(n, -1, np.int64)
     try:
-        t = np.asarray(target, dtype=np.int64)
+        t = np.asarray(target)
+        t = t.astype(np.float64) if t.dtype == object else t
     except (TypeError, ValueError):
         raise OnnxplainError("target must be a class index, a list of them, or a list of lists (several classes "
                              "per image) of equal length") from None
+    whole = np.isfinite(t) & (t == np.round(t)) if t.dtype.kind == "f" else np.full(t.shape, t.dtype.kind in "iu")
+    if not whole.all():
+        raise OnnxplainError(f"target must be whole class numbers (or -1 for the top-1 class), not "
+                             f"{t[~whole].reshape(-1)[0].item()!r}")
+    bad = (t < -1) | (t >= model.num_classes)
+    if bad.any():
+        raise OnnxplainError(f"target {int(t[bad][0])} is not a class of this model (0..{model.num_classes - 1})")
+    t = t.astype(np.int64)
     if t.ndim == 2:
         if t.shape[0] == 1 and n > 1:
             t = np.repeat(t, n, axis=0)
@@ -90,9 +113,6 @@ def as_targets(model: Model, target, n: int) -> np.ndarray:
             t = np.repeat(t, n)
         if t.size != n:
             raise OnnxplainError(f"{t.size} targets for {n} images: give one class, or one per image")
-    bad = (t < -1) | (t >= model.num_classes)
-    if bad.any():
-        raise OnnxplainError(f"target {int(t[bad][0])} is not a class of this model (0..{model.num_classes - 1})")
     return t
 
 
@@ -106,20 +126,22 @@ def explain(model: Model, x, method: str = "saliency", target=None, layer: str |
     layer: the tensor a CAM method reads (default: the last tensor with spatial extent before global pooling).
     """
     m = methods.get(method, **params)
+    batch_size = model.batch_size if batch_size is None else whole("batch_size", batch_size)
     inputs, views = as_batch(model, x)
     targets = as_targets(model, target, len(inputs))
     layer = cam_layer(model, layer) if m.at_layer else None
     n, k = len(inputs), targets.shape[1] if targets.ndim == 2 else 1
     if k > 1 or targets.ndim == 2:
         inputs = np.repeat(inputs, k, axis=0)
-    attributions, maps, logits, used, *extra = m.run(model, inputs, targets.reshape(-1), layer,
-                                                     batch_size or model.batch_size)
+    attributions, maps, logits, used, *extra = m.run(model, inputs, targets.reshape(-1), layer, batch_size)
     info = extra[0] if extra else {}
     scores = logits[np.arange(len(used)), used]
     if targets.ndim == 2:
         attributions, maps, used, scores = (a.reshape(n, k, *a.shape[1:]) for a in (attributions, maps, used, scores))
         info = {key: v.reshape(n, k, *v.shape[1:]) for key, v in info.items()}
         logits = logits[::k]
+    check_finite(logits, "the model's output for image", "; are its weights finite?")
+    check_finite(maps, f"the {method} map of image")
     return Explanation(method, attributions, maps.astype(np.float32), used, scores, logits, layer, views, info)
 
 

@@ -15,11 +15,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
 from .errors import OnnxplainError
 from .explain import as_batch, as_targets, explain
+from .limits import whole
 from .perturb import Plan, Scorer, baseline, stream, to_chw, top1
 
 METRICS = ("deletion", "insertion", "drop", "increase")
@@ -119,6 +121,11 @@ def evaluate(model, x, methods=("rise",), target=None, *, metrics=METRICS, step:
         raise OnnxplainError(f"unknown metric '{unknown[0]}' (known: {', '.join(METRICS)})")
     if isinstance(methods, str):
         methods = [methods]
+    size = model.batch_size if batch_size is None else whole("batch_size", batch_size)
+    if isinstance(x, (list, tuple)) and len(x) > size and all(isinstance(p, (str, Path)) for p in x):
+        return _in_batches(model, x, methods, as_targets(model, target, len(x)), size, metrics=metrics, step=step,
+                           deletion_baseline=deletion_baseline, insertion_baseline=insertion_baseline,
+                           score=score, params=params, progress=progress)
     inputs, _ = as_batch(model, x)
     targets = as_targets(model, target, len(inputs))
     given = dict(methods) if isinstance(methods, Mapping) else None
@@ -145,6 +152,17 @@ def evaluate(model, x, methods=("rise",), target=None, *, metrics=METRICS, step:
             row.update({k: v for k, v in (("drop", drop), ("increase", increase)) if k in metrics})
         results[method] = row
     return results
+
+
+def _in_batches(model, paths, methods, targets, size, **options) -> dict[str, dict[str, np.ndarray]]:
+    """`evaluate` on a long list of image files, `size` images read and scored at a time: memory holds one batch of
+    images, whatever the length of the list. Maps given for the images are split alike."""
+    parts = []
+    for a in range(0, len(paths), size):
+        chunk = {k: np.asarray(v)[a:a + size] for k, v in methods.items()} if isinstance(methods, Mapping) else methods
+        parts.append(evaluate(model, paths[a:a + size], chunk, targets[a:a + size], batch_size=size, **options))
+    return {method: {name: np.concatenate([p[method][name] for p in parts]) for name in row}
+            for method, row in parts[0].items()}
 
 
 def _maps_and_masks(maps, masks) -> tuple[np.ndarray, np.ndarray]:

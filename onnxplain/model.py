@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import json
 import os
+import reprlib
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 from google.protobuf.message import DecodeError
 
 from .errors import OnnxplainError, first_line
+from .limits import whole
 from .passes import normalise
 from .passes.input_type import pixel_images
 from .passes.precision import PROMOTED
@@ -137,10 +140,14 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     """
     if device not in ("auto", "cuda", "cpu"):
         raise OnnxplainError(f"device must be auto, cuda or cpu, not '{device}'")
-    if batch_size < 1:
-        raise OnnxplainError("batch_size must be at least 1")
+    whole("batch_size", batch_size)
     if quantized not in ("ste", "exact"):
         raise OnnxplainError(f"quantized must be 'ste' or 'exact', not {quantized!r}")
+    if labels is not None:
+        _check_labels("labels", labels)
+    if not (preprocessing is None or isinstance(preprocessing, (str, dict, Preprocessing))):
+        raise OnnxplainError(f"preprocessing must be a preset name, a dict of fields or a Preprocessing, "
+                             f"not {preprocessing!r}")
     model_path = None if isinstance(path, onnx.ModelProto) else Path(path)
     proto = path if model_path is None else _read(model_path)
     try:
@@ -154,6 +161,10 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     if half:
         warnings.warn(f"onnxplain: {_where(model_path)} computes in {half}; it is explained in float32 (its weights "
                       f"promoted exactly), so scores differ from a {half} run by its rounding", stacklevel=2)
+    bad = _first_non_finite(proto)
+    if bad:
+        warnings.warn(f"onnxplain: weight '{bad}' of {_where(model_path)} holds NaN or infinite values; the scores it "
+                      f"reaches cannot be explained", stacklevel=2)
     inp = _image_input(proto, model_path)
     sidecar = _sidecar(proto, model_path)
     pre = _preprocessing(inp, sidecar, preprocessing, pixels.get(inp.name))
@@ -206,6 +217,18 @@ def _load_external_data(proto: onnx.ModelProto, folder: Path) -> None:
         del tensor.external_data[:]
 
 
+def _first_non_finite(proto: onnx.ModelProto) -> str | None:
+    """The name of the first float initializer or Constant holding NaN or ±inf, or None."""
+    constants = [(n.output[0], a.t) for n in proto.graph.node if n.op_type == "Constant"
+                 for a in n.attribute if a.name == "value"]
+    named = [(t.name, t) for t in proto.graph.initializer] + constants
+    return next((name for name, t in named if t.data_type in _FLOATS and
+                 not np.isfinite(numpy_helper.to_array(t)).all()), None)
+
+
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
 # -- finding the input and the score ---------------------------------------------------------------------------------
 def _dims(value_info) -> list:
     dims = value_info.type.tensor_type.shape.dim
@@ -240,6 +263,7 @@ def _preprocessing(inp, sidecar: dict, requested, pixels: str | None) -> Preproc
     fields = dict(requested) if isinstance(requested, dict) else {}
     if isinstance(requested, Preprocessing):
         pre = requested
+        pre.validate()
     else:
         base = Preprocessing.from_dict(sidecar["preprocessing"]) if "preprocessing" in sidecar else Preprocessing()
         name = requested if isinstance(requested, str) else fields.pop("preset", None)
@@ -363,12 +387,38 @@ def _sidecar(proto: onnx.ModelProto, path: Path | None) -> dict:
         raise OnnxplainError(f"{origin} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise OnnxplainError(f"{origin} must hold a JSON object")
+    try:
+        _check_sidecar(data)
+    except OnnxplainError as exc:
+        raise OnnxplainError(f"{origin}: {exc}") from None
     return data
+
+
+SIDECAR_TEXT = ("name", "source", "input", "output", "labels_file")  # fields holding a string
+
+
+def _check_sidecar(data: dict) -> None:
+    """The types of the sidecar's fields, as docs/sidecar.schema.json describes them; other fields are free."""
+    for key in SIDECAR_TEXT:
+        if key in data and not isinstance(data[key], str):
+            raise OnnxplainError(f"{key} must be a string, not {reprlib.repr(data[key])}")
+    if "labels" in data:
+        _check_labels("labels", data["labels"])
+    if "preprocessing" in data:
+        Preprocessing.from_dict(data["preprocessing"])
+
+
+def _check_labels(name: str, labels) -> None:
+    if not isinstance(labels, (list, tuple)):
+        raise OnnxplainError(f"{name} must be a list of strings (one class name each), not {reprlib.repr(labels)}")
+    for s in labels:
+        if not isinstance(s, str):
+            raise OnnxplainError(f"{name} must be a list of strings (one class name each); one is {reprlib.repr(s)}")
 
 
 def _labels(sidecar: dict, path: Path | None) -> list[str] | None:
     if "labels" in sidecar:
-        return [str(s) for s in sidecar["labels"]]
+        return list(sidecar["labels"])
     if "labels_file" not in sidecar or path is None:
         return None
     folder = path.parent.resolve()

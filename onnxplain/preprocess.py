@@ -1,13 +1,19 @@
 """Image preprocessing: how a photo becomes the model's input tensor, read from a sidecar, metadata or a preset."""
 from __future__ import annotations
 
+import math
+import reprlib
 from dataclasses import asdict, dataclass, fields, replace
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 
 from .errors import OnnxplainError
+from .limits import MAX_SIDE, check_memory
 
+_PIL_FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1}
+MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # Pillow's mode for images of each channel count
 _IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
@@ -25,29 +31,28 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict, base: "Preprocessing | None" = None) -> "Preprocessing":
+        if not isinstance(d, dict):
+            raise OnnxplainError(f"preprocessing must be an object of fields, not {reprlib.repr(d)}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known - {"crop"})
         if unknown:
             raise OnnxplainError(f"unknown preprocessing field '{unknown[0]}' (known: {', '.join(sorted(known))})")
         if d.get("crop", "center") != "center":
-            raise OnnxplainError(f"only a center crop is supported, not '{d['crop']}'")
+            raise OnnxplainError(f"only a center crop is supported, not {reprlib.repr(d['crop'])}")
+        for key, value in d.items():
+            if key in known:
+                _check(key, value)
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
         p = replace(base or cls(), **values)
         p.validate()
         return p
 
     def validate(self) -> None:
-        if self.layout not in ("NCHW", "NHWC"):
-            raise OnnxplainError(f"layout must be NCHW or NHWC, not '{self.layout}'")
-        if self.channel_order not in ("RGB", "BGR"):
-            raise OnnxplainError(f"channel_order must be RGB or BGR, not '{self.channel_order}'")
-        if self.interpolation not in _PIL_FILTERS:
-            raise OnnxplainError(f"interpolation must be one of {', '.join(_PIL_FILTERS)}")
-        if len(self.mean) != len(self.std) or any(s == 0 for s in self.std):
-            raise OnnxplainError("preprocessing mean and std need the same length and a non-zero std")
-        if self.channels not in MODES:
-            raise OnnxplainError(f"onnxplain reads grey (1 channel), RGB (3) or RGBA (4) images, not {self.channels} "
-                                 "channels")
+        """Every field of the right type and in a sensible range, so that pixels 0..255 become finite inputs."""
+        for f in fields(self):
+            _check(f.name, getattr(self, f.name))
+        if len(self.mean) != len(self.std):
+            raise OnnxplainError(f"preprocessing mean {list(self.mean)} and std {list(self.std)} need the same length")
 
     def for_channels(self, channels: int) -> "Preprocessing":
         """This preprocessing for images of `channels` channels: a mean and std equal across RGB (as the defaults and
@@ -73,8 +78,45 @@ PRESETS = {
 }
 
 
+def _number(v) -> bool:
+    return isinstance(v, Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+
+
+def _side(v) -> bool:
+    return isinstance(v, Integral) and not isinstance(v, (bool, np.bool_)) and 1 <= v <= MAX_SIDE
+
+
+def _per_channel(v, within) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) in MODES and all(_number(c) and within(abs(c)) for c in v)
+
+
+_BOUND = 1e6  # |scale|, |mean| and |std| within [1/_BOUND, _BOUND]: pixels 0..255 map to values within ±3e14
+FIELDS = {  # preprocessing field: (whether a value is valid, what is expected), as docs/sidecar.schema.json says
+    "layout": (lambda v: v in ("NCHW", "NHWC"), "NCHW or NHWC"),
+    "size": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_side, v)),
+             f"[height, width], two whole numbers from 1 to {MAX_SIDE}"),
+    "resize": (lambda v: v is None or _side(v), f"null or a whole number of pixels from 1 to {MAX_SIDE}"),
+    "interpolation": (lambda v: isinstance(v, str) and v in _PIL_FILTERS, f"one of {', '.join(_PIL_FILTERS)}"),
+    "scale": (lambda v: _number(v) and 1 / _BOUND <= abs(v) <= _BOUND, "a number with 1e-6 ≤ |scale| ≤ 1e6"),
+    "mean": (lambda v: _per_channel(v, lambda c: c <= _BOUND),
+             "1, 3 or 4 numbers (one for all channels, or one each) within ±1e6"),
+    "std": (lambda v: _per_channel(v, lambda c: 1 / _BOUND <= c <= _BOUND),
+            "1, 3 or 4 numbers (one for all channels, or one each) with 1e-6 ≤ |std| ≤ 1e6"),
+    "channel_order": (lambda v: v in ("RGB", "BGR"), "RGB or BGR"),
+    "channels": (lambda v: isinstance(v, Integral) and not isinstance(v, (bool, np.bool_)) and v in MODES,
+                 "1 (grey), 3 (RGB) or 4 (RGBA)"),
+}
+
+
+def _check(key: str, value) -> None:
+    valid, expected = FIELDS[key]
+    if not (key == "size" and value is None) and not valid(value):
+        shown = list(value) if isinstance(value, tuple) else value
+        raise OnnxplainError(f"preprocessing {key} must be {expected}, not {reprlib.repr(shown)}")
+
+
 def preset(name: str) -> Preprocessing:
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise OnnxplainError(f"unknown preprocessing preset '{name}' (known: {', '.join(PRESETS)})")
     return PRESETS[name]
 
@@ -82,12 +124,6 @@ def preset(name: str) -> Preprocessing:
 def _pil():
     from PIL import Image
     return Image
-
-
-_PIL_FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1}
-
-
-MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # Pillow's mode for images of each channel count
 
 
 def read_image(path: str | Path, p: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
@@ -110,13 +146,26 @@ def read_image(path: str | Path, p: Preprocessing) -> tuple[np.ndarray, np.ndarr
     if p.resize:
         short, long_ = sorted(rgb.size)
         side = int(p.resize * long_ / short)  # the long side is floored, as torchvision's Resize does
-        rgb = rgb.resize((p.resize, side) if rgb.width <= rgb.height else (side, p.resize), resample)
+        resized = (p.resize, side) if rgb.width <= rgb.height else (side, p.resize)
+        _check_pixels(path, resized, f"resize {p.resize}")
+        rgb = rgb.resize(resized, resample)
         left, top = (rgb.width - w) // 2, (rgb.height - h) // 2
         rgb = rgb.crop((left, top, left + w, top + h))
     else:
+        _check_pixels(path, (w, h), f"size {h}×{w}")
         rgb = rgb.resize((w, h), resample)
     view = np.asarray(rgb, dtype=np.uint8).reshape(h, w, p.channels)
     return view, to_input(view, p)
+
+
+def _check_pixels(path: Path, size: tuple[int, int], by: str) -> None:
+    """Refuse a resize to more pixels than Pillow opens in one image (its decompression-bomb bound) or than memory
+    holds (the result and Pillow's intermediate pass)."""
+    pixels, limit = size[0] * size[1], _pil().MAX_IMAGE_PIXELS
+    if limit and pixels > limit:
+        raise OnnxplainError(f"image {path} would be {size[0]}×{size[1]} pixels after {by}, more than the limit of "
+                             f"{limit} pixels (Pillow's MAX_IMAGE_PIXELS); lower the resize or crop the image")
+    check_memory(f"image {path} at {size[0]}×{size[1]} pixels after {by}", 8 * pixels, "lower the resize")
 
 
 def _as_mode(im, path: Path, mode: str):

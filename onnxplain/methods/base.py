@@ -14,6 +14,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import OnnxplainError
+from ..limits import MAX_COUNT
 from ..rewrite.builder import Builder
 from ..rewrite.graph import TARGET, Request
 
@@ -131,6 +132,10 @@ def get(name: str, **params) -> Method:
     if unknown:
         known = ", ".join(f.name for f in fields(cls) if f.init) or "none"
         raise OnnxplainError(f"method '{name}' has no parameter '{unknown[0]}' (its parameters: {known})")
+    for key in COUNTS:  # before the method's own checks, which may already allocate by them
+        if key in params and _number(params[key]) and params[key] > MAX_COUNT:
+            raise OnnxplainError(f"{name}: {key} must be at most {MAX_COUNT} (each costs a model pass per image), "
+                                 f"not {params[key]!r}")
     try:
         method = cls(**params)  # a method's own checks say more (ranges, choices) than the types below
     except (TypeError, ValueError):
@@ -138,6 +143,9 @@ def get(name: str, **params) -> Method:
         raise
     _check_types(cls, params)
     return method
+
+
+COUNTS = ("steps", "samples", "masks", "iterations")  # parameters counting model passes
 
 
 def _number(v) -> bool:

@@ -7,6 +7,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import OnnxplainError
+from ..limits import check_memory
 from .. import perturb
 from ..perturb import top1
 from ..rewrite.graph import GRAD, TARGET, Request
@@ -73,6 +74,9 @@ class IntegratedGradients(Method):
         if not isinstance(self.steps, int) or self.steps < least:
             raise OnnxplainError(f"ig: steps must be an integer of at least {least} for rule {self.rule}, "
                                  f"not {self.steps!r}")
+        if self.rule == "gausslegendre":  # numpy's leggauss solves an eigenproblem of the steps×steps companion
+            check_memory(f"ig: steps={self.steps} with the Gauss-Legendre rule", 32 * self.steps ** 2,
+                         "use fewer steps, or rule='riemann_trapezoid'")
         check_batch_size(self)
 
     def run(self, model, inputs, targets, layer, batch_size):

@@ -1,0 +1,213 @@
+"""Hostile inputs through every channel (sidecar JSON, model metadata, CLI options, Python arguments, the weights
+and the output folder): each gives exactly one OnnxplainError line (or Click's usage error), never a traceback, an
+internal error, an allocation the machine cannot make, a NaN result or a write outside the output folder."""
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+from conftest import IMAGES
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+from test_load import tiny_cnn
+
+import onnxplain
+from onnxplain import OnnxplainError
+from onnxplain.explain import as_batch
+from onnxplain_cli.main import main
+
+X = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+
+
+@pytest.fixture
+def model(tmp_path):
+    """The tiny 8×8 CNN saved as m.onnx with a [0, 1] sidecar (which a case may overwrite), and an 8×8 image."""
+    path = tmp_path / "m.onnx"
+    onnx.save(tiny_cnn(), path)
+    path.with_suffix(".json").write_text(json.dumps({"preprocessing": {"scale": 1 / 255}}))
+    Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(tmp_path / "img.png")
+    return path
+
+
+def _sidecar(text):
+    def case(path):
+        path.with_suffix(".json").write_text(text)
+        onnxplain.explain(onnxplain.load(path, device="cpu"), [path.parent / "img.png"])
+    return case
+
+
+def _metadata(text):
+    def case(path):
+        path.with_suffix(".json").unlink()
+        proto = onnx.load(path)
+        helper.set_model_props(proto, {"onnxplain": text})
+        onnxplain.load(proto)
+    return case
+
+
+def _api(call):
+    def case(path):
+        call(onnxplain.load(path, device="cpu"), path.parent / "img.png")
+    return case
+
+
+SIDECARS = {  # the sidecar's text → words the error names
+    '{"preprocessing": {"mean": "abc"}}': ("mean", "'abc'", "1, 3 or 4 numbers"),
+    '{"preprocessing": {"size": "a"}}': ("size", "'a'", "[height, width]"),
+    '{"preprocessing": null}': ("preprocessing", "None", "an object"),
+    '{"preprocessing": {"scale": null}}': ("scale", "None", "a number"),
+    '{"preprocessing": {"mean": [null, 0, 0]}}': ("mean", "None"),
+    '{"labels": 5}': ("labels", "5", "list of strings"),
+    '{"labels": null}': ("labels", "None"),
+    '{"labels": [[1], 2]}': ("labels", "[1]"),
+    '{"preprocessing": {"mean": [0.5, 0.5], "std": [1, 1]}}': ("mean", "[0.5, 0.5]", "1, 3 or 4 numbers"),
+    '{"preprocessing": {"channels": 2}}': ("channels", "2", "1 (grey), 3 (RGB) or 4 (RGBA)"),
+    '{"preprocessing": {"resize": -5}}': ("resize", "-5"),
+    '{"preprocessing": {"resize": 1000000000}}': ("resize", "1000000000"),
+    '{"preprocessing": {"resize": true}}': ("resize", "True"),
+    '{"preprocessing": {"size": [8.5, 8]}}': ("size", "8.5"),
+    '{"preprocessing": {"size": [8]}}': ("size", "[8]"),
+    '{"preprocessing": {"scale": 1e308}}': ("scale", "1e+308"),
+    '{"preprocessing": {"scale": NaN}}': ("scale", "nan"),
+    '{"preprocessing": {"mean": [1e999, 0, 0]}}': ("mean", "inf"),
+    '{"preprocessing": {"std": [1e-300, 1, 1]}}': ("std", "1e-300"),
+    '{"preprocessing": {"interpolation": null}}': ("interpolation", "None"),
+    '{"preprocessing": {"layout": 3}}': ("layout", "3"),
+    '{"output": 5}': ("output", "5", "a string"),
+    '{"labels_file": 5}': ("labels_file", "5", "a string"),
+    '{"preprocessing": [1, 2]}': ("preprocessing", "[1, 2]", "an object"),
+}
+API = {
+    "mixed list": (lambda m, img: onnxplain.explain(m, [img, X[0]]), ("item 1", "paths", "array")),
+    "batch_size=-1": (lambda m, img: onnxplain.explain(m, X, batch_size=-1), ("batch_size", "-1")),
+    "batch_size='a'": (lambda m, img: onnxplain.explain(m, X, batch_size="a"), ("batch_size", "'a'")),
+    "float target": (lambda m, img: onnxplain.explain(m, X, target=3.7), ("target", "3.7", "whole")),
+    "target 2**63": (lambda m, img: onnxplain.explain(m, X, target=2**63), ("target", str(2**63))),
+    "nan target": (lambda m, img: onnxplain.explain(m, X, target=float("nan")), ("target", "nan")),
+    "ig steps": (lambda m, img: onnxplain.explain(m, X, "ig", steps=10**8), ("steps", "100000000", "at most")),
+    "rise masks": (lambda m, img: onnxplain.explain(m, X, "rise", masks=10**9), ("masks", "at most")),
+    "smoothgrad samples": (lambda m, img: onnxplain.explain(m, X, "smoothgrad", samples=10**10),
+                           ("samples", "at most")),
+    "evaluate batch": (lambda m, img: onnxplain.evaluate(m, X, "saliency", batch_size=0), ("batch_size", "0")),
+    "nan preprocessing": (lambda m, img: onnxplain.load(m.path, preprocessing={"scale": float("nan")}),
+                          ("scale", "nan")),
+    "inf mean": (lambda m, img: onnxplain.load(m.path, preprocessing={"mean": [float("inf")] * 3}), ("mean", "inf")),
+    "load batch_size": (lambda m, img: onnxplain.load(m.path, batch_size="a"), ("batch_size", "'a'")),
+    "labels 5": (lambda m, img: onnxplain.load(m.path, labels=5), ("labels", "5")),
+    "preprocessing 5": (lambda m, img: onnxplain.load(m.path, preprocessing=5), ("preprocessing", "5")),
+}
+CASES = {**{f"sidecar {text}": (_sidecar(text), words) for text, words in SIDECARS.items()},
+         "metadata mean": (_metadata('{"preprocessing": {"mean": "abc"}}'), ("metadata", "mean", "'abc'")),
+         **{f"api {name}": (_api(call), words) for name, (call, words) in API.items()}}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_hostile_inputs_through_the_api_fail_in_one_line_naming_the_field(case, model):
+    call, words = CASES[case]
+    with pytest.raises(OnnxplainError) as e:
+        call(model)
+    text = str(e.value)
+    assert "\n" not in text and all(w in text for w in words), text
+
+
+CLI = {  # arguments after MODEL IMAGE → words of the error line (None: Click's usage error)
+    "--scale nan": (["--scale", "nan"], ("scale", "nan")),
+    "--scale 1e308": (["--scale", "1e308"], ("scale",)),
+    "--mean inf": (["--mean", "inf", "inf", "inf"], ("mean", "inf")),
+    "--resize -1": (["--resize", "-1"], ("resize", "-1")),
+    "--resize 1e9": (["--resize", "1000000000"], ("resize",)),
+    "--batch-size 0": (["--batch-size", "0"], None),
+    "--batch-size -1": (["--batch-size", "-1"], None),
+    "--top-k -1": (["--top-k", "-1"], None),
+    "ig steps": (["-m", "ig", "-p", "steps=100000000"], ("steps", "at most")),
+    "target 2**63": (["-t", str(2**63)], ("target", str(2**63))),
+    "target 3.7": (["-t", "3.7"], ("target", "3.7")),
+}
+
+
+def _cli_fails(capsys, args):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in args])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "Traceback" not in err and "internal error" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("case", CLI)
+def test_hostile_options_fail_in_one_line(case, model, capsys):
+    args, words = CLI[case]
+    err = _cli_fails(capsys, ["explain", model, model.parent / "img.png", "-o", model.parent / "out", *args])
+    if words is None:
+        assert "Error: Invalid value" in err, err
+    else:
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and all(w in err for w in words), err
+
+
+def test_evaluate_step_is_bounded(model, capsys):
+    err = _cli_fails(capsys, ["evaluate", model, model.parent / "img.png", "-m", "saliency", "--step", "0"])
+    assert "Error: Invalid value" in err
+
+
+def test_a_sliver_image_is_refused_before_its_resize_is_allocated(model):
+    sliver = model.parent / "sliver.png"
+    Image.fromarray(np.zeros((1, 100_000, 3), np.uint8)).save(sliver)  # 256×25.6M pixels after a resize to 256
+    m = onnxplain.load(model, preprocessing={"resize": 256}, device="cpu")
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.explain(m, [sliver])
+    assert "25600000×256 pixels after resize 256" in str(e.value) and "limit" in str(e.value)
+
+
+def _nan_weights(path):
+    proto = tiny_cnn()
+    fc = numpy_helper.to_array(proto.graph.initializer[1]).copy()
+    fc[3, 7] = np.nan
+    proto.graph.initializer[1].CopyFrom(numpy_helper.from_array(fc, "fc"))
+    onnx.save(proto, path)
+
+
+def test_non_finite_weights_warn_at_load_and_their_scores_are_refused(model, capsys):
+    _nan_weights(model)
+    with pytest.warns(UserWarning, match="weight 'fc' of .* holds NaN or infinite values"):
+        m = onnxplain.load(model, device="cpu")
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.explain(m, X, "saliency")
+    assert "the model's output for image 0 has values that are NaN or infinite" in str(e.value)
+    err = _cli_fails(capsys, ["explain", model, model.parent / "img.png", "-o", model.parent / "out", "-m", "occlusion",
+                              "-p", "window=4", "-p", "stride=4"])
+    assert err.splitlines()[-1].startswith("error: the model's output for image 0") and "weight 'fc'" in err
+
+
+def test_a_map_that_is_not_finite_is_refused_naming_the_map():
+    """√ after the Relu: the scores are finite, but the gradient of √ at the Relu's zeros is infinite."""
+    m = onnxplain.load(tiny_cnn(op=("", "Sqrt")), preprocessing="unit", device="cpu")
+    assert np.isfinite(onnxplain.explain(m, X, "occlusion", window=4, stride=4).maps).all()
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.explain(m, X, "saliency")
+    assert "the saliency map of image 0 has values that are NaN or infinite" in str(e.value)
+
+
+def test_evaluate_reads_a_long_list_of_images_one_batch_at_a_time(model, monkeypatch):
+    import onnxplain.metrics as metrics
+    paths = []
+    for i in range(5):
+        paths.append(model.parent / f"img{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (8, 8, 3), np.uint8)).save(paths[-1])
+    m = onnxplain.load(model, device="cpu")
+    whole = onnxplain.evaluate(m, paths, "saliency", metrics=("deletion", "drop"), step=8, batch_size=16)
+    read = []
+    monkeypatch.setattr(metrics, "as_batch", lambda model, x: (read.append(len(x)), as_batch(model, x))[1])
+    batched = onnxplain.evaluate(m, paths, "saliency", metrics=("deletion", "drop"), step=8, batch_size=2)
+    assert max(read) == 2 and sum(read) == 5 * 3  # the images of evaluate, deletion and confidence: 2, 2, 1 each
+    for name in ("deletion", "drop"):
+        np.testing.assert_allclose(batched["saliency"][name], whole["saliency"][name], rtol=1e-6)
+
+
+def test_the_documented_sidecar_schema_names_the_fields_the_code_checks():
+    from conftest import ROOT
+
+    from onnxplain.model import SIDECAR_TEXT
+    from onnxplain.preprocess import FIELDS
+    schema = json.loads((ROOT / "docs" / "sidecar.schema.json").read_text())["properties"]
+    assert {k for k, v in schema.items() if v["type"] == "string"} == set(SIDECAR_TEXT)
+    assert set(schema["preprocessing"]["properties"]) == set(FIELDS) | {"crop"}
