@@ -1,5 +1,8 @@
 """One exception type for everything a user can get wrong: its message is one line, fit to print as is."""
+import os
+import tempfile
 from contextlib import contextmanager
+from pathlib import Path
 
 
 def first_line(exc: BaseException) -> str:
@@ -11,11 +14,26 @@ def first_line(exc: BaseException) -> str:
 
 @contextmanager
 def writing(path, what: str = ""):
-    """Turn an OSError while writing `path` (a `what`, e.g. "checkpoint ") into one line that names it."""
+    """Write `path` (a `what`, e.g. "checkpoint ") through a temporary file beside it, renamed over it when the block
+    succeeds: an interrupted or failed write leaves no half-written file, and a link at `path` is replaced, never
+    written through. Yields the temporary path; makes the folder; an OSError becomes one line naming `path`."""
+    path, tmp = Path(path), None
     try:
-        yield
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part" + path.suffix)
+        os.close(fd)
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as a file created by open() would be, not mkstemp's 0600
+        os.replace(tmp, path)
     except OSError as exc:
         raise OnnxplainError(f"cannot write {what}{path}: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None and os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 @contextmanager

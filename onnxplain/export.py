@@ -31,6 +31,6 @@ def export(model: Model, method: str, path: str | Path, layer: str | None = None
         if not out.type.tensor_type.HasField("shape") and out.name in inferred:
             out.type.CopyFrom(inferred[out.name])
     onnx.checker.check_model(proto)
-    with writing(path):
-        onnx.save(proto, str(path))
+    with writing(path) as tmp:
+        onnx.save(proto, str(tmp))
     return proto

@@ -200,11 +200,8 @@ def fingerprint(*parts) -> str:
 def _save(path, key: str, done: int, plans: list[Plan]) -> None:
     path = Path(path)
     arrays = {f"{i}/{k}": v for i, p in enumerate(plans) for k, v in p.state.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    with writing(path, "checkpoint "):
-        with open(tmp, "wb") as f:
-            np.savez(f, __key__=np.array(key), __done__=np.array(done), **arrays)
-        os.replace(tmp, path)
+    with writing(path, "checkpoint ") as tmp, open(tmp, "wb") as f:
+        np.savez(f, __key__=np.array(key), __done__=np.array(done), **arrays)
 
 
 def _restore(path, key: str, plans: list[Plan]) -> int:

@@ -66,25 +66,27 @@ def overlay(view: np.ndarray, m: np.ndarray, alpha: float = 0.5, signed: bool | 
 
 
 def check_writable(paths: list[Path], force: bool) -> None:
-    """Refuse, before any work, to overwrite existing files unless `force`, or to start where the results cannot be
-    written; creates the folders they go to."""
-    existing = [p for p in paths if p.exists()]
+    """Refuse, before any work, to replace what is at an output path (a file, or a link, even a dangling one) unless
+    `force`, or to start where the results cannot be written. Folders are made at the first write (`writing`), so a
+    run that fails leaves none behind; files are renamed into place, so a link is replaced, never written through."""
+    existing = [p for p in paths if os.path.lexists(p)]
     if existing and not force:
         raise OnnxplainError(f"{existing[0]} exists (and {len(existing) - 1} more); use --force to overwrite"
                              if len(existing) > 1 else f"{existing[0]} exists; use --force to overwrite")
     for folder in dict.fromkeys(Path(p).parent for p in paths):
-        with writing(folder):
-            folder.mkdir(parents=True, exist_ok=True)
-        if not os.access(folder, os.W_OK):
-            raise OnnxplainError(f"cannot write to {folder}: permission denied")
+        made = next(f for f in (folder, *folder.parents) if f.exists())  # the folder, or the nearest one above it
+        if not made.is_dir():
+            raise OnnxplainError(f"cannot write {folder}: {made} is not a folder")
+        if not os.access(made, os.W_OK | os.X_OK):
+            raise OnnxplainError(f"cannot write {folder}: permission denied")
 
 
 def save_png(path: Path, rgb: np.ndarray) -> None:
     from PIL import Image
-    with writing(path):
-        Image.fromarray(rgb).save(path)
+    with writing(path) as tmp:
+        Image.fromarray(rgb).save(tmp)
 
 
 def save_npy(path: Path, a: np.ndarray) -> None:
-    with writing(path):
-        np.save(path, a)
+    with writing(path) as tmp:
+        np.save(tmp, a)

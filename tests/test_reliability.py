@@ -142,6 +142,7 @@ def test_hostile_options_fail_in_one_line(case, model, capsys):
         assert "Error: Invalid value" in err, err
     else:
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and all(w in err for w in words), err
+    assert not (model.parent / "out").exists()  # nothing written, no empty folder left
 
 
 def test_evaluate_step_is_bounded(model, capsys):
@@ -176,6 +177,7 @@ def test_non_finite_weights_warn_at_load_and_their_scores_are_refused(model, cap
     err = _cli_fails(capsys, ["explain", model, model.parent / "img.png", "-o", model.parent / "out", "-m", "occlusion",
                               "-p", "window=4", "-p", "stride=4"])
     assert err.splitlines()[-1].startswith("error: the model's output for image 0") and "weight 'fc'" in err
+    assert not (model.parent / "out").exists()
 
 
 def test_a_map_that_is_not_finite_is_refused_naming_the_map():
@@ -185,6 +187,42 @@ def test_a_map_that_is_not_finite_is_refused_naming_the_map():
     with pytest.raises(OnnxplainError) as e:
         onnxplain.explain(m, X, "saliency")
     assert "the saliency map of image 0 has values that are NaN or infinite" in str(e.value)
+
+
+def test_links_at_output_paths_are_refused_and_never_written_through(model, capsys):
+    out, outside = model.parent / "out", model.parent / "outside"
+    out.mkdir()
+    outside.mkdir()
+    png = out / "img.saliency.png"
+    png.symlink_to(outside / "new.png")  # dangling
+    args = ["explain", model, model.parent / "img.png", "-m", "saliency", "-o", out]
+    assert "img.saliency.png exists; use --force" in _cli_fails(capsys, args)
+    assert not (outside / "new.png").exists()
+    (outside / "kept.npy").write_bytes(b"not to be touched")
+    png.unlink()
+    png.symlink_to(outside / "new.png")
+    (out / "img.saliency.npy").symlink_to(outside / "kept.npy")
+    main([str(a) for a in args + ["--force"]])
+    assert not png.is_symlink() and Image.open(png).size == (8, 8)  # the link was replaced by the file
+    assert np.load(out / "img.saliency.npy").shape == (8, 8) and not (out / "img.saliency.npy").is_symlink()
+    assert (outside / "kept.npy").read_bytes() == b"not to be touched" and not (outside / "new.png").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["img.saliency.npy", "img.saliency.png"]  # no temporary left
+
+
+def test_an_interrupted_write_leaves_the_old_file_and_no_partial_one(tmp_path):
+    from onnxplain.errors import writing
+    target = tmp_path / "map.npy"
+    target.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt), writing(target) as tmp:
+        tmp.write_bytes(b"half a")
+        raise KeyboardInterrupt
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["map.npy"]
+
+
+def test_a_failed_run_leaves_no_output_folder(model, capsys):
+    (model.parent / "junk.png").write_bytes(b"\x89PNG not really")
+    err = _cli_fails(capsys, ["explain", model, model.parent / "junk.png", "-o", model.parent / "a" / "b"])
+    assert "cannot read image" in err and not (model.parent / "a").exists()
 
 
 def test_evaluate_reads_a_long_list_of_images_one_batch_at_a_time(model, monkeypatch):
