@@ -1,6 +1,7 @@
 """The Python API: `explain(model, x, method=..., target=...)` → an `Explanation`."""
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,8 @@ class Explanation:
 
 
 def cam_layer(model: Model, layer: str | None) -> str:
+    if not (layer is None or isinstance(layer, str)):
+        raise OnnxplainError(f"layer must be a tensor name, not {reprlib.repr(layer)}")
     found = model.layers()
     if layer is None:
         layer = default_layer(found)

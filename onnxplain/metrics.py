@@ -14,13 +14,14 @@
 """
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from .errors import OnnxplainError
-from .explain import as_batch, as_targets, explain
+from .explain import as_batch, as_targets, check_finite, explain
 from .limits import whole
 from .perturb import Plan, Scorer, baseline, stream, to_chw, top1
 
@@ -31,10 +32,14 @@ BETTER = {"deletion": "lower", "insertion": "higher", "drop": "lower", "increase
 def _prepare(model, x, maps, target, score, batch_size):
     inputs, _ = as_batch(model, x)
     images = to_chw(inputs, model.layout)
-    maps = np.asarray(maps, np.float64)
+    try:
+        maps = np.asarray(maps, np.float64)
+    except (TypeError, ValueError):
+        raise OnnxplainError(f"maps must be an array of numbers, N×H×W, not {reprlib.repr(maps)}") from None
     maps = maps[None] if maps.ndim == 2 else maps
     if maps.shape != (len(images), *images.shape[2:]):
         raise OnnxplainError(f"maps have shape {maps.shape}; the images need {(len(images), *images.shape[2:])}")
+    check_finite(maps, "map")
     scorer = Scorer(model, score)
     _, base = scorer.reference(images, batch_size or model.batch_size)
     return images, maps, scorer, base, top1(as_targets(model, target, len(images)), base)
@@ -57,9 +62,7 @@ def curves(model, x, maps, target=None, *, mode: str = "deletion", baseline_kind
         raise OnnxplainError(f"mode must be deletion or insertion, not {mode!r}")
     images, maps, scorer, _, used = _prepare(model, x, maps, target, score, batch_size)
     _, _, h, w = images.shape
-    step = step or max(1, h * w // 224)
-    if step < 1:
-        raise OnnxplainError("step must be at least 1 pixel")
+    step = max(1, h * w // 224) if step is None else whole("step", step)
     n = -(-h * w // step)
     kind = baseline_kind if baseline_kind is not None else ("zero" if mode == "deletion" else "blur")
     plans = []
@@ -116,11 +119,16 @@ def evaluate(model, x, methods=("rise",), target=None, *, metrics=METRICS, step:
     params: {method: {parameter: value}} passed to `explain`.
     progress: progress(done, total) for every stream of model calls (explanations and metrics).
     """
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise OnnxplainError(f"unknown metric '{unknown[0]}' (known: {', '.join(METRICS)})")
+    listed = isinstance(metrics, (list, tuple))
+    if not listed or any(m not in METRICS for m in metrics):
+        unknown = next(m for m in metrics if m not in METRICS) if listed else metrics
+        raise OnnxplainError(f"unknown metric {reprlib.repr(unknown)} (metrics is a list of: {', '.join(METRICS)})")
     if isinstance(methods, str):
         methods = [methods]
+    if not isinstance(methods, (list, tuple, Mapping)):
+        raise OnnxplainError(f"methods must be method names or a mapping of maps, not {reprlib.repr(methods)}")
+    if not (params is None or isinstance(params, Mapping) and all(isinstance(v, Mapping) for v in params.values())):
+        raise OnnxplainError(f"params must map each method to its parameters, not {reprlib.repr(params)}")
     size = model.batch_size if batch_size is None else whole("batch_size", batch_size)
     if isinstance(x, (list, tuple)) and len(x) > size and all(isinstance(p, (str, Path)) for p in x):
         return _in_batches(model, x, methods, as_targets(model, target, len(x)), size, metrics=metrics, step=step,
@@ -180,7 +188,7 @@ def pointing_game(maps, masks, tolerance: float = 0) -> np.ndarray:
     maps: N×H×W (or H×W); masks: the same shape, non-zero on the object. Among equal maxima the first in row-major
     order counts (numpy's argmax). An empty mask scores 0.0. Zhang et al. use a tolerance of 15 pixels at ~224².
     """
-    if not tolerance >= 0:
+    if not (isinstance(tolerance, (int, float, np.number)) and tolerance >= 0):
         raise OnnxplainError(f"tolerance must be a distance in pixels, at least 0, not {tolerance}")
     maps, masks = _maps_and_masks(maps, masks)
     hits = np.zeros(len(maps))

@@ -148,6 +148,8 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     if not (preprocessing is None or isinstance(preprocessing, (str, dict, Preprocessing))):
         raise OnnxplainError(f"preprocessing must be a preset name, a dict of fields or a Preprocessing, "
                              f"not {preprocessing!r}")
+    if not isinstance(path, (str, os.PathLike, onnx.ModelProto)):
+        raise OnnxplainError(f"the model must be a path or an onnx.ModelProto, not {reprlib.repr(path)}")
     model_path = None if isinstance(path, onnx.ModelProto) else Path(path)
     proto = path if model_path is None else _read(model_path)
     try:
