@@ -9,7 +9,7 @@ import numpy as np
 
 from . import methods
 from .errors import OnnxplainError
-from .limits import whole
+from .limits import check_memory, whole
 from .model import Model
 from .preprocess import read_image
 from .rewrite.graph import Request
@@ -136,6 +136,9 @@ def explain(model: Model, x, method: str = "saliency", target=None, layer: str |
     n, k = len(inputs), targets.shape[1] if targets.ndim == 2 else 1
     if k > 1 or targets.ndim == 2:
         inputs = np.repeat(inputs, k, axis=0)
+    rows = min(batch_size, len(inputs)) if m.one_graph else batch_size  # multi-pass methods fill every batch
+    check_memory(f"batch_size {batch_size} ({rows} inputs of {'×'.join(map(str, inputs.shape[1:]))} floats per model "
+                 f"run, before the model's own activations)", rows * inputs[0].nbytes, "lower the batch size")
     attributions, maps, logits, used, *extra = m.run(model, inputs, targets.reshape(-1), layer, batch_size)
     info = extra[0] if extra else {}
     scores = logits[np.arange(len(used)), used]

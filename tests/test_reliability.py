@@ -259,3 +259,14 @@ def test_the_documented_sidecar_schema_names_the_fields_the_code_checks():
     schema = json.loads((ROOT / "docs" / "sidecar.schema.json").read_text())["properties"]
     assert {k for k, v in schema.items() if v["type"] == "string"} == set(SIDECAR_TEXT)
     assert set(schema["preprocessing"]["properties"]) == set(FIELDS) | {"crop"}
+
+
+def test_a_batch_larger_than_memory_is_refused_before_it_is_allocated(model, monkeypatch):
+    import onnxplain.limits
+    m = onnxplain.load(model, device="cpu")
+    monkeypatch.setattr(onnxplain.limits, "available_memory", lambda: 100_000)  # 100 kB: 130 inputs of 768 bytes
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.explain(m, X, "occlusion", window=4, stride=4, batch_size=256)
+    assert "batch_size 256 (256 inputs of 3×8×8 floats per model run" in str(e.value) and "0.000197 GB" in str(e.value)
+    assert onnxplain.explain(m, X, "occlusion", window=4, stride=4, batch_size=64).maps.shape == (1, 8, 8)
+    assert onnxplain.explain(m, X, "saliency", batch_size=256).maps.shape == (1, 8, 8)  # one image: one row a run
