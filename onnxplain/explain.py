@@ -32,16 +32,18 @@ class Explanation:
 def cam_layer(model: Model, layer: str | None) -> str:
     if not (layer is None or isinstance(layer, str)):
         raise OnnxplainError(f"layer must be a tensor name, not {reprlib.repr(layer)}")
-    found = model.layers()
+    found, tokens = model.layers(), model.tokens()
     if layer is None:
-        layer = default_layer(found)
+        layer = tokens.default if tokens is not None else default_layer(found)
         if layer is None:
             raise OnnxplainError("the model has no tensor with spatial extent to explain at; give --layer NAME")
     return layer
 
 
 def candidate_layers(model: Model) -> list[str]:
-    return block_ends(model.layers(), model.layout)
+    """Block ends, and a vision transformer's token tensors that LayerNorms give (laid out on the patch grid)."""
+    tokens = model.tokens()
+    return block_ends(model.layers(), model.layout) + ([] if tokens is None else list(tokens.norms))
 
 
 def as_batch(model: Model, x) -> tuple[np.ndarray, list[np.ndarray] | None]:

@@ -20,7 +20,7 @@ from .passes.input_type import pixel_images
 from .passes.precision import PROMOTED
 from .preprocess import MODES, Preprocessing, preset
 from .rewrite.graph import Request, build, dynamic_batch, opset_of
-from .rewrite.layers import spatial_tensors
+from .rewrite.layers import Tokens, find_layers
 from .rewrite.rules.quant import QUANTISERS
 from .runtime import Session
 
@@ -47,7 +47,7 @@ class Model:
     quantized: str = "ste"          # "ste": quantisers pass the gradient straight through; "exact": it stops there
     pixels: str = "float32"         # the type the deployed model takes its image in (uint8, float64: fed as float32)
     _sessions: dict = field(default_factory=dict, repr=False)
-    _layers: list | None = field(default=None, repr=False)
+    _layers: tuple | None = field(default=None, repr=False)  # (spatial tensors, tokens), found once
 
     def session(self, request: Request) -> Session:
         """The cached session computing `request` on this model."""
@@ -87,8 +87,18 @@ class Model:
     def layers(self) -> list[tuple[str, tuple]]:
         """(name, shape) of the tensors with spatial extent between the input and the score, in graph order."""
         if self._layers is None:
-            self._layers = spatial_tensors(self.proto, self.input, self.score, self.layout)
-        return self._layers
+            self._layers = find_layers(self.proto, self.input, self.score, self.layout)
+        return self._layers[0]
+
+    def tokens(self) -> Tokens | None:
+        """A vision transformer's token tensors and patch grid (None for other models)."""
+        self.layers()
+        return self._layers[1]
+
+    def grid_of(self, layer: str | None) -> tuple[int, int] | None:
+        """The patch grid that token tensor `layer` is laid out on for CAM methods, None for other tensors."""
+        tokens = self.tokens()
+        return tokens.grid if tokens is not None and layer in tokens.layers else None
 
     @property
     def promoted_from(self) -> str | None:

@@ -88,7 +88,7 @@ class Method:
                         {model.input: inputs, TARGET: targets}, batch_size)
 
     def request(self, model, layer: str | None) -> Request:
-        head = Head(self, model.input, model.score, layer, model.layout, model.input_size)
+        head = Head(self, model.input, model.score, layer, model.layout, model.input_size, model.grid_of(layer))
         wrt = (layer if self.at_layer else model.input,) if self.uses_gradient else ()
         return Request(expose=(model.score,), differentiate=(model.score,), wrt=wrt, seed="target", head=head,
                        rules=self.rules(model))
@@ -104,17 +104,34 @@ class Head:
     layer: str | None
     layout: str
     size: tuple[int, int]
+    grid: tuple[int, int] | None = None  # the patch grid of a vision transformer's token layer
 
     def build(self, g: Builder, tensors: dict, grads: dict, target: gs.Tensor) -> dict:
         channel, spatial = (1, (2, 3)) if self.layout == "NCHW" else (3, (1, 2))
-        a = tensors[self.layer] if self.layer else None
+        a, da = (tensors[self.layer], grads.get(self.layer)) if self.layer else (None, None)
+        if self.grid is not None and a.shape is not None and len(a.shape) == 3:
+            a, da = (None if t is None else on_grid(g, t, a.shape, self.grid, self.layout) for t in (a, da))
         if a is not None and a.shape is not None and len(a.shape) != 4:
             raise OnnxplainError(f"layer '{self.layer}' has shape {list(a.shape)}; {self.method.name} reads a layer "
                                  f"with channels, height and width (see `onnxplain inspect` for candidates)")
-        t = Tensors(tensors[self.input], grads.get(self.input), a, grads.get(self.layer), tensors[self.score], target,
-                    channel, spatial, self.size)
+        t = Tensors(tensors[self.input], grads.get(self.input), a, da, tensors[self.score], target, channel, spatial,
+                    self.size)
         attributions, low = self.method.formula(g, t)
         return {"attributions": attributions, "maps": upsample(g, low, self.size)}
+
+
+def on_grid(g: Builder, tokens: gs.Tensor, shape, grid: tuple[int, int], layout: str) -> gs.Tensor:
+    """N×T×C tokens (of `shape`) laid out as an image on the patch grid (as pytorch-grad-cam's reshape_transform):
+    the extra tokens before the T − Gh·Gw patch tokens dropped, then N×C×Gh×Gw (or N×Gh×Gw×C for an NHWC model)."""
+    n, count, channels = shape
+    patches = g.slice(tokens, [count - grid[0] * grid[1]], [count], [1])
+    image = g.Reshape(patches, g.ints([-1, *grid, channels]))
+    image.shape = [n, *grid, channels]
+    if layout == "NHWC":
+        return image
+    out = g.Transpose(image, perm=[0, 3, 1, 2])
+    out.shape = [n, channels, *grid]
+    return out
 
 
 def upsample(g: Builder, m: gs.Tensor, size: tuple[int, int]) -> gs.Tensor:

@@ -175,7 +175,8 @@ class LayerCAM(CAM):
             return request
         extra = block_ends(model.layers(), model.layout) if self.layers == ("blocks",) else self.layers
         names = tuple(dict.fromkeys((layer, *extra)))
-        head = FusedHead(self, model.input, model.score, layer, model.layout, model.input_size, names, self.gamma)
+        head = FusedHead(self, model.input, model.score, layer, model.layout, model.input_size,
+                         model.grid_of(layer), layers=names, gamma=self.gamma)
         return replace(request, wrt=names, head=head)
 
 
@@ -317,6 +318,10 @@ class PassesCAM(CAM):
         raise NotImplementedError
 
     def run(self, model, inputs, targets, layer, batch_size):
+        if model.grid_of(layer):
+            raise OnnxplainError(f"{self.name} masks the channels of an image-shaped layer; '{layer}' holds a vision "
+                                 "transformer's tokens: use gradcam, gradcampp, xgradcam, hirescam, layercam, "
+                                 "eigencam or fem there")
         sess = model.session(Request(expose=(layer, model.score), keep_outputs=False))
         a, logits = sess.run([layer, model.score], {model.input: inputs}, batch_size)
         used = np.where(targets < 0, logits.argmax(axis=1), targets)

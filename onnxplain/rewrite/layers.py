@@ -1,14 +1,30 @@
 """Find the tensors worth explaining at: those with spatial extent on the path from the image to the score."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import onnx
 
 from .graph import infer_shapes
 
+MAX_EXTRA_TOKENS = 8  # class, distillation and register tokens before the patch tokens
 
-def spatial_tensors(model: onnx.ModelProto, input_name: str, score: str, layout: str) -> list[tuple[str, tuple]]:
+
+@dataclass(frozen=True)
+class Tokens:
+    """A vision transformer's token tensors (N×T×C, T = extra tokens + the patch grid's cells) and its patch grid,
+    the size of its patch embedding's output: CAM methods read them laid back out on that grid."""
+
+    grid: tuple[int, int]
+    layers: tuple[str, ...]
+    norms: tuple[str, ...]  # those that LayerNormalizations give (the blocks' inputs to attention and MLP)
+    default: str            # the last of them before the last attention (pytorch-grad-cam's blocks[-1].norm1)
+
+
+def find_layers(model: onnx.ModelProto, input_name: str, score: str, layout: str
+                ) -> tuple[list[tuple[str, tuple]], Tokens | None]:
     """(name, shape) of every rank-4 float tensor with height and width > 1 between the input and the score, in
-    topological order."""
+    topological order (attention maps excepted), and the token tensors if the model is a vision transformer."""
     inferred = infer_shapes(model)
     shapes = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
@@ -25,14 +41,36 @@ def spatial_tensors(model: onnx.ModelProto, input_name: str, score: str, layout:
         if any(o in backward for o in node.output):
             backward.update(node.input)
     hw = slice(2, 4) if layout == "NCHW" else slice(1, 3)
-    found = []
+    found, tokens, grid, counts, norms, softmax = [], [], None, set(), [], 0
     for node in nodes:
         for name in node.output:
             shape = shapes.get(name)
-            if name in forward and name in backward and shape and len(shape) == 4 and all(
-                    d is not None and d > 1 for d in shape[hw]):
+            if name not in forward or name not in backward or not shape:
+                continue
+            if len(shape) == 4 and all(d is not None and d > 1 for d in shape[hw]) and not set(shape[hw]) & counts:
                 found.append((name, shape))
-    return found
+            if len(shape) != 3 or None in shape[1:]:
+                continue
+            if found and _patches(shape, found[-1][1], hw, 1 if layout == "NCHW" else 3):
+                grid = grid or tuple(found[-1][1][hw])
+            if grid and 0 <= shape[1] - _cells(grid) <= MAX_EXTRA_TOKENS:
+                tokens.append(name)
+                counts.add(shape[1])  # a rank-4 tensor with T rows from here on is attention (maps, heads)
+                norms += [(name, softmax)] * (node.op_type == "LayerNormalization")
+        softmax += node.op_type == "Softmax" and grid is not None
+    if not tokens or not softmax:  # tokens without attention: a CNN's flattened feature map
+        return found, None
+    before_last = [name for name, seen in norms if seen == softmax - 1] or [tokens[-1]]
+    return found, Tokens(grid, tuple(tokens), tuple(name for name, _ in norms), before_last[-1])
+
+
+def _cells(hw) -> int:
+    return int(hw[0]) * int(hw[1])
+
+
+def _patches(tokens: tuple, image: tuple, hw: slice, channel: int) -> bool:
+    """Whether the rank-3 `tokens` (N×T×C) are the rank-4 `image`'s cells as tokens, after up to a few extra ones."""
+    return tokens[2] == image[channel] and 0 <= tokens[1] - _cells(image[hw]) <= MAX_EXTRA_TOKENS
 
 
 def default_layer(found: list[tuple[str, tuple]]) -> str | None:
