@@ -37,8 +37,9 @@ def float_pixels(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     for inp in model.graph.input:
         if inp.name in found:
             _as_float(model.graph, inp)
-    casts = "; ".join(f"'{name}' {kind} pixels fed as float32 through its Cast" for name, kind in found.items())
-    return model, casts + " (the gradient reaches the pixels; black-box inputs are rounded to an integer type)"
+    return model, "; ".join(f"'{name}' {kind} pixels fed as float32 through its Cast, so the gradient reaches them"
+                            + ("; black-box inputs are rounded to the type" if kind != "float64" else "")
+                            for name, kind in found.items())
 
 
 def _as_float(graph: onnx.GraphProto, inp) -> None:
