@@ -28,7 +28,12 @@ def caffe_head(softmax=False, opset=17, classes=10, extra=()):
              helper.make_node("Conv", ["r", "head"], ["s"]),
              helper.make_node("GlobalAveragePool", ["s"], ["pooled"])]
     out = "pooled"
-    if softmax:
+    if softmax == "converted":  # onnx's version converter's form of an opset-9 Softmax over channels
+        nodes += [helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+                  helper.make_node("Softmax", ["flat"], ["p2"], axis=-1),
+                  helper.make_node("Reshape", ["p2", "shape"], ["prob"])]
+        out = "prob"
+    elif softmax:
         nodes.append(helper.make_node("Softmax", ["pooled"], ["prob"], axis=1))
         out = "prob"
     outputs = [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, classes, 1, 1])]
@@ -36,7 +41,8 @@ def caffe_head(softmax=False, opset=17, classes=10, extra=()):
         nodes.append(node)
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
     graph = helper.make_graph(nodes, "caffe", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              outputs, [numpy_helper.from_array(w, "w"), numpy_helper.from_array(head, "head")])
+                              outputs, [numpy_helper.from_array(w, "w"), numpy_helper.from_array(head, "head"),
+                                        numpy_helper.from_array(np.array([1, 10, 1, 1]), "shape")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
 
@@ -56,11 +62,11 @@ def input_gradient(m, x, c):
     return sess.run([GRAD.format(m.input)], {m.input: x, COTANGENT.format(m.score): cotangent})[0]
 
 
-@pytest.mark.parametrize("softmax,opset", [(False, 17), (True, 17), (True, 11)])
+@pytest.mark.parametrize("softmax,opset", [(False, 17), (True, 17), (True, 11), ("converted", 17)])
 def test_nc11_heads_are_flattened_and_their_logits_differentiated(softmax, opset):
     proto = caffe_head(softmax, opset)
     m = onnxplain.load(proto, preprocessing="unit")
-    assert (m.num_classes, m.softmax_output) == (10, softmax) and "flattened" in dict(m.normalised)["head"]
+    assert (m.num_classes, m.softmax_output) == (10, bool(softmax)) and "flattened" in dict(m.normalised)["head"]
     logits = forward(m, X)  # (the methods' heads need opset 13 for Resize at the time of writing)
     assert logits.shape == (2, 10) and rel_err(logits[:, 4], _logit(proto, X, 4)) < 1e-5
     v = RNG.standard_normal(X.shape).astype(np.float32)

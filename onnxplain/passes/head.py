@@ -63,12 +63,29 @@ def _softmax(model: onnx.ModelProto, out):
     return (node if found else None), chain
 
 
+def _reshaped_back(model: onnx.ModelProto, out):
+    """The Reshape that makes output `out` (through Identities) from a Softmax over a Flatten(axis=1) (the form onnx's
+    version converter gives an opset < 13 Softmax over an N×C×1×1 head), or None."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    node = producer.get(out.name)
+    while node is not None and node.op_type == "Identity":
+        node = producer.get(node.input[0])
+    softmax = producer.get(node.input[0]) if node is not None and node.op_type == "Reshape" else None
+    flat = producer.get(softmax.input[0]) if softmax is not None and softmax.op_type == "Softmax" else None
+    axis = next((a.i for a in flat.attribute if a.name == "axis"), 1) if flat is not None else None
+    return node if flat is not None and flat.op_type == "Flatten" and axis == 1 else None
+
+
 def _flatten(model: onnx.ModelProto, out, flat: dict) -> None:
     """Insert the Flatten for `out` (before its Softmax over classes, if there is one) and declare it N×C; `flat`
     maps the 4-D tensors flattened so far to their N×C names."""
     graph, axis = model.graph, _class_axis(out)
     softmax, chain = _softmax(model, out)
-    if softmax is not None:
+    back = _reshaped_back(model, out)
+    if back is not None:  # Flatten → Softmax → Reshape to 4-D: the Softmax's N×C output is the score
+        back.op_type = "Identity"
+        del back.input[1:]
+    elif softmax is not None:
         source = softmax.input[0]
         _set_axis(softmax, 1)
         if source not in flat:  # (an output flattened before: its N×C tensor is the logits)
