@@ -16,7 +16,8 @@ X = np.random.default_rng(0).standard_normal((2, 3, 9, 9)).astype(np.float32)
 
 def pooled_cnn(opset, ir3=False):
     """image → Conv → Relu → MaxPool 3×3 stride 2 (overlapping windows) → Reshape([1, 64]) → Gemm, batch 1,
-    as an opset-`opset` exporter writes it; `ir3`: initializers also listed as graph inputs, as Caffe2's conversions do."""
+    as an opset-`opset` exporter writes it; `ir3`: initializers also listed as graph inputs, as Caffe2's
+    conversions do."""
     rng = np.random.default_rng(1)
     inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
              numpy_helper.from_array(rng.standard_normal((5, 64)).astype(np.float32) / 8, "fc"),

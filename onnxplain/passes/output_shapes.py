@@ -1,5 +1,5 @@
-"""Output shapes as onnxruntime computes them, where the exporter declared none, a rank-0 one or non-positive dims
-(some Paddle exports declare their N×classes output as a scalar), so that the score output is found by its shape.
+"""Output shapes as onnxruntime computes them, where the exporter declared none or a rank-0 one (some Paddle exports
+declare their N×classes output as a scalar), so that the score output is found by its shape.
 
 The model runs once on a probe input (probe.feeds); each output so declared gets the shape it had there, the batch
 symbolic where the image's batch is. Other dims are those of the probe's size: right for class scores, which do not
@@ -41,8 +41,7 @@ def trust_runtime_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str |
 
 def _undeclared(out: onnx.ValueInfoProto) -> bool:
     t = out.type.tensor_type
-    return not t.HasField("shape") or not t.shape.dim or any(d.HasField("dim_value") and d.dim_value <= 0
-                                                             for d in t.shape.dim)
+    return not t.HasField("shape") or not t.shape.dim
 
 
 def _shown(out: onnx.ValueInfoProto):

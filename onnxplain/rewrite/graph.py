@@ -229,7 +229,7 @@ def dynamic_batch(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
     graph = model.graph
     inp = next(i for i in graph.input if i.name == input_name)
     dim0 = inp.type.tensor_type.shape.dim[0]
-    if not dim0.HasField("dim_value") or dim0.dim_value < 1:  # symbolic (some exporters write -1)
+    if not dim0.HasField("dim_value"):
         return model
     batch = dim0.dim_value
     dim0.dim_param = "N"
