@@ -250,7 +250,8 @@ def _free_batch(graph: onnx.GraphProto, batch: int, depends: set[str], constants
     for node in graph.node:  # exporters emit nodes in topological order
         for sub in subgraphs(node):
             for v in (*sub.input, *sub.output):
-                v.type.tensor_type.ClearField("shape")
+                if v.type.HasField("tensor_type"):
+                    v.type.tensor_type.ClearField("shape")
             _free_batch(sub, batch, depends, constants)
         reads = set(node.input) | {o.name for sub in subgraphs(node) for o in sub.output}
         if reads & depends and node.op_type not in ("Shape", "Size"):
