@@ -6,6 +6,7 @@ from gradcheck import check_vjp, exact_vjp, one_node_model
 from onnx import TensorProto
 
 from onnxplain.errors import OnnxplainError
+from onnxplain.rewrite.graph import Request, build
 
 R = np.random.default_rng(1)
 BIG = np.iinfo(np.int64).max
@@ -213,3 +214,15 @@ def test_einsum(equation, shapes):
 def test_unsupported_forms_are_refused_in_one_line(op, inputs, attrs, consts, message):
     with pytest.raises(OnnxplainError, match=message):
         check_vjp(op, inputs, attrs, consts, opset=16)
+
+
+@pytest.mark.parametrize("op, consts", [("Add", {"b": rand(3)}), ("Softmax", {}), ("Transpose", {})])
+def test_lost_rank_is_refused_in_one_line(op, consts):
+    """Where ONNX shape inference loses a rank (an opset-11 export's Reshape to a shape computed from Shape/Slice/
+    Concat), a rule that needs it names the node and the tensor; it raised a ValueError or TypeError before."""
+    model = one_node_model(op, {"x": rand(2, 3)}, {}, consts, opset=13)
+    model.graph.input[0].type.tensor_type.ClearField("shape")
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    model.graph.node[0].name = "n"
+    with pytest.raises(OnnxplainError, match=f"the gradient of {op} 'n' needs the rank of 'x', which ONNX shape"):
+        build(model, Request(differentiate=("y0",), wrt=("x",)))

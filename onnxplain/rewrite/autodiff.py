@@ -124,7 +124,7 @@ def append_vjp(graph: gs.Graph, opset: int, ys: list[gs.Tensor], dys: list[gs.Te
         if MIN_OPSET.get(node.op, 0) > opset:  # the load pass could not convert the model (see inspect)
             raise UnsupportedOpError(node.op, node.name, opset, f"the gradient needs opset {MIN_OPSET[node.op]}, "
                                      "to which this model could not be converted (see `onnxplain inspect`),")
-        dins = rule(node, douts, g)
+        dins = _apply(rule, node, douts, g)
         for t, d in zip(node.inputs, dins):
             if d is not None and g.needs(t):
                 pending[t.name].append(d)
@@ -136,6 +136,20 @@ def append_vjp(graph: gs.Graph, opset: int, ys: list[gs.Tensor], dys: list[gs.Te
                                  "its gradient is zero; explain this model with a black-box method instead "
                                  "(occlusion, rise, lime, kernelshap), which only runs the model")
     return [results[t.name] for t in wrt]
+
+
+def _apply(rule, node: gs.Node, douts: list, g: VJPBuilder) -> list:
+    """The node's input cotangents; where its rule needs a rank that ONNX shape inference lost (opset-11 exports
+    reshape to shapes computed from Shape/Slice/Concat), one line naming the node and the tensor."""
+    try:
+        return rule(node, douts, g)
+    except (TypeError, ValueError):
+        lost = next((t.name for t in [*node.inputs, *node.outputs] if t.name and t.shape is None), None)
+        if lost is None:
+            raise
+        raise OnnxplainError(f"the gradient of {node.op} '{node.name}' needs the rank of '{lost}', which ONNX shape "
+                             "inference did not find; explain this model with a black-box method instead (occlusion, "
+                             "rise, lime, kernelshap), which only runs the model") from None
 
 
 def _cut(graph: gs.Graph, ys: list[gs.Tensor], t: gs.Tensor, through=frozenset()) -> str:
