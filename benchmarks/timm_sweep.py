@@ -60,7 +60,7 @@ CNNS = [
     ("repghostnet_050", 64, {}), ("mobileone_s0", 64, {}), ("gernet_s", 64, {}), ("inception_next_atto", 64, {}),
 ]
 HYBRIDS = [
-    ("efficientformer_l1", 64, {}), ("poolformer_s12", 64, {}), ("mobilevit_xxs", 64, {}),
+    ("efficientformer_l1", 224, {}), ("poolformer_s12", 64, {}), ("mobilevit_xxs", 64, {}),
     ("mobilevitv2_050", 64, {}), ("levit_128s", 224, {}), ("edgenext_xx_small", 64, {}),
     ("fastvit_t8", 64, {}), ("efficientvit_b0", 64, {}), ("repvit_m0_9", 64, {}), ("coat_lite_tiny", 64, {}),
     ("botnet26t_256", 64, {"img_size": 64}),
@@ -185,10 +185,13 @@ def explain(path: Path, x: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray,
 def case(name: str, variant: str, tmp: Path) -> dict:
     """One (architecture, exporter or variant) case's figures, or its error line."""
     size = ARCHS[name][0]
-    model = create(name)
+    row = {"arch": name, "variant": variant}
+    try:
+        model = create(name)
+    except Exception as exc:  # noqa: BLE001 (recorded)
+        return dict(row, stage="create", error=f"{type(exc).__name__}: {first_line(exc)}")
     x = np.random.default_rng(SEED).standard_normal((BATCH, 3, size, size)).astype(np.float32)
     path = tmp / f"{name}_{variant}.onnx"
-    row = {"arch": name, "variant": variant}
     t0 = time.time()
     try:
         if variant == "float16":
