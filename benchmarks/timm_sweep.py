@@ -302,8 +302,9 @@ def table(rows: list[dict]) -> str:
             continue
         cam = f"{r['gradcam']:.1e}" if isinstance(r["gradcam"], float) else r["gradcam"][:80]
         verdict = {True: "pass", False: "**FAIL**", None: "informative"}[r["pass"]]
+        fd = f"{r['fd']:.0e} ({r['torch_fd']:.0e})" if "fd" in r else ""
         lines.append(f"| {r['arch']} | {r['variant']} | {verdict} | {r['l2']:.1e} | {r['torch32']:.1e} | "
-                     f"{r['corr']:.6f} | {r['fd']:.0e} ({r['torch_fd']:.0e}) | {cam} | {r['seconds']:.0f} |")
+                     f"{r['corr']:.6f} | {fd} | {cam} | {r['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
