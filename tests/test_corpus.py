@@ -24,11 +24,13 @@ FAMILIES = {"gradient": "saliency", "rules": "guided", "cam": "gradcam", "blackb
 
 @pytest.fixture(scope="module")
 def loaded():
-    """One load per file for all its families (a failed load is kept as its exception)."""
-    cache = {}
+    """The file's loaded model and input, or the exception its load raised. A file's families run one after the
+    other, so only the last file is kept: every model held at once would take gigabytes."""
+    last = {}
 
     def get(e):
-        if e["name"] not in cache:
+        if e["name"] not in last:
+            last.clear()
             path = coverage.cached(e)
             if path is None:
                 pytest.skip(f"corpus file {e['name']} is not cached: run python benchmarks/coverage.py to fetch it")
@@ -36,10 +38,10 @@ def loaded():
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     m = onnxplain.load(path, preprocessing=e["preprocessing"], device="cpu", output=e.get("output"))
-                cache[e["name"]] = (m, coverage.batch_for(e, m))
+                    last[e["name"]] = (m, coverage.batch_for(e, m))
             except Exception as exc:  # noqa: BLE001 — judged by the test
-                cache[e["name"]] = exc
-        return cache[e["name"]]
+                last[e["name"]] = exc
+        return last[e["name"]]
     return get
 
 
