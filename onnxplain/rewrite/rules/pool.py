@@ -129,19 +129,20 @@ def _resized_axes(node, opset: int):
             sizes = [y.shape[ax] if y.shape is not None else None for ax in axes]
         elif sizes is not None:
             sizes = _given(node, 3)
-        if sizes is not None and not all(isinstance(d, (int, np.integer)) for d in sizes):
+        if sizes is not None and not all(isinstance(d, (int, np.integer)) or d == x.shape[ax]  # kept, e.g. the batch
+                                         for d, ax in zip(sizes, axes)):
             raise OnnxplainError(f"the gradient of Resize '{node.name}' needs constant sizes or static output sizes")
         if sizes is not None and a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
             raise OnnxplainError(f"the gradient of Resize '{node.name}' does not support keep_aspect_ratio_policy")
     crop = a.get("coordinate_transformation_mode") == "tf_crop_and_resize"
     for i, axis in enumerate(axes):
         n, span = x.shape[axis], (float(roi[i]), float(roi[i + len(axes)])) if crop else (0.0, 1.0)
-        scale, size = (float(scales[i]), None) if scales is not None else (None, int(sizes[i]))
+        scale, size = (float(scales[i]), None) if scales is not None else (None, sizes[i])
         if (scale == 1.0 or size == n) and not crop:
             continue
-        if not isinstance(n, int):
+        if not isinstance(n, int) or not isinstance(size, (int, np.integer, type(None))):
             raise OnnxplainError(f"the gradient of {node.op} '{node.name}' needs the static size of axis {axis}")
-        yield axis, n, scale, size, span
+        yield axis, n, scale, None if size is None else int(size), span
 
 
 def _given(node, i: int):
