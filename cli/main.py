@@ -127,7 +127,8 @@ def inspect(model, **pre):
     m = _load(model, pre)
     p = m.preprocessing
     click.echo(f"model      {model}  (opset {opset_of(m.proto)}, {len(m.proto.graph.node)} nodes)")
-    click.echo(f"input      {m.input}  {m.layout}  {p.size[0]}x{p.size[1]}")
+    size = f"{p.size[0]}x{p.size[1]}" if p.size else "any size"
+    click.echo(f"input      {m.input}  {m.layout}  {size}" + ("" if m.fixed_size else "  (height and width dynamic)"))
     click.echo(f"output     {m.output}  {m.num_classes} classes ({m.score_why})" + (
         "" if m.output == m.score else f"  (Softmax; explaining its input {m.score})"))
     if len(m.proto.graph.output) > 1:
@@ -135,12 +136,17 @@ def inspect(model, **pre):
     click.echo(f"labels     {'%d names' % len(m.labels) if m.labels else 'none'}")
     for name, note in m.normalised:  # what the load passes did
         click.echo(f"{name:<10} {note}")
-    click.echo(f"preprocess resize {p.resize or 'direct'} -> {p.size[0]}x{p.size[1]} {p.interpolation}, "
+    click.echo(f"preprocess resize {p.resize or 'direct'} -> {size} {p.interpolation}, "
                f"scale {p.scale:.6g}, mean {list(p.mean)}, std {list(p.std)}, {p.channel_order}")
-    default = cam_layer(m, None)
-    click.echo("CAM layers (block ends; * = default):")
-    for name in dict.fromkeys(candidate_layers(m) + [default]):
-        click.echo(f"  {'*' if name == default else ' '} {name}")
+    if p.size is None:
+        click.echo("CAM layers: give the input size (--size H W) to list them")
+    else:
+        if m.shapes_note:
+            click.echo(f"shapes     {m.shapes_note}")
+        default = cam_layer(m, None)
+        click.echo("CAM layers (block ends; * = default):")
+        for name in dict.fromkeys(candidate_layers(m) + [default]):
+            click.echo(f"  {'*' if name == default else ' '} {name}")
     if m.quantisers:
         click.echo(f"quantised  {m.quantisers} quantisers: " + (
             "gradients pass straight through each within its range (straight-through estimator; --quantized exact "

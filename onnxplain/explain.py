@@ -56,6 +56,7 @@ def as_batch(model: Model, x) -> tuple[np.ndarray, list[np.ndarray] | None]:
         if other is not None:
             raise OnnxplainError(f"the input list mixes image paths and arrays (item {other} is a "
                                  f"{type(x[other]).__name__}); give image paths, or one array")
+        model.input_size  # noqa: B018  images are read at the input size: raises when it is not known
         views, inputs = zip(*(read_image(p, model.preprocessing) for p in x))
         x = np.stack(inputs)
     try:
@@ -67,10 +68,11 @@ def as_batch(model: Model, x) -> tuple[np.ndarray, list[np.ndarray] | None]:
     integer_pixels = np.issubdtype(np.dtype(model.pixels), np.integer)
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer) and integer_pixels):
         raise OnnxplainError(f"input must be a float array or image paths, not {x.dtype}")
-    h, w, c = *model.input_size, model.preprocessing.channels
-    want = (c, h, w) if model.layout == "NCHW" else (h, w, c)
     if x.ndim == 3:
         x = x[None]
+    h, w = model.input_size if model.fixed_size or x.ndim != 4 else (x.shape[a] for a in model.spatial_axes)
+    c = model.preprocessing.channels
+    want = (c, h, w) if model.layout == "NCHW" else (h, w, c)
     if x.ndim != 4 or x.shape[1:] != want:
         raise OnnxplainError(f"input has shape {tuple(x.shape)}; the model takes N×{'×'.join(map(str, want))} "
                              f"({model.layout})")
@@ -133,6 +135,7 @@ def explain(model: Model, x, method: str = "saliency", target=None, layer: str |
     m = methods.get(method, **params)
     batch_size = model.batch_size if batch_size is None else whole("batch_size", batch_size)
     inputs, views = as_batch(model, x)
+    model = model.for_batch(inputs)
     targets = as_targets(model, target, len(inputs))
     layer = cam_layer(model, layer) if m.at_layer else None
     n, k = len(inputs), targets.shape[1] if targets.ndim == 2 else 1
@@ -155,5 +158,5 @@ def explain(model: Model, x, method: str = "saliency", target=None, layer: str |
 
 def forward(model: Model, inputs: np.ndarray, batch_size: int | None = None) -> np.ndarray:
     """The differentiated scores (N×classes) of a preprocessed batch: one plain forward pass."""
-    sess = model.session(Request(expose=(model.score,), keep_outputs=False))
+    sess = model.for_batch(inputs).session(Request(expose=(model.score,), keep_outputs=False))
     return sess.run([model.score], {model.input: inputs}, batch_size or model.batch_size)[0]

@@ -23,7 +23,7 @@ def export(model: Model, method: str, path: str | Path, layer: str | None = None
         graphs = ", ".join(sorted(n for n, cls in methods.METHODS.items() if cls.one_graph))
         raise OnnxplainError(f"method '{method}' runs several passes, so it is not one graph to export "
                              f"(exportable: {graphs})")
-    proto = build(model.proto, m.request(model, cam_layer(model, layer) if m.at_layer else None),
+    proto = build(model.graph, m.request(model, cam_layer(model, layer) if m.at_layer else None),
                   model.straight_through)
     proto.producer_name = "onnxplain"
     inferred = {vi.name: vi.type for vi in infer_shapes(proto).graph.output}

@@ -31,6 +31,7 @@ BETTER = {"deletion": "lower", "insertion": "higher", "drop": "lower", "increase
 
 def _prepare(model, x, maps, target, score, batch_size):
     inputs, _ = as_batch(model, x)
+    model = model.for_batch(inputs)
     images = to_chw(inputs, model.layout)
     try:
         maps = np.asarray(maps, np.float64)

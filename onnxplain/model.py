@@ -22,6 +22,7 @@ from .preprocess import MODES, Preprocessing, preset
 from .rewrite.graph import Request, build, dynamic_batch, opset_of
 from .rewrite.layers import Tokens, find_layers
 from .rewrite.rules.quant import QUANTISERS
+from .rewrite.shapes import at_size
 from .runtime import Session
 
 SIDECAR_KEY = "onnxplain"  # metadata_props key holding the same JSON as a sidecar file
@@ -46,19 +47,21 @@ class Model:
     score_why: str = ""             # why `output` holds the class scores (for inspect)
     quantized: str = "ste"          # "ste": quantisers pass the gradient straight through; "exact": it stops there
     pixels: str = "float32"         # the type the deployed model takes its image in (uint8, float64: fed as float32)
-    _sessions: dict = field(default_factory=dict, repr=False)
-    _layers: tuple | None = field(default=None, repr=False)  # (spatial tensors, tokens), found once
+    _sessions: dict = field(default_factory=dict, repr=False)  # (request, input size) -> Session
+    _layers: dict = field(default_factory=dict, repr=False)    # input size -> (spatial tensors, tokens)
+    _sized: dict = field(default_factory=dict, repr=False)     # input size -> (graph, note on its shapes)
 
     def session(self, request: Request) -> Session:
-        """The cached session computing `request` on this model."""
-        if request not in self._sessions:
-            if request.differentiate and self.straight_through and not any(r.differentiate for r in self._sessions):
+        """The cached session computing `request` on this model at its input size."""
+        key = request, self.input_size
+        if key not in self._sessions:
+            if request.differentiate and self.straight_through and not any(r.differentiate for r, _ in self._sessions):
                 warnings.warn(f"onnxplain: {_where(self.path)} is quantised ({self.quantisers} quantisers); its "
                               f"gradient passes straight through each within its range (quantized='exact' refuses "
                               f"instead)", stacklevel=3)
-            self._sessions[request] = Session(build(self.proto, request, self.straight_through), self.device,
-                                              1 if self.batch_coupled else None)
-        return self._sessions[request]
+            self._sessions[key] = Session(build(self.graph, request, self.straight_through), self.device,
+                                          1 if self.batch_coupled else None)
+        return self._sessions[key]
 
     @property
     def quantisers(self) -> int:
@@ -86,19 +89,51 @@ class Model:
 
     def layers(self) -> list[tuple[str, tuple]]:
         """(name, shape) of the tensors with spatial extent between the input and the score, in graph order."""
-        if self._layers is None:
-            self._layers = find_layers(self.proto, self.input, self.score, self.layout)
-        return self._layers[0]
+        return self._found()[0]
 
     def tokens(self) -> Tokens | None:
         """A vision transformer's token tensors and patch grid (None for other models)."""
-        self.layers()
-        return self._layers[1]
+        return self._found()[1]
+
+    def _found(self) -> tuple:
+        if self.input_size not in self._layers:
+            self._layers[self.input_size] = find_layers(self.graph, self.input, self.score, self.layout)
+        return self._layers[self.input_size]
 
     def grid_of(self, layer: str | None) -> tuple[int, int] | None:
         """The patch grid that token tensor `layer` is laid out on for CAM methods, None for other tensors."""
         tokens = self.tokens()
         return tokens.grid if tokens is not None and layer in tokens.layers else None
+
+    @property
+    def graph(self) -> onnx.ModelProto:
+        """The model at its input size: height and width fixed, every tensor's shape known to the rewrite."""
+        return self._at_size()[0]
+
+    @property
+    def shapes_note(self) -> str | None:
+        """Where the shapes of `graph` came from, when ONNX's shape inference did not tell them all."""
+        return self._at_size()[1]
+
+    def _at_size(self) -> tuple[onnx.ModelProto, str | None]:
+        if self.input_size not in self._sized:
+            self._sized[self.input_size] = at_size(self.proto, self.input, self.spatial_axes, self.input_size)
+        return self._sized[self.input_size]
+
+    def at_size(self, size) -> "Model":
+        """This model explained at input height and width `size` (sharing its caches): any size when its input
+        leaves them dynamic, else its own."""
+        size = tuple(int(s) for s in size)
+        if size == self.preprocessing.size:
+            return self
+        if self.fixed_size:
+            raise OnnxplainError(f"input '{self.input}' takes {self.input_size[0]}x{self.input_size[1]} images, "
+                                 f"not {size[0]}x{size[1]}")
+        return replace(self, preprocessing=replace(self.preprocessing, size=size))
+
+    def for_batch(self, inputs: np.ndarray) -> "Model":
+        """This model at the height and width of a batch in its layout."""
+        return self.at_size([inputs.shape[axis] for axis in self.spatial_axes])
 
     @property
     def promoted_from(self) -> str | None:
@@ -120,7 +155,22 @@ class Model:
         return 1 if self.layout == "NCHW" else 3
 
     @property
+    def spatial_axes(self) -> tuple[int, int]:
+        """The height and width axes of the image input."""
+        return (2, 3) if self.layout == "NCHW" else (1, 2)
+
+    @property
+    def fixed_size(self) -> bool:
+        """Whether the model's input fixes its height and width (else each batch brings its own)."""
+        dims = _dims(next(i for i in self.proto.graph.input if i.name == self.input))
+        return all(isinstance(dims[axis], int) for axis in self.spatial_axes)
+
+    @property
     def input_size(self) -> tuple[int, int]:
+        """The height and width images are explained at."""
+        if self.preprocessing.size is None:
+            raise OnnxplainError(f"input '{self.input}' has no fixed height and width; give the input size (--size H "
+                                 f"W, or preprocessing={{'size': [H, W]}}), or explain a preprocessed array")
         return self.preprocessing.size
 
     def probabilities(self, scores: np.ndarray) -> np.ndarray:
@@ -288,12 +338,10 @@ def _preprocessing(inp, sidecar: dict, requested, pixels: str | None) -> Preproc
         pre = replace(pre, layout=_guess_layout(dims))
     spatial = dims[2:4] if pre.layout == "NCHW" else dims[1:3]
     channels = dims[1] if pre.layout == "NCHW" else dims[3]
-    if pre.size is None:
-        if not all(isinstance(d, int) and d > 0 for d in spatial):
-            raise OnnxplainError(f"input '{inp.name}' has no fixed height and width {spatial}; give the input size "
-                                 f"(--size H W, or preprocessing={{'size': [H, W]}})")
+    if pre.size is None and all(isinstance(d, int) and d > 0 for d in spatial):
         pre = replace(pre, size=tuple(spatial))
-    pre = replace(pre, size=tuple(int(s) for s in pre.size))
+    if pre.size is not None:  # else each batch brings its own
+        pre = replace(pre, size=tuple(int(s) for s in pre.size))
     if all(isinstance(d, int) and d > 0 for d in spatial) and tuple(spatial) != pre.size:
         raise OnnxplainError(f"preprocessing size {list(pre.size)} does not match input '{inp.name}' of shape {dims}")
     if isinstance(channels, int) and channels > 0:

@@ -1,0 +1,109 @@
+"""Static shapes for one input size: the image input's height and width fixed, every tensor's shape inferred, and
+where ONNX's shape inference gives up (sizes computed at run time, ops it does not know), read from one probe run of
+the model, so that no rule is starved of a shape that a forward pass tells. The batch dimension stays symbolic."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..errors import quiet_onnxruntime
+from .graph import infer_shapes
+
+PROBE_BATCHES = (1, 2)  # a dimension that differs between the two runs depends on the batch and stays symbolic
+
+
+def at_size(model: onnx.ModelProto, input_name: str, axes: tuple[int, int], size: tuple[int, int]
+            ) -> tuple[onnx.ModelProto, str | None]:
+    """`model` with the `axes` of `input_name` fixed to `size`, and a note when shapes came from a probe run.
+
+    When static inference knows every shape, the model is returned without value_info (as build expects it);
+    otherwise every tensor's shape is declared, from inference where it knew it and from the probe where not.
+    """
+    fixed = onnx.ModelProto.FromString(model.SerializeToString())
+    inp = next(i for i in fixed.graph.input if i.name == input_name)
+    dims = inp.type.tensor_type.shape.dim
+    for axis, s in zip(axes, size):
+        dims[axis].dim_value = int(s)
+    del fixed.graph.value_info[:]
+    batch = dims[0].dim_param or None
+    inferred = infer_shapes(fixed)
+    open_ = _open_shapes(inferred, batch)
+    if not open_:
+        return fixed, None
+    probed = _probe(inferred)
+    if probed is None:
+        return fixed, None
+    declared = _declare(inferred, probed, open_, batch)
+    return inferred, (f"shapes of {declared} tensors that ONNX shape inference left open come from a probe run of "
+                      f"the model at {size[0]}x{size[1]}")
+
+
+def _known(shape, batch: str | None) -> bool:
+    """Whether a shape has a rank and every dimension after the first is a number or the batch."""
+    return shape is not None and all(d.HasField("dim_value") or (batch and d.dim_param == batch)
+                                     for d in shape.dim[1:])
+
+
+def _open_shapes(model: onnx.ModelProto, batch: str | None) -> set[str]:
+    """Names of the node outputs whose type is unknown or whose shape is not static (but for its first axis)."""
+    types = {vi.name: vi.type for vi in [*model.graph.value_info, *model.graph.output, *model.graph.input]}
+    open_ = set()
+    for node in model.graph.node:
+        for name in filter(None, node.output):
+            t = types.get(name)
+            if t is None or (t.HasField("tensor_type") and not _known(
+                    t.tensor_type.shape if t.tensor_type.HasField("shape") else None, batch)):
+                open_.add(name)
+    return open_
+
+
+def _probe(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, tuple, tuple]] | None:
+    """dtype and shapes of every node output in runs at each of PROBE_BATCHES, or None when the model cannot be
+    probed (inputs with symbolic dimensions besides the batch, or onnxruntime cannot run it)."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    have = {o.name for o in probe.graph.output}
+    names = [n for node in probe.graph.node for n in node.output if n and n not in have]
+    for name in names:
+        probe.graph.output.add().name = name
+    initializers = {t.name for t in probe.graph.initializer}
+    inputs = [i for i in probe.graph.input if i.name not in initializers]
+    specs = []
+    for i in inputs:
+        dims = i.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") for d in dims[1:]):
+            return None
+        specs.append((i.name, helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type),
+                      [d.dim_value for d in dims[1:]]))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    outputs = [o.name for o in probe.graph.output]
+    try:
+        with quiet_onnxruntime():
+            session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            runs = [session.run(outputs, {name: np.zeros([b, *rest], dtype) for name, dtype, rest in specs})
+                    for b in PROBE_BATCHES]
+    except Exception:  # left to the rules, which say which shape they lack
+        return None
+    return {name: (a.dtype, a.shape, b.shape) for name, a, b in zip(outputs, *runs)
+            if isinstance(a, np.ndarray) and a.ndim == b.ndim}
+
+
+def _declare(model: onnx.ModelProto, probed: dict, names: set[str], batch: str | None) -> int:
+    """Declare the probed shape of each of `names` in `model`'s value_info; returns how many were declared."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    kept = [vi for vi in graph.value_info if vi.name not in names or vi.name not in probed]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    declared = 0
+    for name in sorted(names & probed.keys() - outputs):
+        dtype, small, large = probed[name]
+        shape = [a if a == b else batch if (a, b) == PROBE_BATCHES and batch else f"{name}_d{i}"
+                 for i, (a, b) in enumerate(zip(small, large))]
+        graph.value_info.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(dtype), shape))
+        declared += 1
+    return declared
