@@ -119,6 +119,26 @@ def test_shapes_lost_by_inference_come_from_a_probe():
     assert dict(m.layers())["pt"] == (None, 2, 2, 5)  # its shape, which only the probe tells
 
 
+def test_tf_same_padding_computed_at_run_time():
+    """timm's Conv2dSame pads by amounts computed from the input's size (Shape, Div, Cast in the export): shape
+    inference loses the conv's input size; the probe tells it, and the pads fold to constants."""
+    import math
+    nn, f = torch.nn, torch.nn.functional
+
+    class SameConv(nn.Conv2d):
+        def forward(self, x):
+            (ph, pw) = (max((math.ceil(n / 2) - 1) * 2 + 3 - n, 0) for n in x.size()[-2:])
+            return super().forward(f.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2]))
+    torch.manual_seed(0)
+    net = nn.Sequential(SameConv(3, 4, 3, stride=2), nn.ReLU(), SameConv(4, 5, 3, stride=2), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3)).eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(net, torch.zeros(1, 3, 9, 11), buffer, dynamo=False, input_names=["x"], output_names=["y"])
+    m = onnxplain.load(onnx.load_from_string(buffer.getvalue()), device="cpu")
+    x = RNG.random((2, 3, 9, 11), np.float32)
+    assert rel_err(onnxplain.explain(m, x, "gradxinput").attributions, autograd_x_grad(net.double(), x)) <= 1e-4
+
+
 def test_inspect_says_where_shapes_came_from_and_explain_asks_for_a_size(dynamic, tmp_path, capsys):
     from test_cli import fail, run
     onnx.save(_lost_shapes_model()[0], tmp_path / "lost.onnx")
