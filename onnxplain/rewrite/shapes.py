@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..errors import quiet_onnxruntime
+from ..passes import probe
 from .graph import infer_shapes
 
 PROBE_BATCHES = (1, 2)  # a dimension that differs between the two runs depends on the batch and stays symbolic
@@ -61,15 +61,12 @@ def _open_shapes(model: onnx.ModelProto, batch: str | None) -> set[str]:
 def _probe(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, tuple, tuple]] | None:
     """dtype and shapes of every node output in runs at each of PROBE_BATCHES, or None when the model cannot be
     probed (inputs with symbolic dimensions besides the batch, or onnxruntime cannot run it)."""
-    import onnxruntime as ort
-
-    probe = onnx.ModelProto.FromString(model.SerializeToString())
-    have = {o.name for o in probe.graph.output}
-    names = [n for node in probe.graph.node for n in node.output if n and n not in have]
-    for name in names:
-        probe.graph.output.add().name = name
-    initializers = {t.name for t in probe.graph.initializer}
-    inputs = [i for i in probe.graph.input if i.name not in initializers]
+    copy = onnx.ModelProto.FromString(model.SerializeToString())
+    have = {o.name for o in copy.graph.output}
+    for name in [n for node in copy.graph.node for n in node.output if n and n not in have]:
+        copy.graph.output.add().name = name
+    initializers = {t.name for t in copy.graph.initializer}
+    inputs = [i for i in copy.graph.input if i.name not in initializers]
     specs = []
     for i in inputs:
         dims = i.type.tensor_type.shape.dim
@@ -77,17 +74,12 @@ def _probe(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, tuple, tuple]] |
             return None
         specs.append((i.name, helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type),
                       [d.dim_value for d in dims[1:]]))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 4
-    outputs = [o.name for o in probe.graph.output]
     try:
-        with quiet_onnxruntime():
-            session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-            runs = [session.run(outputs, {name: np.zeros([b, *rest], dtype) for name, dtype, rest in specs})
-                    for b in PROBE_BATCHES]
-    except Exception:  # left to the rules, which say which shape they lack
+        runs = [probe.run(copy, {name: np.zeros([b, *rest], dtype) for name, dtype, rest in specs})
+                for b in PROBE_BATCHES]
+    except RuntimeError:  # left to the rules, which say which shape they lack
         return None
+    outputs = [o.name for o in copy.graph.output]
     return {name: (a.dtype, a.shape, b.shape) for name, a, b in zip(outputs, *runs)
             if isinstance(a, np.ndarray) and a.ndim == b.ndim}
 
