@@ -366,10 +366,6 @@ def _probe(proto: onnx.ModelProto, inp, pre: Preprocessing) -> dict[str, tuple]:
     return {name: v.shape for name, v in zip(session.output_names, values)}
 
 
-def _producer(proto: onnx.ModelProto, name: str):
-    return next((n for n in proto.graph.node if name in n.output), None)
-
-
 @dataclass(frozen=True)
 class Score:
     """Which output holds the class scores, which tensor is differentiated, and why that output was chosen."""
@@ -388,9 +384,10 @@ def outputs_described(proto: onnx.ModelProto) -> str:
 
 def _behind_softmax(proto: onnx.ModelProto, name: str):
     """The Softmax that makes tensor `name` through Identities, or None."""
-    node = _producer(proto, name)
+    producer = {o: n for n in proto.graph.node for o in n.output}  # one map: a search per step is O(nodes²)
+    node = producer.get(name)
     while node is not None and node.op_type == "Identity":
-        node = _producer(proto, node.input[0])
+        node = producer.get(node.input[0])
     return node if node is not None and node.op_type == "Softmax" else None
 
 

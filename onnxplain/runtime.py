@@ -24,9 +24,10 @@ class Session:
         if device in ("auto", "cuda") and CUDA in ort.get_available_providers():
             with quiet_onnxruntime():  # a failed CUDA start is reported below in one line, not ORT's five
                 self.session = self._create(data, options, [CUDA, CPU])
-            if self.session is not None and self.session.get_providers()[0] != CUDA:
+            fell_back = self.session is None or self.session.get_providers()[0] != CUDA
+            if fell_back and device == "cuda":
                 self.session = None
-            if self.session is None and device == "auto":
+            if fell_back and device == "auto":  # ORT's own CPU fallback session is kept: no second graph build
                 warnings.warn("onnxplain: the CUDA provider could not start (no usable GPU or CUDA libraries); "
                               "running on the CPU", stacklevel=3)
         if self.session is None and device == "cuda":

@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 from ..errors import OnnxplainError
 from ..perturb import bilinear_weights
 from ..rewrite.builder import Builder
-from ..rewrite.graph import Request, opset_of
+from ..rewrite.graph import Request, opset_of, toposort
 from ..rewrite.layers import block_ends
 from .base import Head, Method, upsample
 
@@ -299,7 +299,7 @@ class Gate:
                 if inp is x and node is not gated.inputs[0]:
                     node.inputs[i] = gated
         graph.inputs.append(fed)
-        graph.toposort()
+        toposort(graph)
         return gs.export_onnx(graph, do_type_check=False)
 
 

@@ -1,6 +1,8 @@
 """Turn a model plus a request (tensors to expose, outputs to differentiate, tensors wanted) into a runnable graph."""
 from __future__ import annotations
 
+import functools
+import gc
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -52,6 +54,23 @@ class Request:
                                          # multiplied into a tensor
 
 
+def _collector_paused(fn):
+    """`fn` run with Python's cyclic garbage collector paused. A graphsurgeon graph is a web of linked objects that
+    each full collection walks again: with it running, building the gradient of a 16000-node chain took 1.5x as long,
+    the share growing with size. What the graph leaves behind is collected once the collector resumes."""
+    @functools.wraps(fn)
+    def paused(*args, **kwargs):
+        if not gc.isenabled():  # paused already (a nested call, or by the caller)
+            return fn(*args, **kwargs)
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            gc.enable()
+    return paused
+
+
+@_collector_paused
 def build(model: onnx.ModelProto, request: Request, straight_through: bool = False) -> onnx.ModelProto:
     """The model with `request` applied: exposed tensors, cotangent inputs and gradient outputs. `straight_through`:
     differentiate quantisers by the straight-through estimator (rules/quant.py) instead of stopping at them."""
@@ -110,7 +129,7 @@ def build(model: onnx.ModelProto, request: Request, straight_through: bool = Fal
         built = request.head.build(Builder(graph, opset, "head"), tensors, grads, target)
         outputs += [_renamed(graph, t, name, np.float32) for name, t in built.items()]
     graph.outputs = [_as_output(t) for t in outputs]
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    toposort(graph.cleanup(remove_unused_graph_inputs=False))
     proto = gs.export_onnx(graph, do_type_check=False)
     if request.seed == "target":  # an overridable default: no target fed means the top-1 class
         proto.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), TARGET))
@@ -140,11 +159,47 @@ def _target_seed(g: Builder, ys: list[gs.Tensor]):
     return [onehot], chosen
 
 
+@_collector_paused
 def prepared(model: onnx.ModelProto) -> gs.Graph:
     """The graph the gradient walk sees: constants folded, shapes inferred, topologically sorted."""
-    graph = gs.import_onnx(infer_shapes(fold_constants(model)))
-    graph.toposort()
+    return toposort(gs.import_onnx(infer_shapes(fold_constants(model))))
+
+
+def toposort(graph: gs.Graph) -> gs.Graph:
+    """Order `graph.nodes` (and its subgraphs') by depth, each node right after its deepest producer's level, in
+    the given order within a level, as graphsurgeon's toposort does (onnxruntime builds a session for a gradient
+    graph in that order many times faster than with the backward pass after the forward one), in O(nodes + edges):
+    graphsurgeon's takes several times as long and recurses once per node that precedes its producer."""
+    nodes = graph.nodes
+    producer = {t.name: i for i, node in enumerate(nodes) for t in node.outputs if t.name}
+    deps = [[producer[n] for n in _reads(node) if producer.get(n, i) != i] for i, node in enumerate(nodes)]
+    level = [-1] * len(nodes)  # -1: not yet known, -2: on the walk's stack
+    for root in range(len(nodes)):
+        stack = [(root, iter(deps[root]))] if level[root] == -1 else []
+        while stack:
+            i, pending = stack[-1]
+            level[i] = -2
+            j = next((j for j in pending if level[j] < 0), None)
+            if j is None:
+                level[i] = 1 + max((level[k] for k in deps[i]), default=-1)
+                stack.pop()
+            elif level[j] == -2:
+                raise OnnxplainError(f"the graph has a cycle through node '{nodes[j].name}'")
+            else:
+                stack.append((j, iter(deps[j])))
+    for node in nodes:
+        for sub in node.subgraphs():
+            toposort(sub)
+    graph.nodes = [nodes[i] for i in sorted(range(len(nodes)), key=lambda i: (level[i], i))]
     return graph
+
+
+def _reads(node: gs.Node) -> list[str]:
+    """Names of the tensors `node` reads, including those its subgraphs read from outside themselves."""
+    names = [t.name for t in node.inputs if t.name]
+    for sub in node.subgraphs():
+        names += [n for inner in sub.nodes for n in _reads(inner)]
+    return names
 
 
 FOLD_LIMIT = 1 << 26  # bytes: larger constant subgraphs (of a known size) are left to run, not stored in the graph
@@ -153,6 +208,8 @@ FOLD_LIMIT = 1 << 26  # bytes: larger constant subgraphs (of a known size) are l
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """Evaluate the subgraphs that depend on no input (exporters compute pads and shapes that way), so rules see
     constants and shape inference sees static shapes."""
+    if not _foldable(model.graph):
+        return model
     graph = gs.import_onnx(model)
     lift_constants(graph)
     if any(n.op != "Constant" and n.inputs and all(isinstance(t, gs.Constant) for t in n.inputs if t.name)
@@ -161,6 +218,13 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
             graph.fold_constants(error_ok=True, size_threshold=FOLD_LIMIT)
     graph.cleanup(remove_unused_graph_inputs=False)
     return gs.export_onnx(graph, do_type_check=False)
+
+
+def _foldable(graph: onnx.GraphProto) -> bool:
+    """Whether `graph` has a Constant node, or a node reading only initializers (a cheap check on the proto that
+    saves a graphsurgeon import and export when there is nothing to fold)."""
+    constant = {t.name for t in graph.initializer}
+    return any(n.op_type == "Constant" or (n.input and all(i in constant for i in n.input if i)) for n in graph.node)
 
 
 @contextmanager
