@@ -23,7 +23,7 @@ from .rewrite.graph import Request, build, dynamic_batch, opset_of
 from .rewrite.layers import Tokens, find_layers
 from .rewrite.rules.quant import QUANTISERS
 from .rewrite.shapes import at_size
-from .runtime import Session
+from .runtime import Session, SessionCache
 
 SIDECAR_KEY = "onnxplain"  # metadata_props key holding the same JSON as a sidecar file
 
@@ -47,21 +47,23 @@ class Model:
     score_why: str = ""             # why `output` holds the class scores (for inspect)
     quantized: str = "ste"          # "ste": quantisers pass the gradient straight through; "exact": it stops there
     pixels: str = "float32"         # the type the deployed model takes its image in (uint8, float64: fed as float32)
-    _sessions: dict = field(default_factory=dict, repr=False)  # (request, input size) -> Session
+    _sessions: SessionCache = field(default_factory=SessionCache, repr=False)  # (request, input size) -> Session
     _layers: dict = field(default_factory=dict, repr=False)    # input size -> (spatial tensors, tokens)
     _sized: dict = field(default_factory=dict, repr=False)     # input size -> (graph, note on its shapes)
 
     def session(self, request: Request) -> Session:
-        """The cached session computing `request` on this model at its input size."""
-        key = request, self.input_size
-        if key not in self._sessions:
-            if request.differentiate and self.straight_through and not any(r.differentiate for r, _ in self._sessions):
-                warnings.warn(f"onnxplain: {_where(self.path)} is quantised ({self.quantisers} quantisers); its "
-                              f"gradient passes straight through each within its range (quantized='exact' refuses "
-                              f"instead)", stacklevel=3)
-            self._sessions[key] = Session(build(self.graph, request, self.straight_through), self.device,
-                                          1 if self.batch_coupled else None)
-        return self._sessions[key]
+        """The session computing `request` on this model at its input size, from a bounded least-recently-used cache
+        that threads share (see `runtime.SessionCache`)."""
+        return self._sessions.get((request, self.input_size), lambda: self._compiled(request))
+
+    def _compiled(self, request: Request) -> Session:
+        first = not any(r.differentiate for r, _ in self._sessions.keys())
+        if request.differentiate and self.straight_through and first:
+            warnings.warn(f"onnxplain: {_where(self.path)} is quantised ({self.quantisers} quantisers); its "
+                          f"gradient passes straight through each within its range (quantized='exact' refuses "
+                          f"instead)", stacklevel=6)
+        return Session(build(self.graph, request, self.straight_through), self.device,
+                       1 if self.batch_coupled else None)
 
     @property
     def quantisers(self) -> int:

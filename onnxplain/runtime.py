@@ -1,7 +1,10 @@
 """Run compiled graphs: one cached onnxruntime session per (model, request), CUDA when present, batched feeds."""
 from __future__ import annotations
 
+import threading
 import warnings
+from collections import OrderedDict
+from typing import Callable, Hashable
 
 import numpy as np
 import onnx
@@ -63,3 +66,44 @@ class Session:
             return parts[0]
         return [np.concatenate(col) for col in zip(*parts)]
 
+
+class SessionCache:
+    """Sessions by key (a Request), the `size` most recently used kept. Safe to share between threads: a key's
+    session is built once however many threads ask for it at the same time (the others wait for it), and sessions
+    of other keys are built meanwhile."""
+
+    def __init__(self, size: int = 16):
+        self.size = size
+        self._lock = threading.Lock()
+        self._sessions: OrderedDict[Hashable, Session] = OrderedDict()
+        self._building: dict[Hashable, threading.Lock] = {}
+
+    def get(self, key: Hashable, make: Callable[[], Session]) -> Session:
+        """The session of `key`, made by `make()` if it is not cached."""
+        with self._lock:
+            if key in self._sessions:
+                self._sessions.move_to_end(key)
+                return self._sessions[key]
+            building = self._building.setdefault(key, threading.Lock())
+        with building:
+            with self._lock:
+                if key in self._sessions:  # built by the thread this one waited for
+                    self._sessions.move_to_end(key)
+                    return self._sessions[key]
+            try:
+                session = make()
+            except BaseException:
+                with self._lock:
+                    self._building.pop(key, None)
+                raise
+            with self._lock:
+                self._sessions[key] = session
+                self._building.pop(key, None)
+                while len(self._sessions) > self.size:
+                    self._sessions.popitem(last=False)
+            return session
+
+    def keys(self) -> list[Hashable]:
+        """The cached keys, least recently used first (a copy: other threads may add and evict meanwhile)."""
+        with self._lock:
+            return list(self._sessions)

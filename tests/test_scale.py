@@ -6,7 +6,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
 from onnxplain.errors import OnnxplainError
-from onnxplain.rewrite.graph import COTANGENT, GRAD, Request, toposort
+from onnxplain.rewrite.graph import COTANGENT, GRAD, Request, build, toposort
 
 
 def relu_add_chain(steps: int, shift: float):
@@ -64,3 +64,47 @@ def test_toposort_refuses_a_cycle():
     with pytest.raises(OnnxplainError, match="cycle"):
         toposort(graph)
 
+
+# -- one model shared by threads, and its bounded session cache ---------------------------------------------------
+JOBS = [("saliency", {}), ("gradcam", {}), ("occlusion", {"window": 8, "stride": 4}), ("saliency", {"target": 3})]
+
+
+def test_threads_sharing_a_model_match_serial_calls(monkeypatch):
+    """Four threads explaining with one fresh Model at once (sessions built while they race) give the serial maps,
+    and each distinct request's graph is built once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import onnxplain.model
+    from conftest import MODELS
+
+    path = MODELS / "zoo" / "resnet_dynamo.onnx"
+    x = np.load(MODELS / "zoo" / "resnet.npz")["x"]
+    serial = onnxplain.load(path, device="cpu", preprocessing="unit")
+    expected = [onnxplain.explain(serial, x, name, **kw) for name, kw in JOBS]
+
+    built, start = [], threading.Barrier(len(JOBS))
+    monkeypatch.setattr(onnxplain.model, "build",
+                        lambda proto, request, *rest: built.append(request) or build(proto, request, *rest))
+    shared = onnxplain.load(path, device="cpu", preprocessing="unit")
+
+    def explain(job):
+        start.wait()
+        return onnxplain.explain(shared, x, job[0], **job[1])
+    with ThreadPoolExecutor(len(JOBS)) as pool:
+        got = list(pool.map(explain, JOBS))
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g.maps, e.maps, rtol=1e-5, atol=1e-6 * np.abs(e.maps).max())
+        np.testing.assert_array_equal(g.targets, e.targets)
+    assert len(built) == len(set(built))
+
+
+def test_session_cache_keeps_the_most_recently_used():
+    from onnxplain.runtime import SessionCache
+
+    made, cache = [], SessionCache(size=2)
+
+    def get(key):
+        return cache.get(key, lambda: made.append(key) or key.upper())
+    assert [get(k) for k in "abacb"] == list("ABACB")
+    assert made == list("abcb")  # c evicted b (a was used after it); a was kept
