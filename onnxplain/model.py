@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError
 from .errors import OnnxplainError, first_line
 from .limits import whole
 from .passes import normalise
+from .passes.probe import SIDE
 from .passes.input_type import pixel_images
 from .passes.precision import PROMOTED
 from .preprocess import MODES, Preprocessing, preset
@@ -232,7 +233,7 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     inp = _image_input(proto, model_path)
     sidecar = _sidecar(proto, model_path)
     pre = _preprocessing(inp, sidecar, preprocessing, pixels.get(inp.name))
-    chosen = _score_output(proto, output or sidecar.get("output"), probabilities, lambda: _probe(proto, inp, pre))
+    chosen = _score_output(proto, output or sidecar.get("output"), probabilities, lambda grow=0: _probe(proto, inp, pre, grow))
     if labels is None:
         labels = _labels(sidecar, model_path)
     if labels is not None and len(labels) != chosen.num_classes:
@@ -357,9 +358,12 @@ def _preprocessing(inp, sidecar: dict, requested, pixels: str | None) -> Preproc
     return pre
 
 
-def _probe(proto: onnx.ModelProto, inp, pre: Preprocessing) -> dict[str, tuple]:
-    """The shape of every output of the model, from one run on a zero image of the preprocessing's size."""
-    h, w = pre.size
+def _probe(proto: onnx.ModelProto, inp, pre: Preprocessing, grow: int = 0) -> dict[str, tuple]:
+    """The shape of every output of the model, from one run on a zero image of the preprocessing's size, `grow`
+    pixels taller and wider where the input leaves its height and width symbolic."""
+    dims = _dims(inp)
+    spatial = dims[2:4] if pre.layout == "NCHW" else dims[1:3]
+    h, w = (s + grow * (not isinstance(d, int) or d < 1) for s, d in zip(pre.size or (SIDE, SIDE), spatial))
     c = pre.channels
     shape = (1, c, h, w) if pre.layout == "NCHW" else (1, h, w, c)
     dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
@@ -421,7 +425,12 @@ def _score_output(proto: onnx.ModelProto, wanted: str | None, probabilities: boo
                              f"class scores with --output NAME (load(output=NAME))")
     classes = _dims(outputs[out])[1]
     if not isinstance(classes, int) or classes < 1:
-        classes = probe()[out][1]
+        shape, larger = probe()[out], probe(8)[out]
+        if len(shape) != 2 or shape[0] != 1 or shape != larger:  # e.g. an OCR model's time steps, not classes
+            raise OnnxplainError(f"output '{out}' is declared {_dims(outputs[out])} but onnxruntime computes "
+                                 f"{list(shape)} for one image, and {list(larger)} for one 8 pixels larger where "
+                                 f"the size is free: not N×classes; its outputs: {outputs_described(proto)}")
+        classes = shape[1]
         why += f"; {classes} classes from one run of the model"
     softmax = _behind_softmax(proto, out)
     score = softmax.input[0] if softmax is not None and not probabilities else out

@@ -294,3 +294,30 @@ def test_wrong_shapes_targets_images_and_sidecars(tmp_path, mobilenet):
     with pytest.raises(OnnxplainError) as e:
         onnxplain.load(model)
     _one_line(e, "does not match")
+
+
+def _sequence_model(declared, transpose):
+    """Grey N×1×8×W images → a per-column score: N×W, or W×N×1 when `transpose` (an OCR model's time-major output),
+    declared `declared` as an exporter wrote it."""
+    from onnx import TensorProto, helper
+    nodes = [helper.make_node("ReduceMean", ["x"], ["cols"], axes=[1, 2], keepdims=0)]
+    if transpose:
+        nodes += [helper.make_node("Transpose", ["cols"], ["t"], perm=[1, 0]),
+                  helper.make_node("Unsqueeze", ["t", "axis"], ["y"])]
+    else:
+        nodes += [helper.make_node("Identity", ["cols"], ["y"])]
+    graph = helper.make_graph(nodes, "seq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, declared)],
+                              [helper.make_tensor("axis", TensorProto.INT64, [1], [2])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("declared, transpose", [(["N", "seq"], False), ([1, "seq"], True)])
+def test_a_symbolic_second_axis_that_is_not_classes_is_refused(declared, transpose):
+    """A symbolic class count is read from one run; an axis that grows with the image (OCR time steps), or an output
+    whose computed rank differs from the declared one (ddddocr's CRNN declares 1×seqlen and computes T×1×8210), is
+    not a class axis: one line with both computed shapes, instead of a 'classifier' whose occlusion crashed."""
+    with pytest.raises(onnxplain.OnnxplainError, match="not N×classes") as err:
+        onnxplain.load(_sequence_model(declared, transpose), preprocessing={"size": [8, 16], "mean": [0.5],
+                                                                            "std": [0.5]})
+    assert ("[1, 16]" in str(err.value) and "[1, 24]" in str(err.value)) or "[16, 1, 1]" in str(err.value)
