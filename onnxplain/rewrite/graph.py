@@ -149,10 +149,10 @@ def _feeding_inputs(graph: gs.Graph, tensors: list[gs.Tensor]) -> set[str]:
 
 def _target_seed(g: Builder, ys: list[gs.Tensor]):
     """Cotangent = one-hot of the `target` input, or of the arg-max of y where the target is negative."""
-    if len(ys) != 1 or ys[0].shape is None or len(ys[0].shape) != 2:
+    if len(ys) != 1 or (ys[0].shape is not None and len(ys[0].shape) != 2):  # unknown: load checked N×classes
         raise OnnxplainError("a target seed needs one differentiated N×classes tensor")
     y = ys[0]
-    target = gs.Variable(TARGET, dtype=np.int64, shape=[y.shape[0]])
+    target = gs.Variable(TARGET, dtype=np.int64, shape=[y.shape[0] if y.shape else "N"])
     g.graph.inputs.append(target)
     chosen = g.Where(g.Less(target, g.ints(0)), g.ArgMax(y, axis=1, keepdims=0), target)
     onehot = g.OneHot(chosen, g.size_of(y, 1), g.const([0, 1], like=y), axis=-1)
