@@ -224,3 +224,20 @@ def test_dynamic_spatial_size_is_a_clear_error(op, constants):
     model.graph.input[0].type.tensor_type.shape.dim[3].dim_param = "W"
     with pytest.raises(OnnxplainError, match="static spatial size of its input"):
         build(model, Request(differentiate=("y0",), wrt=("x",)))
+
+
+def test_a_conv_weight_that_is_no_kernel_is_refused_in_one_line():
+    """The ONNX checker does not check ranks: a Conv whose weight is a matrix (as a mutated file can have) failed in
+    onnx.helper with 'Could not infer attribute strides type' while building its gradient (found by test_fuzz)."""
+    import onnxplain
+    from onnx import TensorProto, helper, numpy_helper
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+         helper.make_node("GlobalAveragePool", ["y"], ["p"]), helper.make_node("Flatten", ["p"], ["logits"])],
+        "bad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.ones((4, 3), np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    m = onnxplain.load(model, preprocessing="unit", device="cpu")
+    with pytest.raises(onnxplain.OnnxplainError, match="Conv node 'conv' has a weight 'w' of shape \\[4, 3\\]"):
+        onnxplain.explain(m, np.zeros((1, 3, 8, 8), np.float32), "saliency", target=0)

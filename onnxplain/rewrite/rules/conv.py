@@ -159,6 +159,9 @@ def _bias_grad(g, node, dy):
 def _kernel(node, w) -> list[int]:
     if w.shape is None or not all(isinstance(d, int) for d in w.shape):
         raise OnnxplainError(f"the gradient of {node.op} '{node.name}' needs the static shape of its weight")
+    if len(w.shape) < 3:  # the checker does not look at ranks; onnxruntime would refuse to run it too
+        raise OnnxplainError(f"{node.op} node '{node.name}' has a weight '{w.name}' of shape {list(w.shape)}: not "
+                             f"a convolution kernel (out channels × in channels × kernel size)")
     return list(w.shape[2:])
 
 
