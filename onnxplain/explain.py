@@ -43,7 +43,7 @@ def cam_layer(model: Model, layer: str | None) -> str:
 def candidate_layers(model: Model) -> list[str]:
     """Block ends, and a vision transformer's token tensors that LayerNorms give (laid out on the patch grid)."""
     tokens = model.tokens()
-    return block_ends(model.layers(), model.layout) + ([] if tokens is None else list(tokens.norms))
+    return block_ends(model.layers(), model.layout_of) + ([] if tokens is None else list(tokens.norms))
 
 
 def as_batch(model: Model, x) -> tuple[np.ndarray, list[np.ndarray] | None]:

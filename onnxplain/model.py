@@ -21,7 +21,7 @@ from .passes.input_type import pixel_images
 from .passes.precision import PROMOTED
 from .preprocess import MODES, Preprocessing, preset
 from .rewrite.graph import Request, build, dynamic_batch, opset_of
-from .rewrite.layers import Tokens, find_layers
+from .rewrite.layers import Tokens, channel_first, find_layers
 from .rewrite.rules.quant import QUANTISERS
 from .rewrite.shapes import at_size
 from .runtime import Session, SessionCache
@@ -51,6 +51,7 @@ class Model:
     _sessions: SessionCache = field(default_factory=SessionCache, repr=False)  # (request, input size) -> Session
     _layers: dict = field(default_factory=dict, repr=False)    # input size -> (spatial tensors, tokens)
     _sized: dict = field(default_factory=dict, repr=False)     # input size -> (graph, note on its shapes)
+    _channel_first: frozenset | None = field(default=None, repr=False)  # tensors that are NCHW whatever the input
 
     def session(self, request: Request) -> Session:
         """The session computing `request` on this model at its input size, from a bounded least-recently-used cache
@@ -100,7 +101,7 @@ class Model:
 
     def _found(self) -> tuple:
         if self.input_size not in self._layers:
-            self._layers[self.input_size] = find_layers(self.graph, self.input, self.score, self.layout)
+            self._layers[self.input_size] = find_layers(self.graph, self.input, self.score, self.layout_of)
         return self._layers[self.input_size]
 
     def grid_of(self, layer: str | None) -> tuple[int, int] | None:
@@ -152,9 +153,21 @@ class Model:
     def layout(self) -> str:
         return self.preprocessing.layout
 
+    def layout_of(self, tensor: str) -> str:
+        """The layout of an image-shaped tensor of the model: NCHW where a channel-first op (Conv, pooling,
+        normalisation) reads or writes it, else the input's (NHWC models that tf2onnx transposes once compute in
+        NCHW inside)."""
+        if self._channel_first is None:
+            self._channel_first = channel_first(self.proto)
+        return "NCHW" if tensor in self._channel_first else self.layout
+
+    def channel_axis_of(self, tensor: str) -> int:
+        """The channel axis of an image-shaped tensor of the model (see `layout_of`)."""
+        return 1 if self.layout_of(tensor) == "NCHW" else 3
+
     @property
     def channel_axis(self) -> int:
-        """The channel axis of the image input (and, as methods assume, of the layers inside)."""
+        """The channel axis of the image input (a layer's: `channel_axis_of`)."""
         return 1 if self.layout == "NCHW" else 3
 
     @property

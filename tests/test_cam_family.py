@@ -309,3 +309,31 @@ def test_exported_mobilenet_gradcampp_equals_the_api(tmp_path, mobilenet):
     x, _ = as_batch(mobilenet, IMAGES)
     maps, = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["maps"], {"input": x})
     assert rel_err(maps, onnxplain.explain(mobilenet, x, "gradcampp").maps) <= 1e-6
+
+
+def _transposed_in(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` fed an N×H×W×C image that one Transpose makes N×C×H×W, as tf2onnx exports Keras models: the input
+    is NHWC, every layer inside NCHW."""
+    m = onnx.ModelProto.FromString(model.SerializeToString())
+    inp = m.graph.input[0]
+    n, c, h, w = inp.type.tensor_type.shape.dim
+    nhwc = helper.make_tensor_value_info("image_nhwc", TensorProto.FLOAT, [n.dim_param or n.dim_value, h.dim_value,
+                                                                          w.dim_value, c.dim_value])
+    m.graph.node.insert(0, helper.make_node("Transpose", ["image_nhwc"], [inp.name], perm=[0, 3, 1, 2]))
+    m.graph.input.remove(inp)
+    m.graph.input.insert(0, nhwc)
+    return m
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "ablationcam", "sise"])
+def test_layer_methods_read_nchw_layers_inside_an_nhwc_model(method):
+    """A layer's channel axis comes from the ops around it, not from the input: with an NHWC input transposed once
+    (tf2onnx), the layers are NCHW, and the maps equal those of the NCHW model. They were read as NHWC: the wrong
+    default layer or a striped map (open_nsfw from tf2onnx)."""
+    m, ref = zoo("resnet")
+    wrapped = onnxplain.load(_transposed_in(m.proto), preprocessing="unit", device="cpu")
+    assert wrapped.layout == "NHWC" and cam_layer(wrapped, None) == cam_layer(m, None)
+    params = {"layer": cam_layer(m, None)} if method != "sise" else {}
+    a = onnxplain.explain(m, ref["x"], method, target=ref["targets"].tolist(), **params)
+    b = onnxplain.explain(wrapped, ref["x"].transpose(0, 2, 3, 1), method, target=ref["targets"].tolist(), **params)
+    assert rel_err(b.maps, a.maps) <= 1e-5

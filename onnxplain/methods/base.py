@@ -88,7 +88,8 @@ class Method:
                         {model.input: inputs, TARGET: targets}, batch_size)
 
     def request(self, model, layer: str | None) -> Request:
-        head = Head(self, model.input, model.score, layer, model.layout, model.input_size, model.grid_of(layer))
+        head = Head(self, model.input, model.score, layer, model.layout_of(layer) if layer else model.layout,
+                    model.input_size, model.grid_of(layer))
         wrt = (layer if self.at_layer else model.input,) if self.uses_gradient else ()
         return Request(expose=(model.score,), differentiate=(model.score,), wrt=wrt, seed="target", head=head,
                        rules=self.rules(model))

@@ -173,9 +173,9 @@ class LayerCAM(CAM):
         request = super().request(model, layer)
         if not self.layers:
             return request
-        extra = block_ends(model.layers(), model.layout) if self.layers == ("blocks",) else self.layers
+        extra = block_ends(model.layers(), model.layout_of) if self.layers == ("blocks",) else self.layers
         names = tuple(dict.fromkeys((layer, *extra)))
-        head = FusedHead(self, model.input, model.score, layer, model.layout, model.input_size,
+        head = FusedHead(self, model.input, model.score, layer, model.layout_of(layer), model.input_size,
                          model.grid_of(layer), layers=names, gamma=self.gamma)
         return replace(request, wrt=names, head=head)
 
@@ -325,7 +325,7 @@ class PassesCAM(CAM):
         sess = model.session(Request(expose=(layer, model.score), keep_outputs=False))
         a, logits = sess.run([layer, model.score], {model.input: inputs}, batch_size)
         used = np.where(targets < 0, logits.argmax(axis=1), targets)
-        chw = np.moveaxis(a, model.channel_axis, 1)
+        chw = np.moveaxis(a, model.channel_axis_of(layer), 1)
         weights = np.zeros(chw.shape[:2])
         for i in range(len(inputs)):
             if i == 0 or not np.array_equal(inputs[i], inputs[i - 1]):
@@ -363,7 +363,7 @@ class ScoreCAM(PassesCAM):
             raise OnnxplainError("scorecam: channels must be a whole number, at least 1")
 
     def passes(self, model, layer, x, a, batch_size):
-        maps = np.moveaxis(a[0], model.channel_axis - 1, 0)                  # K×h×w
+        maps = np.moveaxis(a[0], model.channel_axis_of(layer) - 1, 0)                  # K×h×w
         spread = maps.var(axis=(1, 2))
         chosen = np.flatnonzero(maps.max(axis=(1, 2)) > maps.min(axis=(1, 2)))
         chosen = chosen[np.argsort(-spread[chosen], kind="stable")][:self.channels]
@@ -392,8 +392,8 @@ class AblationCAM(PassesCAM):
 
     def passes(self, model, layer, x, a, batch_size):
         sess = model.session(Request(expose=(model.score,), keep_outputs=False, cut=(layer,),
-                                     transform=Gate(layer, model.channel_axis)))
-        k = a.shape[model.channel_axis]
+                                     transform=Gate(layer, model.channel_axis_of(layer))))
+        k = a.shape[model.channel_axis_of(layer)]
         keep = 1 - np.eye(k, dtype=np.float32)
         return batched(sess, model.score, {layer: a}, {MASK: keep}, batch_size).astype(np.float64)
 

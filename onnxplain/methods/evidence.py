@@ -143,7 +143,7 @@ class HiddenEvidence(_Evidence):
         y = y.astype(np.float64)
         p = model.probabilities(y)
         used = top1(targets, p)
-        nhwc = model.channel_axis == 3
+        nhwc = model.channel_axis_of(layer) == 3
         feats = a.transpose(0, 3, 1, 2) if nhwc else a
         upper = model.session(Request(expose=(model.score,), keep_outputs=False, cut=(layer,)))
         (fh, fw), s = feats.shape[2:], self.samples

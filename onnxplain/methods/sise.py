@@ -56,7 +56,7 @@ class SISE(Method):
             raise OnnxplainError(f"sise: bins must be a whole number, at least 2, not {self.bins!r}")
 
     def run(self, model, inputs, targets, layer, batch_size):
-        layers = self.layers or tuple(block_ends(model.layers(), model.layout))
+        layers = self.layers or tuple(block_ends(model.layers(), model.layout_of))
         spatial = dict(model.layers())
         for name in layers:
             if name not in spatial:
@@ -67,10 +67,10 @@ class SISE(Method):
         out = sess.run([*layers, *(GRAD.format(n) for n in layers), model.score, TARGET + "_used"],
                        {model.input: inputs, TARGET: targets}, batch_size)
         acts, grads, (logits, used) = out[:len(layers)], out[len(layers):-2], out[-2:]
-        axis = model.channel_axis
-        acts, grads = ([np.moveaxis(t, axis, 1) for t in ts] for ts in (acts, grads))
+        acts, grads = ([np.moveaxis(t, model.channel_axis_of(name), 1) for t, name in zip(ts, layers)]
+                       for ts in (acts, grads))
         scorer = model.session(Request(expose=(model.score,), keep_outputs=False,
-                                       transform=Gate(model.input, axis, model.input_size)))
+                                       transform=Gate(model.input, model.channel_axis, model.input_size)))
         views = np.zeros((len(inputs), len(layers), *model.input_size), np.float32)
         kept = np.zeros((len(inputs), len(layers)), np.int64)
         for i, l in np.ndindex(*kept.shape):

@@ -2,12 +2,40 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import onnx
 
 from .graph import infer_shapes
 
 MAX_EXTRA_TOKENS = 8  # class, distillation and register tokens before the patch tokens
+CHANNEL_FIRST = frozenset({  # ONNX ops whose image input and output are N×C×H×W whatever the model's input layout
+    "Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "LRN", "MaxPool", "AveragePool", "LpPool",
+    "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "DepthToSpace", "SpaceToDepth"})
+
+
+KEEP_LAYOUT = frozenset({  # ops whose image output has the layout of their image inputs
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Swish",
+    "Tanh", "Erf", "Gelu", "Mish", "Softplus", "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Mean", "Pow", "Neg",
+    "Abs", "Exp", "Log", "Sqrt", "Reciprocal", "Identity", "Dropout", "Cast", "Concat", "Pad"})
+
+
+def channel_first(model: onnx.ModelProto) -> frozenset[str]:
+    """The tensors that are NCHW even inside an NHWC model (tf2onnx transposes the image once and computes in NCHW
+    inside, where the input's layout says nothing): those a channel-first op reads as its image or writes, and those
+    that layout-keeping ops (activations, residual adds, Concat) compute from them. Nodes in topological order."""
+    found = set()
+    for n in model.graph.node:
+        if n.op_type in CHANNEL_FIRST:
+            found.update((n.input[0], n.output[0]))
+        elif n.op_type in KEEP_LAYOUT and any(i in found for i in n.input):
+            found.update(n.output)
+    return frozenset(found)
+
+
+def spatial(layout: str) -> slice:
+    """The height and width axes of a rank-4 tensor in `layout`."""
+    return slice(2, 4) if layout == "NCHW" else slice(1, 3)
 
 
 @dataclass(frozen=True)
@@ -21,10 +49,11 @@ class Tokens:
     default: str            # the last of them before the last attention (pytorch-grad-cam's blocks[-1].norm1)
 
 
-def find_layers(model: onnx.ModelProto, input_name: str, score: str, layout: str
+def find_layers(model: onnx.ModelProto, input_name: str, score: str, layout_of: Callable[[str], str]
                 ) -> tuple[list[tuple[str, tuple]], Tokens | None]:
     """(name, shape) of every rank-4 float tensor with height and width > 1 between the input and the score, in
-    topological order (attention maps excepted), and the token tensors if the model is a vision transformer."""
+    topological order (attention maps excepted), and the token tensors if the model is a vision transformer;
+    `layout_of(name)` is each tensor's layout."""
     inferred = infer_shapes(model)
     shapes = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
@@ -40,19 +69,19 @@ def find_layers(model: onnx.ModelProto, input_name: str, score: str, layout: str
     for node in reversed(nodes):
         if any(o in backward for o in node.output):
             backward.update(node.input)
-    hw = slice(2, 4) if layout == "NCHW" else slice(1, 3)
     found, tokens, grid, counts, norms, softmax = [], [], None, set(), [], 0
     for node in nodes:
         for name in node.output:
             shape = shapes.get(name)
             if name not in forward or name not in backward or not shape:
                 continue
+            hw = spatial(layout_of(name))
             if len(shape) == 4 and all(d is not None and d > 1 for d in shape[hw]) and not set(shape[hw]) & counts:
                 found.append((name, shape))
             if len(shape) != 3 or None in shape[1:]:
                 continue
-            if found and _patches(shape, found[-1][1], hw, 1 if layout == "NCHW" else 3):
-                grid = grid or tuple(found[-1][1][hw])
+            if found and _patches(shape, *found[-1], layout_of):
+                grid = grid or tuple(found[-1][1][spatial(layout_of(found[-1][0]))])
             if grid and 0 <= shape[1] - _cells(grid) <= MAX_EXTRA_TOKENS:
                 tokens.append(name)
                 counts.add(shape[1])  # a rank-4 tensor with T rows from here on is attention (maps, heads)
@@ -68,9 +97,12 @@ def _cells(hw) -> int:
     return int(hw[0]) * int(hw[1])
 
 
-def _patches(tokens: tuple, image: tuple, hw: slice, channel: int) -> bool:
-    """Whether the rank-3 `tokens` (N×T×C) are the rank-4 `image`'s cells as tokens, after up to a few extra ones."""
-    return tokens[2] == image[channel] and 0 <= tokens[1] - _cells(image[hw]) <= MAX_EXTRA_TOKENS
+def _patches(tokens: tuple, name: str, image: tuple, layout_of: Callable[[str], str]) -> bool:
+    """Whether the rank-3 `tokens` (N×T×C) are the cells of the rank-4 tensor `name` of shape `image` as tokens,
+    after up to a few extra ones."""
+    layout = layout_of(name)
+    channel = image[1 if layout == "NCHW" else 3]
+    return tokens[2] == channel and 0 <= tokens[1] - _cells(image[spatial(layout)]) <= MAX_EXTRA_TOKENS
 
 
 def default_layer(found: list[tuple[str, tuple]]) -> str | None:
@@ -78,10 +110,9 @@ def default_layer(found: list[tuple[str, tuple]]) -> str | None:
     return found[-1][0] if found else None
 
 
-def block_ends(found: list[tuple[str, tuple]], layout: str) -> list[str]:
+def block_ends(found: list[tuple[str, tuple]], layout_of: Callable[[str], str]) -> list[str]:
     """The last tensor at each spatial resolution: the ends of the convolutional blocks."""
-    hw = slice(2, 4) if layout == "NCHW" else slice(1, 3)
     last = {}
     for name, shape in found:
-        last[shape[hw]] = name
+        last[shape[spatial(layout_of(name))]] = name
     return list(last.values())
