@@ -246,7 +246,7 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     inp = _image_input(proto, model_path)
     sidecar = _sidecar(proto, model_path)
     pre = _preprocessing(inp, sidecar, preprocessing, pixels.get(inp.name))
-    chosen = _score_output(proto, output or sidecar.get("output"), probabilities, lambda grow=0: _probe(proto, inp, pre, grow))
+    chosen = _score_output(proto, output or sidecar.get("output"), probabilities, lambda: _probe(proto, inp, pre))
     if labels is None:
         labels = _labels(sidecar, model_path)
     if labels is not None and len(labels) != chosen.num_classes:
@@ -371,18 +371,21 @@ def _preprocessing(inp, sidecar: dict, requested, pixels: str | None) -> Preproc
     return pre
 
 
-def _probe(proto: onnx.ModelProto, inp, pre: Preprocessing, grow: int = 0) -> dict[str, tuple]:
-    """The shape of every output of the model, from one run on a zero image of the preprocessing's size, `grow`
-    pixels taller and wider where the input leaves its height and width symbolic."""
+def _probe(proto: onnx.ModelProto, inp, pre: Preprocessing) -> list[dict[str, tuple]]:
+    """The shape of every output of the model, from one session run on a zero image of the preprocessing's size and,
+    where the input leaves its height and width symbolic, a second run on one 8 pixels taller and wider."""
     dims = _dims(inp)
     spatial = dims[2:4] if pre.layout == "NCHW" else dims[1:3]
-    h, w = (s + grow * (not isinstance(d, int) or d < 1) for s, d in zip(pre.size or (SIDE, SIDE), spatial))
-    c = pre.channels
-    shape = (1, c, h, w) if pre.layout == "NCHW" else (1, h, w, c)
+    free = [not isinstance(d, int) or d < 1 for d in spatial]
     dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
     session = Session(dynamic_batch(proto, inp.name), "cpu")
-    values = session.run(session.output_names, {inp.name: np.zeros(shape, dtype)})
-    return {name: v.shape for name, v in zip(session.output_names, values)}
+    runs = []
+    for grow in (0, 8) if any(free) else (0,):
+        h, w = (s + grow * f for s, f in zip(pre.size or (SIDE, SIDE), free))
+        shape = (1, pre.channels, h, w) if pre.layout == "NCHW" else (1, h, w, pre.channels)
+        values = session.run(session.output_names, {inp.name: np.zeros(shape, dtype)})
+        runs.append({name: v.shape for name, v in zip(session.output_names, values)})
+    return runs
 
 
 @dataclass(frozen=True)
@@ -416,7 +419,8 @@ def _is_float(value_info) -> bool:
 
 def _score_output(proto: onnx.ModelProto, wanted: str | None, probabilities: bool, probe) -> Score:
     """The score output: `wanted`, else the only N×classes float output, else the only one behind a Softmax.
-    `probe()` runs the model once and gives every output's shape, for a class count that the graph leaves symbolic."""
+    `probe()` gives every output's shape from a run of the model (and one on a larger image where the size is free),
+    for a class count that the graph leaves symbolic."""
     outputs = {o.name: o for o in proto.graph.output}
     if wanted is not None and wanted not in outputs:
         raise OnnxplainError(f"the model has no output '{wanted}'; its outputs: {outputs_described(proto)}")
@@ -438,7 +442,8 @@ def _score_output(proto: onnx.ModelProto, wanted: str | None, probabilities: boo
                              f"class scores with --output NAME (load(output=NAME))")
     classes = _dims(outputs[out])[1]
     if not isinstance(classes, int) or classes < 1:
-        shape, larger = probe()[out], probe(8)[out]
+        runs = probe()
+        shape, larger = runs[0][out], runs[-1][out]
         if len(shape) != 2 or shape[0] != 1 or shape != larger:  # e.g. an OCR model's time steps, not classes
             raise OnnxplainError(f"output '{out}' is declared {_dims(outputs[out])} but onnxruntime computes "
                                  f"{list(shape)} for one image, and {list(larger)} for one 8 pixels larger where "
