@@ -49,8 +49,8 @@ class Model:
     quantized: str = "ste"          # "ste": quantisers pass the gradient straight through; "exact": it stops there
     pixels: str = "float32"         # the type the deployed model takes its image in (uint8, float64: fed as float32)
     _sessions: SessionCache = field(default_factory=SessionCache, repr=False)  # (request, input size) -> Session
-    _layers: dict = field(default_factory=dict, repr=False)    # input size -> (spatial tensors, tokens)
-    _sized: dict = field(default_factory=dict, repr=False)     # input size -> (graph, note on its shapes)
+    _layers: SessionCache = field(default_factory=SessionCache, repr=False)  # input size -> (spatial tensors, tokens)
+    _sized: SessionCache = field(default_factory=SessionCache, repr=False)   # input size -> (graph, note on shapes)
     _channel_first: frozenset | None = field(default=None, repr=False)  # tensors that are NCHW whatever the input
 
     def session(self, request: Request) -> Session:
@@ -100,9 +100,8 @@ class Model:
         return self._found()[1]
 
     def _found(self) -> tuple:
-        if self.input_size not in self._layers:
-            self._layers[self.input_size] = find_layers(self.graph, self.input, self.score, self.layout_of)
-        return self._layers[self.input_size]
+        return self._layers.get(self.input_size,
+                                lambda: find_layers(self.graph, self.input, self.score, self.layout_of))
 
     def grid_of(self, layer: str | None) -> tuple[int, int] | None:
         """The patch grid that token tensor `layer` is laid out on for CAM methods, None for other tensors."""
@@ -120,9 +119,8 @@ class Model:
         return self._at_size()[1]
 
     def _at_size(self) -> tuple[onnx.ModelProto, str | None]:
-        if self.input_size not in self._sized:
-            self._sized[self.input_size] = at_size(self.proto, self.input, self.spatial_axes, self.input_size)
-        return self._sized[self.input_size]
+        return self._sized.get(self.input_size,
+                               lambda: at_size(self.proto, self.input, self.spatial_axes, self.input_size))
 
     def at_size(self, size) -> "Model":
         """This model explained at input height and width `size` (sharing its caches): any size when its input

@@ -68,9 +68,9 @@ class Session:
 
 
 class SessionCache:
-    """Sessions by key (a Request), the `size` most recently used kept. Safe to share between threads: a key's
-    session is built once however many threads ask for it at the same time (the others wait for it), and sessions
-    of other keys are built meanwhile."""
+    """Sessions by key (a Request), the `size` most recently used kept; a Model also keeps its graphs and layers
+    per input size in one. Safe to share between threads: a key's session is built once however many threads ask
+    for it at the same time (the others wait for it), and sessions of other keys are built meanwhile."""
 
     def __init__(self, size: int = 16):
         self.size = size
