@@ -101,10 +101,10 @@ def as_targets(model: Model, target, n: int) -> np.ndarray:
     except (TypeError, ValueError):
         raise OnnxplainError("target must be a class index, a list of them, or a list of lists (several classes "
                              "per image) of equal length") from None
-    whole = np.isfinite(t) & (t == np.round(t)) if t.dtype.kind == "f" else np.full(t.shape, t.dtype.kind in "iu")
-    if not whole.all():
+    integral = np.isfinite(t) & (t == np.round(t)) if t.dtype.kind == "f" else np.full(t.shape, t.dtype.kind in "iu")
+    if not integral.all():
         raise OnnxplainError(f"target must be whole class numbers (or -1 for the top-1 class), not "
-                             f"{t[~whole].reshape(-1)[0].item()!r}")
+                             f"{t[~integral].reshape(-1)[0].item()!r}")
     bad = (t < -1) | (t >= model.num_classes)
     if bad.any():
         raise OnnxplainError(f"target {int(t[bad][0])} is not a class of this model (0..{model.num_classes - 1})")

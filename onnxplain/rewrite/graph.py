@@ -12,7 +12,7 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from ..errors import OnnxplainError, first_line, quiet_onnxruntime
-from .autodiff import append_vjp, path_nodes
+from .autodiff import append_vjp, path_nodes, reads
 from .builder import Builder
 from .rules import NOT_DIFFERENTIABLE, RULES
 from .rules.quant import STRAIGHT_THROUGH
@@ -172,7 +172,7 @@ def toposort(graph: gs.Graph) -> gs.Graph:
     graphsurgeon's takes several times as long and recurses once per node that precedes its producer."""
     nodes = graph.nodes
     producer = {t.name: i for i, node in enumerate(nodes) for t in node.outputs if t.name}
-    deps = [[producer[n] for n in _reads(node) if producer.get(n, i) != i] for i, node in enumerate(nodes)]
+    deps = [[producer[t.name] for t in reads(node) if producer.get(t.name, i) != i] for i, node in enumerate(nodes)]
     level = [-1] * len(nodes)  # -1: not yet known, -2: on the walk's stack
     for root in range(len(nodes)):
         stack = [(root, iter(deps[root]))] if level[root] == -1 else []
@@ -192,14 +192,6 @@ def toposort(graph: gs.Graph) -> gs.Graph:
             toposort(sub)
     graph.nodes = [nodes[i] for i in sorted(range(len(nodes)), key=lambda i: (level[i], i))]
     return graph
-
-
-def _reads(node: gs.Node) -> list[str]:
-    """Names of the tensors `node` reads, including those its subgraphs read from outside themselves."""
-    names = [t.name for t in node.inputs if t.name]
-    for sub in node.subgraphs():
-        names += [n for inner in sub.nodes for n in _reads(inner)]
-    return names
 
 
 FOLD_LIMIT = 1 << 26  # bytes: larger constant subgraphs (of a known size) are left to run, not stored in the graph
