@@ -31,7 +31,7 @@ import onnxplain  # noqa: E402
 from onnxplain import methods  # noqa: E402
 from onnxplain.explain import cam_layer  # noqa: E402
 from onnxplain.rewrite.graph import build  # noqa: E402
-from onnxplain.runtime import Session  # noqa: E402
+from onnxplain.runtime import Session, SessionCache  # noqa: E402
 
 SIZES = (2000, 20000, 100000)
 BOUND = 1.2       # growth exponent of the build times
@@ -80,7 +80,7 @@ def measure(proto: onnx.ModelProto, size, repeats: int, sessions: bool) -> dict[
     t["saliency"], built = cpu_seconds(lambda: build(model.proto, saliency), repeats)
 
     def gradcam():
-        model._layers = None  # the layer search is part of Grad-CAM's first build
+        model._layers = SessionCache()  # the layer search is part of Grad-CAM's first build
         return build(model.proto, methods.get("gradcam").request(model, cam_layer(model, None)))
     t["gradcam"], _ = cpu_seconds(gradcam, repeats)
     if sessions:
