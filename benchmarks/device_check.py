@@ -6,8 +6,13 @@ whole check takes minutes):
   listed (a silent CPU placement of a heavy op would make the "CUDA" path a CPU one);
 - the maps on CUDA against the maps on the CPU (max |Δ| / max |map|; float32, so kinks of ReLU6 aside, ≤ 1e-4);
 - the method's time over the plain forward time of the same model on the same device, each a median of repeats;
-- onnxplain against Captum on torch CUDA with the same weights (Saliency, Grad-CAM, IG and SmoothGrad), when torch,
-  captum and the weights package are there.
+- onnxplain against Captum on torch CUDA with the same weights (Saliency and Grad-CAM), when torch, captum and the
+  weights package are there.
+`--resnet50` adds the issue's ResNet-50-class goals on a torchvision ResNet-50 (seeded random weights, exported here
+with torch.onnx): forward, Saliency and Grad-CAM at batch 1 and 16, IG-50 and SmoothGrad-25 at batch 1, each over the
+forward on the same device and against torch + Captum on the same weights and device (TF32 off on both sides), the
+CUDA maps against the CPU's with and without onnxruntime's TF32, and where the Saliency graph's nodes run.
+`--throughput` adds images per second on CUDA for forward, Grad-CAM and Saliency at batch 1, 16 and 64.
 Without a usable CUDA provider it runs the CPU half and says that the rest was not run. `--json PATH` writes every
 figure. `../shared/DEVICE.md` (outside the repository) tells how to bring onnxruntime-gpu to a lent GPU machine.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib.util
 import json
 import os
 import sys
@@ -121,11 +127,132 @@ def captum_on_cuda(model, x: np.ndarray, repeats: int) -> dict | None:
                    "ratio": ours[name] / theirs[name]} for name in theirs}
 
 
+def torch_resnet50():
+    """torchvision's ResNet-50 with weights drawn from seed 0, in eval mode, or None without torchvision."""
+    try:
+        import torch
+        import torchvision
+    except ImportError as exc:
+        print(f"(ResNet-50 skipped: {exc})")
+        return None
+    torch.manual_seed(0)
+    return torchvision.models.resnet50(weights=None).eval()
+
+
+def export(net, path: Path) -> None:
+    """`net` to ONNX with a dynamic batch: the TorchScript exporter (opset 17) where torch still has it, else dynamo."""
+    import torch
+    x = torch.zeros(1, 3, 224, 224)
+    try:
+        torch.onnx.export(net, x, str(path), opset_version=17, dynamo=False, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    except Exception as exc:  # torch without the TorchScript exporter
+        print(f"(TorchScript export failed: {type(exc).__name__}: {exc}; using dynamo)")
+        torch.onnx.export(net, (x,), str(path), dynamo=True, input_names=["input"], output_names=["logits"],
+                          dynamic_shapes={"x": {0: torch.export.Dim("N")}})
+
+
+def resnet50_check(device: str, repeats: int) -> dict | None:
+    """The issue's ResNet-50 goals on `device`: method / forward on one session, onnxplain / Captum on the same
+    weights, and on CUDA the maps against the CPU's, with onnxruntime's TF32 off (onnxplain's default) and on."""
+    net = torch_resnet50()
+    if net is None:
+        return None
+    import torch
+    from onnxplain import runtime
+    path = Path(tempfile.mkdtemp()) / "resnet50.onnx"
+    export(net, path)
+    photos = onnxplain.load(MODEL, device="cpu")
+    x16 = np.concatenate([as_batch(photos, IMAGES)[0]] * 8)
+    x1, target = x16[:1], 281
+    out = {}
+    model = onnxplain.load(path, device=device, preprocessing="imagenet")
+    if device == "cuda":
+        cpu = onnxplain.load(path, device="cpu", preprocessing="imagenet")
+        reference = {m: onnxplain.explain(cpu, x16[:2], m, target=target).maps.astype(np.float64)
+                     for m in ("saliency", "gradcam")}
+        for tf32 in ("0", "1"):
+            runtime.CUDA_OPTIONS["use_tf32"] = tf32
+            gpu = onnxplain.load(path, device="cuda", preprocessing="imagenet")
+            out[f"rel_err_tf32_{tf32}"] = {
+                m: float(np.abs(onnxplain.explain(gpu, x16[:2], m, target=target).maps - r).max() / np.abs(r).max())
+                for m, r in reference.items()}
+        runtime.CUDA_OPTIONS["use_tf32"] = "0"
+        out["saliency_cpu_placed"] = cpu_nodes(placement(build(model.proto,
+                                                               methods.get("saliency").request(model, None))))
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    net = net.to(device)
+    captum = importlib.util.find_spec("captum") is not None
+    if captum:
+        from captum.attr import IntegratedGradients, LayerGradCam, NoiseTunnel, Saliency
+    sigma = 0.15 * float(x1.max() - x1.min())
+    def sync(fn):
+        return (lambda: (fn(), torch.cuda.synchronize())) if device == "cuda" else fn
+    cases = []  # (name, onnxplain, torch/Captum or None)
+    for x in (x1, x16):
+        xt = torch.tensor(x, device=device)
+        def fwd_torch(xt=xt):
+            with torch.no_grad():
+                net(xt)
+        n = len(x)
+        cases += [(f"forward, batch {n}", lambda x=x: forward(model, x, batch_size=n), sync(fwd_torch)),
+                  (f"saliency, batch {n}", lambda x=x: onnxplain.explain(model, x, "saliency", target=target),
+                   captum and sync(lambda xt=xt: Saliency(net).attribute(xt.clone().requires_grad_(), target=target))),
+                  (f"gradcam, batch {n}", lambda x=x: onnxplain.explain(model, x, "gradcam", target=target),
+                   captum and sync(lambda xt=xt: LayerGradCam(net, net.layer4).attribute(xt, target=target)))]
+    xt = torch.tensor(x1, device=device)
+    cases += [("ig 50 steps, batch 1",
+               lambda: onnxplain.explain(model, x1, "ig", target=target, steps=50, internal_batch_size=50),
+               captum and sync(lambda: IntegratedGradients(net).attribute(xt, target=target, n_steps=50))),
+              ("smoothgrad 25, batch 1",
+               lambda: onnxplain.explain(model, x1, "smoothgrad", target=target, samples=25, internal_batch_size=25),
+               captum and sync(lambda: NoiseTunnel(Saliency(net)).attribute(
+                   xt, nt_type="smoothgrad", nt_samples=25, stdevs=sigma, target=target)))]
+    fns = [f for _, ours, theirs in cases for f in (ours, theirs) if f]
+    times = iter(median_times(fns, repeats, warmup=2))
+    rows = {}
+    for name, ours, theirs in cases:
+        rows[name] = {"onnxplain_ms": next(times) * 1e3}
+        if theirs:
+            rows[name]["torch_ms"] = next(times) * 1e3
+    for name, row in rows.items():
+        n = name.split("batch ")[1]
+        row["over_forward"] = row["onnxplain_ms"] / rows[f"forward, batch {n}"]["onnxplain_ms"]
+        if "torch_ms" in row:
+            row["torch_over_onnxplain"] = row["torch_ms"] / row["onnxplain_ms"]
+    out["timings"] = rows
+    print(f"\nResNet-50 (torchvision, seeded random weights) on {device}, median of {repeats}; TF32 off on both sides")
+    if device == "cuda":
+        print(f"  maps CUDA vs CPU, rel. err: TF32 off {out['rel_err_tf32_0']}, TF32 on {out['rel_err_tf32_1']}")
+        print(f"  Saliency graph, nodes on the CPU: {out['saliency_cpu_placed']}")
+    print(f"  {'':<24} {'onnxplain ms':>12} {'/forward':>9} {'torch ms':>9} {'torch/onnxplain':>16}")
+    for name, r in rows.items():
+        print(f"  {name:<24} {r['onnxplain_ms']:>12.2f} {r['over_forward']:>9.2f} {r.get('torch_ms', float('nan')):>9.2f}"
+              f" {r.get('torch_over_onnxplain', float('nan')):>16.2f}")
+    return out
+
+
+def throughput(model, x: np.ndarray, repeats: int) -> dict:
+    """Images per second of forward, Grad-CAM and Saliency at batch 1, 16 and 64 (preprocessed arrays, 64 images)."""
+    x64 = np.concatenate([x] * (64 // len(x)))
+    runs = {(m, b): (lambda m=m, b=b: forward(model, x64, batch_size=b) if m == "forward" else
+                     onnxplain.explain(model, x64, m, batch_size=b))
+            for m in ("forward", "gradcam", "saliency") for b in (1, 16, 64)}
+    times = dict(zip(runs, median_times(list(runs.values()), repeats, warmup=1)))
+    rates = {f"{m}, batch {b}": len(x64) / t for (m, b), t in times.items()}
+    print(f"\nImages/s on {model.device}, 64 preprocessed images, median of {repeats}")
+    for name, rate in rates.items():
+        print(f"  {name:<20} {rate:>9.1f}")
+    return rates
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", nargs="+", default=sorted(methods.METHODS), help="methods to check")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--resnet50", action="store_true", help="ResNet-50 goals (torch and torchvision needed)")
+    parser.add_argument("--throughput", action="store_true", help="images per second at batch 1, 16 and 64")
     args = parser.parse_args()
     unknown = sorted(set(args.methods) - set(methods.METHODS))
     if unknown:
@@ -166,9 +293,13 @@ def main() -> int:
         print("\nbatch 1, CUDA, same weights   onnxplain ms   torch/Captum ms   onnxplain/Captum")
         for name, r in captum.items():
             print(f"  {name:<28} {r['onnxplain_ms']:>12.2f} {r['captum_ms']:>17.2f} {r['ratio']:>18.2f}")
+    device = devices[-1]
+    rates = throughput(models[device][0], x, args.repeats) if args.throughput else None
+    resnet = resnet50_check(device, args.repeats * 3) if args.resnet50 else None
     if args.json:
         args.json.write_text(json.dumps({"cuda": why_not or "run", "forward_ms": {d: models[d][1] for d in devices},
-                                         "methods": rows, "captum": captum}, indent=1))
+                                         "methods": rows, "captum": captum, "throughput": rates,
+                                         "resnet50": resnet}, indent=1))
     if not why_not and not ok:
         print(f"\nmaps marked ! differ between CUDA and the CPU by more than {TOLERANCE:g} (relative)")
     return 0 if ok else 1

@@ -1,6 +1,9 @@
 """Run compiled graphs: one cached onnxruntime session per (model, request), CUDA when present, batched feeds."""
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import threading
 import warnings
 from collections import OrderedDict
@@ -13,6 +16,25 @@ import onnxruntime as ort
 from .errors import OnnxplainError, first_line, quiet_onnxruntime
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+# float32 stays float32 on the GPU: onnxruntime's CUDA provider rounds the inputs of its matrix products to TF32
+# (10-bit mantissa) by default on Ampere and newer, which moves maps by ~1e-3 of their range from the CPU's.
+CUDA_OPTIONS = {"use_tf32": "0"}
+
+
+@functools.cache
+def cuda_libraries() -> None:
+    """Load, once, the CUDA and cuDNN libraries of pip's nvidia packages (`pip install onnxruntime-gpu[cuda,cudnn]`,
+    or torch's) before the first CUDA session: onnxruntime's CUDA provider does not look there by itself. Where they
+    are missing nothing is said here: the session then does not start on CUDA, and that is reported."""
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime ≥ 1.21
+    if preload is None:
+        return
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            preload()
+        except Exception:  # noqa: BLE001 (a preload that fails leaves the libraries to the system's search path)
+            pass
 
 
 class Session:
@@ -25,8 +47,9 @@ class Session:
         options.log_severity_level = 4  # failures are raised, and reported in one line, not logged too
         self.session = None
         if device in ("auto", "cuda") and CUDA in ort.get_available_providers():
+            cuda_libraries()
             with quiet_onnxruntime():  # a failed CUDA start is reported below in one line, not ORT's five
-                self.session = self._create(data, options, [CUDA, CPU])
+                self.session = self._create(data, options, [(CUDA, CUDA_OPTIONS), CPU])
             fell_back = self.session is None or self.session.get_providers()[0] != CUDA
             if fell_back and device == "cuda":
                 self.session = None
