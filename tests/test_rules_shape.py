@@ -77,11 +77,29 @@ def test_split_some_outputs_off_path():
     ([1], [2], [0], None), ([-4], [-2], [1], None), ([0, 2], [BIG, -1], None, None), ([4], [0], [2], [-1]),
     ([-1], [-BIG], [1], [-2]), ([0, 1], [100, 6], [2, 0], [2, 1]), ([1, 5, -2], [3, 0, 0], [-3, 1, 2], [1, -3, -1]),
 ])
-def test_slice(starts, ends, axes, steps):
-    consts = {"starts": ints(*starts), "ends": ints(*ends)}
-    consts.update({k: ints(*v) for k, v in (("axes", axes), ("steps", steps)) if v is not None})
+@pytest.mark.parametrize("runtime_bounds", [False, True])
+def test_slice(starts, ends, axes, steps, runtime_bounds):
+    """Bounds (negative, clamped, steps above 1 and below 0) as constants, and as graph inputs: computed at run time,
+    as legacy exports of Swin or PiT compute them from shapes."""
+    bounds = {"starts": ints(*starts), "ends": ints(*ends)}
+    bounds.update({k: ints(*v) for k, v in (("axes", axes), ("steps", steps)) if v is not None})
     order = ["x", "starts", "ends"] + (["axes"] if axes else [""] * (steps is not None)) + (["steps"] if steps else [])
-    check_vjp("Slice", {"x": rand(4, 5, 6)}, constants=consts, order=order, opset=13)
+    inputs = {"x": rand(4, 5, 6), **(bounds if runtime_bounds else {})}
+    check_vjp("Slice", inputs, constants={} if runtime_bounds else bounds, order=order, opset=13)
+
+
+def test_slice_runtime_bounds_int32_and_symbolic_size():
+    """int32 bounds from a Shape-computed offset, on an input whose sliced axis is symbolic."""
+    x = rand(3, 7)
+    model = one_node_model("Slice", {"x": x, "starts": np.array([-5], np.int32), "ends": np.array([6], np.int32),
+                                     "axes": np.array([1], np.int32)}, opset=13)
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "w"
+    u = rand(3, 4)
+    (dx,) = exact_vjp(model, {"x": x, "starts": np.array([-5], np.int32), "ends": np.array([6], np.int32),
+                              "axes": np.array([1], np.int32)}, {"y0": u}, ["x"])
+    expected = np.zeros_like(x)
+    expected[:, 2:6] = u
+    np.testing.assert_array_equal(dx, expected)
 
 
 def test_slice_attribute_form():

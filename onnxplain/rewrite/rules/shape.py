@@ -127,8 +127,11 @@ def _slices(node, rank):
 
 @vjp("Slice")
 def slice_(node, dys, g):
-    """Zero-pad dy back along unit-step axes of known size; scatter it with a one-hot MatMul along the others."""
+    """Zero-pad dy back along unit-step axes of known size; scatter it with a one-hot MatMul along the others.
+    Bounds computed at run time (exports that slice at offsets computed from shapes): see _unslice."""
     x, dy = node.inputs[0], dys[0]
+    if any(isinstance(t, gs.Variable) and t.name for t in node.inputs[1:]):
+        return [_unslice(node, dy, g)]
     rank = len(x.shape)
     pads = [0] * (2 * rank)
     for axis, start, stop, step in _slices(node, rank):
@@ -142,6 +145,18 @@ def slice_(node, dys, g):
             idx = g.slice(g.Range(g.ints(0), dim, g.ints(1)), [start], [stop], [0], [step])
         dy = _ungather(g, dy, _onehot(g, idx, dim, x), 1, axis, x)
     return [g.pad(dy, pads) if any(pads) else dy]
+
+
+def _unslice(node, dy, g):
+    """The node's own Slice, applied to a map of x's flat indices, tells where each element of dy came from (once
+    each): scatter dy there into zeros of x's shape, whatever the bounds, axes and steps are at run time."""
+    if g.opset < 11:
+        raise OnnxplainError(f"the gradient of Slice '{node.name}', whose bounds are computed at run time, needs "
+                             f"opset 11 or newer (Range, ScatterElements), not {g.opset}")
+    x, flat = node.inputs[0], g.ints([-1])
+    where = g.Slice(g.Reshape(g.Range(g.ints(0), g.Size(x), g.ints(1)), g.Shape(x)), *node.inputs[1:])
+    dx = g.ScatterElements(g.Reshape(g.zeros(x), flat), g.Reshape(where, flat), g.Reshape(dy, flat), axis=0)
+    return g.Reshape(dx, g.Shape(x))
 
 
 @vjp("Gather")
