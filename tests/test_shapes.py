@@ -139,6 +139,32 @@ def test_tf_same_padding_computed_at_run_time():
     assert rel_err(onnxplain.explain(m, x, "gradxinput").attributions, autograd_x_grad(net.double(), x)) <= 1e-4
 
 
+def test_resize_to_a_computed_size_keeps_the_batch():
+    """GhostNetV2's gate: a pooled branch resized back to its trunk's size, the sizes sliced from Shape at run time.
+    ONNX's inference knows the resized shape but names its batch afresh; the probe tells it is the batch, which the
+    Resize rule needs to see that the batch axis is not resized."""
+    nn, f = torch.nn, torch.nn.functional
+
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk, self.branch, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 1), nn.Linear(4, 3)
+
+        def forward(self, x):
+            out = self.trunk(x)
+            gate = torch.sigmoid(f.avg_pool2d(self.branch(x), 2))
+            out = out * f.interpolate(gate, size=(out.shape[-2], out.shape[-1]), mode="nearest")
+            return self.head(out.mean((2, 3)))
+    torch.manual_seed(0)
+    net = Gated().eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(net, torch.zeros(2, 3, 8, 6), buffer, dynamo=False, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    m = onnxplain.load(onnx.load_from_string(buffer.getvalue()), device="cpu")
+    x = RNG.random((2, 3, 8, 6), np.float32)
+    assert rel_err(onnxplain.explain(m, x, "gradxinput").attributions, autograd_x_grad(net.double(), x)) <= 1e-4
+
+
 def test_inspect_says_where_shapes_came_from_and_explain_asks_for_a_size(dynamic, tmp_path, capsys):
     from test_cli import fail, run
     onnx.save(_lost_shapes_model()[0], tmp_path / "lost.onnx")

@@ -40,13 +40,14 @@ def at_size(model: onnx.ModelProto, input_name: str, axes: tuple[int, int], size
 
 
 def _known(shape, batch: str | None) -> bool:
-    """Whether a shape has a rank and every dimension after the first is a number or the batch."""
-    return shape is not None and all(d.HasField("dim_value") or (batch and d.dim_param == batch)
-                                     for d in shape.dim[1:])
+    """Whether a shape has a rank and every dimension is a number or the batch. A first dimension of another name
+    is open too: inference that computes a size from Shape slices (ghostnetv2's Resize to its input's size) names
+    the batch afresh ('unk__39'), and a rule comparing it with its input's batch would find them different."""
+    return shape is not None and all(d.HasField("dim_value") or (batch and d.dim_param == batch) for d in shape.dim)
 
 
 def _open_shapes(model: onnx.ModelProto, batch: str | None) -> set[str]:
-    """Names of the node outputs whose type is unknown or whose shape is not static (but for its first axis)."""
+    """Names of the node outputs whose type is unknown or whose shape is not static (but for the batch)."""
     types = {vi.name: vi.type for vi in [*model.graph.value_info, *model.graph.output, *model.graph.input]}
     open_ = set()
     for node in model.graph.node:
