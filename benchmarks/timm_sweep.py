@@ -173,6 +173,9 @@ def explain(path: Path, x: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray,
         sess = m.session(Request(expose=(layer,), differentiate=(m.score,), wrt=(layer,)))
         a, g = (t.astype(np.float64) for t in sess.run([layer, GRAD.format(layer)],
                                                         {m.input: x, COTANGENT.format(m.score): onehot}))
+        if a.ndim == 3:  # a transformer's tokens N×T×C: the patch tokens laid out on the grid (reshape_transform)
+            h, w = m.grid_of(layer)
+            a, g = (t[:, t.shape[1] - h * w:].reshape(len(t), h, w, -1).transpose(0, 3, 1, 2) for t in (a, g))
         axes = tuple(range(2, a.ndim))
         expected = np.maximum((g.mean(axis=axes, keepdims=True) * a).sum(axis=1), 0)
         e = onnxplain.explain(m, x, "gradcam", target=targets.tolist(), layer=layer)
