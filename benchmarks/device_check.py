@@ -4,7 +4,10 @@ On the bundled MobileNetV2 and its two photos, for every method (the multi-pass 
 whole check takes minutes):
 - where onnxruntime places each node of the method's graph on a CUDA session: the nodes it runs on the CPU are
   listed (a silent CPU placement of a heavy op would make the "CUDA" path a CPU one);
-- the maps on CUDA against the maps on the CPU (max |Δ| / max |map|; float32, so kinks of ReLU6 aside, ≤ 1e-4);
+- the maps on CUDA against the maps on the CPU (max |Δ| / max |map|), beside the same figure between two valid float32
+  evaluations on the CPU (with and without onnxruntime's graph optimisations): input gradients through ReLU6 kinks
+  drift by ~1e-2 between those too, as a unit just above a kink on one is below it on the other. A method passes
+  when CUDA is within 1e-4 of the CPU, or within twice that CPU floor;
 - the method's time over the plain forward time of the same model on the same device, each a median of repeats;
 - onnxplain against Captum on torch CUDA with the same weights (Saliency and Grad-CAM), when torch, captum and the
   weights package are there.
@@ -28,12 +31,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import onnxplain  # noqa: E402
-from onnxplain import methods  # noqa: E402
+from onnxplain import methods, runtime  # noqa: E402
 from onnxplain.explain import as_batch, cam_layer, forward  # noqa: E402
 from onnxplain.errors import OnnxplainError  # noqa: E402
 from onnxplain.rewrite.graph import Request, build  # noqa: E402
@@ -53,7 +57,6 @@ TOLERANCE = 1e-4
 
 def cuda_status() -> str | None:
     """None when a CUDA session starts here, else why not (one line)."""
-    import onnxruntime as ort
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return f"onnxruntime has no CUDA provider (available: {', '.join(ort.get_available_providers())})"
     try:
@@ -65,13 +68,12 @@ def cuda_status() -> str | None:
 
 def placement(proto) -> collections.Counter:
     """(provider, op) → node count for one run of `proto` on a CUDA session, from onnxruntime's profile."""
-    import onnxruntime as ort
     options = ort.SessionOptions()
     options.enable_profiling = True
     options.log_severity_level = 3
     options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "placement")
     session = ort.InferenceSession(proto.SerializeToString(), options,
-                                   providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+                                   providers=[(runtime.CUDA, runtime.CUDA_OPTIONS), runtime.CPU])
     feeds = {}
     for i in session.get_inputs():
         shape = [d if isinstance(d, int) else 1 for d in i.shape]
@@ -89,8 +91,25 @@ def cpu_nodes(counts: collections.Counter) -> str:
     return ", ".join(f"{op}×{n}" for op, n in sorted(cpu.items())) or "-"
 
 
+def relative(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| / max |b|."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def cpu_floor(name: str, x: np.ndarray, params: dict, maps: np.ndarray) -> float:
+    """How far the method's maps move on the CPU when onnxruntime runs its graphs unoptimised (other kernels, other
+    rounding): the error two valid float32 evaluations have between them."""
+    runtime.OPTIMIZATION = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        model = onnxplain.load(MODEL, device="cpu")
+        return relative(onnxplain.explain(model, x, name, batch_size=len(x), **params).maps, maps)
+    finally:
+        runtime.OPTIMIZATION = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
 def check_method(name: str, models: dict, x: np.ndarray, repeats: int) -> dict:
-    """Times per device, CUDA-vs-CPU map error and CUDA placement of one method."""
+    """Times per device, CUDA-vs-CPU map error (and the CPU's own floor) and CUDA placement of one method."""
     params = SMALL.get(name, {})
     row = {"method": name, "params": params}
     maps = {}
@@ -100,8 +119,9 @@ def check_method(name: str, models: dict, x: np.ndarray, repeats: int) -> dict:
         row[f"{device}_ms"] = median_times([run], repeats, warmup=1)[0] * 1e3
         row[f"{device}_ratio"] = row[f"{device}_ms"] / fwd
     if "cuda" in models:
-        cpu, gpu = maps["cpu"].astype(np.float64), maps["cuda"].astype(np.float64)
-        row["rel_err"] = float(np.abs(gpu - cpu).max() / max(np.abs(cpu).max(), 1e-30))
+        row["rel_err"] = relative(maps["cuda"], maps["cpu"])
+        row["cpu_floor"] = cpu_floor(name, x, params, maps["cpu"])
+        row["ok"] = row["rel_err"] <= max(TOLERANCE, 2 * row["cpu_floor"])
         method = methods.get(name, **params)
         if method.one_graph:
             model = models["cuda"][0]
@@ -159,7 +179,6 @@ def resnet50_check(device: str, repeats: int) -> dict | None:
     if net is None:
         return None
     import torch
-    from onnxplain import runtime
     path = Path(tempfile.mkdtemp()) / "resnet50.onnx"
     export(net, path)
     photos = onnxplain.load(MODEL, device="cpu")
@@ -270,7 +289,7 @@ def main() -> int:
     print(f"CUDA half NOT RUN: {why_not}" if why_not else "CUDA provider running")
     header = f"{'method':<16} {'cpu ms':>9} {'/fwd':>6}"
     if not why_not:
-        header += f" {'cuda ms':>9} {'/fwd':>6} {'cuda vs cpu':>11}  nodes on the CPU"
+        header += f" {'cuda ms':>9} {'/fwd':>6} {'cuda vs cpu':>11} {'cpu floor':>9}  nodes on the CPU"
     print(header)
     rows, ok = [], True
     for name in args.methods:
@@ -284,9 +303,9 @@ def main() -> int:
         rows.append(row)
         line = f"{name:<16} {row['cpu_ms']:>9.1f} {row['cpu_ratio']:>6.2f}"
         if not why_not:
-            ok &= row["rel_err"] <= TOLERANCE
+            ok &= row["ok"]
             line += (f" {row['cuda_ms']:>9.1f} {row['cuda_ratio']:>6.2f} {row['rel_err']:>11.1e}"
-                     f"{'' if row['rel_err'] <= TOLERANCE else '!'}  {row.get('cpu_placed', '(several graphs)')}")
+                     f" {row['cpu_floor']:>9.1e}{'' if row['ok'] else '!'}  {row.get('cpu_placed', '(several graphs)')}")
         print(line, flush=True)
     captum = None if why_not else captum_on_cuda(models["cuda"][0], x[:1], args.repeats * 5)
     if captum:
@@ -301,7 +320,7 @@ def main() -> int:
                                          "methods": rows, "captum": captum, "throughput": rates,
                                          "resnet50": resnet}, indent=1))
     if not why_not and not ok:
-        print(f"\nmaps marked ! differ between CUDA and the CPU by more than {TOLERANCE:g} (relative)")
+        print(f"\nmaps marked ! differ between CUDA and the CPU by more than {TOLERANCE:g} and twice the CPU floor")
     return 0 if ok else 1
 
 

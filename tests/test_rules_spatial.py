@@ -44,6 +44,7 @@ CONV = {  # x shape, w shape, attributes
     "depthwise-s1": ((2, 3, 6, 5), (3, 1, 3, 3), {"group": 3, "pads": [1, 1, 1, 1]}),
     "multiplier-same-lower": ((1, 2, 6, 6), (4, 1, 2, 2), {"group": 2, "strides": [3, 3], "auto_pad": "SAME_LOWER"}),
     "valid": ((1, 3, 6, 7), (2, 3, 3, 3), {"auto_pad": "VALID", "strides": [2, 2]}),
+    "resnet-stem": ((1, 1, 12, 12), (2, 1, 7, 7), {"strides": [2, 2], "pads": [3, 3, 3, 3]}),
     "1d": ((2, 4, 9), (6, 2, 3), {"group": 2, "strides": [2], "pads": [4, 0], "dilations": [2]}),
     "3d": ((1, 2, 4, 5, 4), (2, 2, 2, 3, 2), {"strides": [2, 1, 2], "pads": [0, 1, 0, 1, 0, 1]}),
 }
@@ -79,6 +80,23 @@ def test_conv_paths_agree(case, monkeypatch):
         monkeypatch.setattr(conv_rules, "use_conv_transpose", lambda *args: conv_transpose)
         grads += gradcheck.exact_vjp(model, {"x": x}, {"y0": dy}, ["x"])
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("xs, ws, attrs", [
+    ((1, 3, 16, 16), (4, 3, 7, 7), {"strides": [2, 2], "pads": [3, 3, 3, 3]}),  # ResNet's stem
+    ((1, 4, 14, 14), (4, 4, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),  # its strided 3×3s
+    ((1, 4, 15, 15), (4, 4, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),  # odd size: nothing to add back
+    ((1, 4, 14, 14), (4, 4, 1, 1), {"strides": [2, 2]}),                        # its 1×1 shortcuts
+])
+def test_strided_conv_gradient_pads_are_equal(xs, ws, attrs):
+    """onnxruntime's CUDA ConvTranspose takes only equal begin and end paddings, and runs a node with unequal ones on
+    the CPU (4 of ResNet-50's 7 gradient ConvTransposes were, measured on an H200): the gradients of the strided
+    convolutions of common CNNs are emitted with equal ones."""
+    model = gradcheck.one_node_model("Conv", {"x": randn(*xs)}, attrs, {"w": randn(*ws)}, dtype=np.float32)
+    grad = build(model, Request(differentiate=("y0",), wrt=("x",)))
+    (node,) = [n for n in grad.graph.node if n.op_type == "ConvTranspose"]
+    pads = next(a.ints for a in node.attribute if a.name == "pads")
+    assert pads[:2] == pads[2:], pads
 
 
 # -- ConvTranspose ---------------------------------------------------------------------------------------------------

@@ -89,10 +89,15 @@ def use_conv_transpose(win: Window, group: int) -> bool:
 
 
 def _transpose_pads(win: Window) -> dict:
-    """ConvTranspose paddings that give back exactly the input size: the end cropped or extended by output_padding."""
+    """ConvTranspose paddings that give back exactly the input size. Per axis, equal paddings at both ends with the
+    missing end samples added back by output_padding where that is below the stride: onnxruntime's CUDA ConvTranspose
+    (cuDNN) takes only equal ones, and places a node with unequal ones on the CPU (ResNet-50's stem and strided 3×3s:
+    4 of its 7). Otherwise the end is cropped, or extended by output_padding."""
     crop = [(o - 1) * s + (k - 1) * d + 1 - h - n
             for n, o, k, s, d, h in zip(win.ins, win.outs, win.kernel, win.strides, win.dilations, win.heads)]
-    return {"pads": win.heads + [max(c, 0) for c in crop], "output_padding": [max(-c, 0) for c in crop]}
+    even = [0 <= h - c < s for h, c, s in zip(win.heads, crop, win.strides)]
+    return {"pads": win.heads + [h if e else max(c, 0) for h, c, e in zip(win.heads, crop, even)],
+            "output_padding": [h - c if e else max(-c, 0) for h, c, e in zip(win.heads, crop, even)]}
 
 
 def _zero_insert(g, dy, w, strides):
