@@ -16,7 +16,9 @@ from onnxplain.explain import candidate_layers, cam_layer
 from onnxplain.export import export as export_graph
 from onnxplain.model import outputs_described
 from onnxplain.preprocess import PRESETS
-from onnxplain.render import check_writable, overlay, save_npy, save_png
+from onnxplain.render import VIEWS, check_writable, file_names, save, save_png
+from onnxplain.render import colour_scale as colour_scale_of
+from onnxplain.render import grid as grid_of
 from onnxplain.rewrite.graph import opset_of, unsupported_ops
 
 MODEL = click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
@@ -176,7 +178,8 @@ def methods():
 @cli.command()
 @MODEL
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-m", "--method", default="gradcam", show_default=True, help="See `onnxplain methods`.")
+@click.option("-m", "--method", "methods", multiple=True, default=("gradcam",), show_default=True,
+              help="See `onnxplain methods`; repeatable (each writes its files; --grid shows them side by side).")
 @click.option("-t", "--target", multiple=True, metavar="CLASS[,CLASS...]",
               help="Class to explain: once for all images or once per image (default: each image's top-1); "
                    "several comma-separated classes explain each of them (one batched pass, one file per class).")
@@ -185,6 +188,15 @@ def methods():
               show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("-k", "--top-k", type=click.IntRange(0), default=3, show_default=True, help="Classes to print per image.")
+@click.option("--view", type=click.Choice(VIEWS), default="original", show_default=True,
+              help="Overlay on the whole photo (the area outside the model's crop dimmed) or on the crop it saw.")
+@click.option("--colour-scale", "--color-scale", "colour_scale", default=None,
+              metavar="minmax|percentile[:P]|symmetric[:P]",
+              help="Colours from the map's min to max, its (100-P)th to Pth percentile (default P 98), or ±the Pth "
+                   "percentile of |map| (default P 100) with 0 white. Default: symmetric for signed maps, else "
+                   "min-max (percentile for gradient methods).")
+@click.option("--grid", is_flag=True, help="Also write IMAGE.grid.png per image: the photo, then every method's and "
+                                           "class's overlay side by side.")
 @BATCH
 @DEVICE
 @PREPROCESSING
@@ -192,18 +204,21 @@ def methods():
 @QUANTIZED
 @PROBS
 @PARAM
-def explain(model, images, method, target, layer, out_dir, force, top_k, batch_size, device, probabilities, params,
-            **pre):
-    """Explain MODEL on IMAGES: writes an overlay PNG and the raw map (.npy) per image (and class) to OUT."""
-    params = _params(params)
-    method_registry.get(method, **params)
+def explain(model, images, methods, target, layer, out_dir, force, top_k, view, colour_scale, grid, batch_size,
+            device, probabilities, params, **pre):
+    """Explain MODEL on IMAGES: writes an overlay PNG (title, colorbar, metadata) and the raw map (.npy) per image,
+    method (and class) to OUT. -p KEY=VALUE goes to every method that has that parameter."""
+    if colour_scale is not None:
+        colour_scale_of(np.zeros(1), colour_scale)  # a bad scale fails before any work
+    methods = tuple(dict.fromkeys(methods))
+    per_method = _per_method(methods, _params(params))
     classes = _classes(target, len(images))  # per image: a list of classes, or None for its top-1
     several = any(c is not None and len(c) > 1 for c in classes)
-    parts = ("",) + tuple(f".{name}" for name in method_registry.METHODS[method].parts)  # the map, then its parts
-    outputs = [[[(out_dir / f"{p.stem}.{method}{f'.{c}' if several else ''}{part}.png",
-                  out_dir / f"{p.stem}.{method}{f'.{c}' if several else ''}{part}.npy") for part in parts]
-                for c in (cs or [None])] for p, cs in zip(images, classes)]
-    files = [f for per_image in outputs for per_class in per_image for pair in per_class for f in pair]
+    outputs = [{method: file_names(out_dir, p.stem, method, cs if several else None) for method in methods}
+               for p, cs in zip(images, classes)]
+    grids = [out_dir / f"{p.stem}.grid.png" for p in images] if grid else []
+    files = [f for per_image in outputs for per_method_ in per_image.values() for per_class in per_method_
+             for pair in per_class for f in pair] + grids
     if len(set(files)) != len(files):
         raise OnnxplainError("two outputs share a file name (images with the same name, or a class given twice); "
                              "explain them into different --out folders")
@@ -213,17 +228,32 @@ def explain(model, images, method, target, layer, out_dir, force, top_k, batch_s
     with click.progressbar(chunks, label="explaining", file=sys.stderr, hidden=len(images) <= batch_size) as bar:
         for chunk in bar:
             tgt = None if classes[chunk[0]] is None else [classes[i] if several else classes[i][0] for i in chunk]
-            e = onnxplain.explain(m, [images[i] for i in chunk], method=method, target=tgt, layer=layer,
-                                  **_with_progress(method, params))
+            found = [onnxplain.explain(m, [images[i] for i in chunk], method=method, target=tgt, layer=layer,
+                                       **_with_progress(method, per_method[method])) for method in methods]
             for j, i in enumerate(chunk):
-                for k, per_class in enumerate(outputs[i]):
-                    maps = e.maps[j, k] if several else e.maps[j]
-                    attributions = e.attributions[j, k] if several else e.attributions[j]
-                    for p, (png, npy) in enumerate(per_class):
-                        view = maps if p == 0 else attributions[p - 1]
-                        save_png(png, overlay(e.views[j], view))
-                        save_npy(npy, view)
-                    _report(m, images[i], e, j, k if several else None, top_k if k == 0 else 0, per_class[0][0])
+                for n, e in enumerate(found):
+                    for k, per_class in enumerate(outputs[i][e.method]):
+                        save(e, j, k, per_class, view, colour_scale)
+                        _report(m, images[i], e, j, k if several else None, top_k if k == n == 0 else 0,
+                                per_class[0][0])
+                if grid:
+                    save_png(grids[i], grid_of(found, j, view, colour_scale))
+                    click.echo(f"{images[i]}: grid -> {grids[i]}")
+
+
+def _per_method(methods, params: dict) -> dict[str, dict]:
+    """Each method's share of the -p parameters (those it takes); a parameter no method takes is refused."""
+    per_method = {}
+    for method in methods:
+        per_method[method] = {k: v for k, v in params.items() if method_registry.get(method).accepts(k)}
+        method_registry.get(method, **per_method[method])
+    unused = set(params) - {k for d in per_method.values() for k in d}
+    if unused:
+        key = sorted(unused)[0]
+        if len(methods) == 1:
+            method_registry.get(methods[0], **{key: params[key]})  # its own message, naming its parameters
+        raise OnnxplainError(f"no method given takes parameter '{key}'")
+    return per_method
 
 
 def _classes(target: tuple[str, ...], n: int) -> list[list[int] | None]:
@@ -305,19 +335,8 @@ def evaluate(model, images, methods, target, metrics, step, deletion_baseline, i
              probabilities, params, **pre):
     """Score methods' maps on IMAGES: deletion/insertion AUC (Petsiuk 2018), average drop/increase in confidence
     (Chattopadhay 2018); one table per method. -p KEY=VALUE goes to every method that has that parameter."""
-    from dataclasses import fields
-
     from onnxplain.metrics import BETTER, METRICS
-    params = _params(params)
-    per_method = {}
-    for method in methods:
-        cls = type(method_registry.get(method))
-        names = {f.name for f in fields(cls)} if hasattr(cls, "__dataclass_fields__") else set()
-        per_method[method] = {k: v for k, v in params.items() if k in names}
-        method_registry.get(method, **per_method[method])
-    unused = set(params) - {k for d in per_method.values() for k in d}
-    if unused:
-        raise OnnxplainError(f"no method evaluated takes parameter '{sorted(unused)[0]}'")
+    per_method = _per_method(methods, _params(params))
     if target and len(target) not in (1, len(images)):
         raise OnnxplainError(f"{len(target)} targets for {len(images)} images: give one, or one per image")
     metrics = list(metrics) or list(METRICS)

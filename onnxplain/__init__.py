@@ -3,11 +3,13 @@
     m = onnxplain.load("models/mobilenet_v2.onnx")
     e = onnxplain.explain(m, ["models/images/chelsea.png"], method="gradcam")
     e.maps  # N×H×W at input resolution
+    e.save("out")  # overlays on the photos (PNG, with title, colorbar and metadata) and the maps (.npy)
 """
 from .errors import OnnxplainError, UnsupportedOpError
-from .explain import Explanation, explain
+from .explain import Explanation, explain, prepare_images
 from .methods import METHODS
 from .metrics import evaluate
 from .model import Model, load
 
-__all__ = ["METHODS", "Explanation", "Model", "OnnxplainError", "UnsupportedOpError", "evaluate", "explain", "load"]
+__all__ = ["METHODS", "Explanation", "Model", "OnnxplainError", "UnsupportedOpError", "evaluate", "explain", "load",
+           "prepare_images"]

@@ -11,7 +11,8 @@ from . import methods
 from .errors import OnnxplainError
 from .limits import check_memory, whole
 from .model import Model
-from .preprocess import read_image
+from . import render
+from .preprocess import MODES, Photo, prepare, to_view
 from .rewrite.graph import Request
 from .rewrite.layers import block_ends, default_layer
 
@@ -27,6 +28,59 @@ class Explanation:
     layer: str | None = None
     views: list[np.ndarray] | None = field(default=None, repr=False)  # the images as the model saw them (uint8)
     info: dict = field(default_factory=dict)  # a method's by-products, per image (e.g. IG's completeness gap)
+    photos: list[Photo] | None = field(default=None, repr=False)  # the images given, None for an array input
+    model: Model | None = field(default=None, repr=False)
+
+    def map(self, i: int = 0, k: int = 0, part: str | None = None) -> np.ndarray:
+        """The map of image i (of its class k, when several were explained), or a method's `part` (e.g.
+        undesirable's)."""
+        parts = methods.METHODS[self.method].parts
+        if part is not None and part not in parts:
+            raise OnnxplainError(f"{self.method} has no part {part!r}" + (f" (its parts: {', '.join(parts)})"
+                                                                          if parts else ""))
+        at = (i, k) if self.targets.ndim == 2 else (i,)
+        return self.maps[at] if part is None else self.attributions[at][parts.index(part)]
+
+    def render(self, i: int = 0, k: int = 0, part: str | None = None, view: str = "original",
+               scale: str | None = None) -> np.ndarray:
+        """The overlay of `map(i, k, part)` with its title and colorbar, a uint8 H×W×3 picture; view "original" (the
+        whole photo, the area the model did not see dimmed) or "crop"; scale "minmax", "percentile[:P]" or
+        "symmetric[:P]" (default: symmetric for signed maps, else per method; see `onnxplain.render`)."""
+        return render.figure(self, i, k, part, view, scale)[0]
+
+    def plot(self, i: int = 0, k: int = 0, part: str | None = None, view: str = "original",
+             scale: str | None = None, ax=None):
+        """Show `render(i, k, part, view, scale)` on a matplotlib axis (a new figure's when `ax` is None)."""
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise OnnxplainError("Explanation.plot needs matplotlib (pip install matplotlib); Explanation.save "
+                                 "writes the same pictures as PNG files") from None
+        picture = self.render(i, k, part, view, scale)
+        if ax is None:
+            ax = plt.figure(figsize=(picture.shape[1] / 100, picture.shape[0] / 100), dpi=100).add_axes((0, 0, 1, 1))
+        ax.imshow(picture)
+        ax.set_axis_off()
+        return ax
+
+    def save(self, folder, force: bool = False, view: str = "original", scale: str | None = None) -> list[Path]:
+        """Write an overlay PNG (with its title, colorbar and metadata) and the raw map (.npy) per image, class and
+        part to `folder`, named as the command line names them; refuses to overwrite files unless `force`.
+        Returns the paths written."""
+        several = self.targets.ndim == 2
+        stems = [p.name or f"image{i}" for i, p in enumerate(self.photos)] if self.photos else \
+            [f"image{i}" for i in range(len(self.maps))]
+        outputs = [render.file_names(Path(folder), stem, self.method, list(self.targets[i]) if several else None)
+                   for i, stem in enumerate(stems)]
+        files = [f for per_image in outputs for per_class in per_image for pair in per_class for f in pair]
+        if len(set(files)) != len(files):
+            raise OnnxplainError("two images share a name (or a class was explained twice); save them into "
+                                 "different folders")
+        render.check_writable(files, force)
+        for i, per_image in enumerate(outputs):
+            for k, per_class in enumerate(per_image):
+                render.save(self, i, k, per_class, view, scale)
+        return files
 
 
 def cam_layer(model: Model, layer: str | None) -> str:
@@ -46,28 +100,33 @@ def candidate_layers(model: Model) -> list[str]:
     return block_ends(model.layers(), model.layout_of) + ([] if tokens is None else list(tokens.norms))
 
 
-def as_batch(model: Model, x) -> tuple[np.ndarray, list[np.ndarray] | None]:
-    """A preprocessed float32 batch in the model's layout, from an array or a list of image paths."""
-    if isinstance(x, (str, Path)):
+def as_batch(model: Model, x) -> tuple[np.ndarray, list[Photo] | None]:
+    """A preprocessed float32 batch in the model's layout, from an array, or from images (paths, Pillow images,
+    uint8 H×W×C arrays) resized and cropped as the model needs; with the images' `Photo`s, None for an array."""
+    integer_pixels = np.issubdtype(np.dtype(model.pixels), np.integer)
+    if _is_image(x, integer_pixels):
         x = [x]
-    views = None
-    if isinstance(x, (list, tuple)) and x and any(isinstance(p, (str, Path)) for p in x):
-        other = next((i for i, p in enumerate(x) if not isinstance(p, (str, Path))), None)
+    elif isinstance(x, np.ndarray) and x.ndim == 4 and len(x) and _is_image(x[0], integer_pixels):
+        x = list(x)  # a uint8 N×H×W×C batch of photos
+    photos = None
+    if isinstance(x, (list, tuple)) and x and any(_is_image(p, integer_pixels) for p in x):
+        other = next((i for i, p in enumerate(x) if not _is_image(p, integer_pixels)), None)
         if other is not None:
-            raise OnnxplainError(f"the input list mixes image paths and arrays (item {other} is a "
-                                 f"{type(x[other]).__name__}); give image paths, or one array")
+            raise OnnxplainError(f"the input list mixes images and arrays (item {other} is a "
+                                 f"{type(x[other]).__name__}); give images (paths, Pillow images, uint8 H×W×C "
+                                 f"arrays), or one float array")
         model.input_size  # noqa: B018  images are read at the input size: raises when it is not known
-        views, inputs = zip(*(read_image(p, model.preprocessing) for p in x))
-        x = np.stack(inputs)
+        photos = [prepare(p, model.preprocessing) for p in x]
+        x = np.stack([p.input for p in photos])
     try:
         x = np.asarray(x)
     except ValueError:
         raise OnnxplainError("the input arrays differ in shape; give one array N×C×H×W (or N×H×W×C)") from None
     if not x.size:
         raise OnnxplainError(f"nothing to explain: the input is empty (shape {tuple(x.shape)})")
-    integer_pixels = np.issubdtype(np.dtype(model.pixels), np.integer)
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer) and integer_pixels):
-        raise OnnxplainError(f"input must be a float array or image paths, not {x.dtype}")
+        raise OnnxplainError(f"input must be a float array or images (paths, Pillow images, uint8 H×W×C arrays), "
+                             f"not {x.dtype} of shape {tuple(x.shape)}")
     if x.ndim == 3:
         x = x[None]
     h, w = model.input_size if model.fixed_size or x.ndim != 4 else (x.shape[a] for a in model.spatial_axes)
@@ -77,7 +136,22 @@ def as_batch(model: Model, x) -> tuple[np.ndarray, list[np.ndarray] | None]:
         raise OnnxplainError(f"input has shape {tuple(x.shape)}; the model takes N×{'×'.join(map(str, want))} "
                              f"({model.layout})")
     check_finite(x, "input image")
-    return np.ascontiguousarray(x, dtype=np.float32), views and list(views)
+    return np.ascontiguousarray(x, dtype=np.float32), photos
+
+
+def _is_image(x, integer_pixels: bool) -> bool:
+    """A path, a Pillow image, or a uint8 H×W or H×W×C array (1, 3 or 4 channels); a model that takes integer pixels
+    takes integer arrays as its input, so there only paths and Pillow images are images."""
+    if isinstance(x, (str, Path)) or type(x).__module__.startswith("PIL.") and hasattr(x, "getbands"):
+        return True
+    return (not integer_pixels and isinstance(x, np.ndarray) and x.dtype == np.uint8
+            and (x.ndim == 2 or x.ndim == 3 and x.shape[2] in MODES))
+
+
+def prepare_images(model: Model, images) -> np.ndarray:
+    """Images (paths, Pillow images, uint8 H×W×C arrays) as `model` takes them: resized, cropped and normalised by its
+    preprocessing, a float32 N×C×H×W (or N×H×W×C) batch."""
+    return as_batch(model, images)[0]
 
 
 def check_finite(a: np.ndarray, what: str, hint: str = "") -> None:
@@ -125,7 +199,8 @@ def as_targets(model: Model, target, n: int) -> np.ndarray:
 
 def explain(model: Model, x, method: str = "saliency", target=None, layer: str | None = None,
             batch_size: int | None = None, **params) -> Explanation:
-    """Explain `model` on `x` (a preprocessed float32 batch in the model's layout, or image paths).
+    """Explain `model` on `x`: a preprocessed float32 batch in the model's layout (see `prepare_images`), or images
+    (paths, Pillow images, uint8 H×W×C arrays), resized and cropped as the model needs.
 
     target: None for each image's top-1 class, a class index for all images, one index per image, or lists of K
     classes (one list for all images, or one per image): then every result gains a K axis after the image axis
@@ -134,8 +209,9 @@ def explain(model: Model, x, method: str = "saliency", target=None, layer: str |
     """
     m = methods.get(method, **params)
     batch_size = model.batch_size if batch_size is None else whole("batch_size", batch_size)
-    inputs, views = as_batch(model, x)
-    model = model.for_batch(inputs)
+    inputs, photos = as_batch(model, x)
+    views = [p.view for p in photos] if photos else [to_view(a, model.preprocessing) for a in inputs]
+    given, model = model, model.for_batch(inputs)
     targets = as_targets(model, target, len(inputs))
     layer = cam_layer(model, layer) if m.at_layer else None
     n, k = len(inputs), targets.shape[1] if targets.ndim == 2 else 1
@@ -153,7 +229,8 @@ def explain(model: Model, x, method: str = "saliency", target=None, layer: str |
         logits = logits[::k]
     check_finite(logits, "the model's output for image", "; are its weights finite?")
     check_finite(maps, f"the {method} map of image")
-    return Explanation(method, attributions, maps.astype(np.float32), used, scores, logits, layer, views, info)
+    return Explanation(method, attributions, maps.astype(np.float32), used, scores, logits, layer, views, info,
+                       photos, given)
 
 
 def forward(model: Model, inputs: np.ndarray, batch_size: int | None = None) -> np.ndarray:

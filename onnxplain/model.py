@@ -1,11 +1,13 @@
 """Load an exported model: validate it, find its image input and score output, read its preprocessing and labels."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import reprlib
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +198,17 @@ class Model:
 
     def label(self, c: int) -> str:
         return self.labels[c] if self.labels and 0 <= c < len(self.labels) else f"class {c}"
+
+    @cached_property
+    def sha256(self) -> str | None:
+        """The SHA-256 of the model file (None for a model given as a ModelProto)."""
+        if self.path is None:
+            return None
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
 
 def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict | Preprocessing | None = None,

@@ -126,39 +126,115 @@ def _pil():
     return Image
 
 
-def read_image(path: str | Path, p: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
-    """Open, resize and crop an image as the model sees it: returns (uint8 H×W×C view, grey, RGB or RGBA as the
-    model has 1, 3 or 4 channels; model input C×H×W or H×W×C float32)."""
+@dataclass(frozen=True)
+class Geometry:
+    """Where the model's input lies in the photo: the photo (`original`, height × width) resized to `resized`, then
+    the window of the input `size` at (`top`, `left`) cut out of it (top = left = 0 when it is resized straight)."""
+    original: tuple[int, int]
+    resized: tuple[int, int]
+    top: int
+    left: int
+    size: tuple[int, int]
+
+    def to_photo(self, m: np.ndarray, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """An input-resolution map (H×W) carried back onto the photo, drawn at `shape` (default: its own size):
+        bilinear, with the pixel centres that the resize and crop map onto each other (as Pillow's resize does).
+        Returns (map on the photo, whether each photo pixel lies inside the crop)."""
+        shape = self.original if shape is None else shape
+        (ry, iy), (rx, ix) = (_back(n, r, o, offset) for n, r, o, offset in
+                              zip(self.size, self.resized, shape, (self.top, self.left)))
+        return ry @ np.asarray(m, np.float64) @ rx.T, iy[:, None] & ix[None, :]
+
+
+def _back(n: int, resized: int, shown: int, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """One axis of `Geometry.to_photo`: the shown×n interpolation matrix from the crop's n pixels to the photo's
+    `shown` pixels, and which photo pixels fall inside the crop."""
+    at = (np.arange(shown) + 0.5) * resized / shown - 0.5 - offset  # each photo pixel's centre, in crop pixels
+    inside = (at >= -0.5) & (at <= n - 0.5)
+    at = np.clip(at, 0, n - 1)
+    low = np.minimum(np.floor(at).astype(int), max(n - 2, 0))
+    frac = at - low
+    matrix = np.zeros((shown, n))
+    matrix[np.arange(shown), low] = 1 - frac
+    matrix[np.arange(shown), np.minimum(low + 1, n - 1)] += frac
+    return matrix, inside
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One image prepared for the model: the view as the model sees it (uint8 H×W×C), the model input, the photo
+    itself (uint8, its long side at most `SHOWN` pixels), where the view lies in it, and its file name's stem ("" for
+    an image from memory)."""
+    view: np.ndarray
+    input: np.ndarray
+    photo: np.ndarray
+    geometry: Geometry
+    name: str = ""
+
+
+SHOWN = 2048  # the long side photos are kept at for overlays (a 24-megapixel photo would take 0.6 GB per map)
+
+
+def open_image(source, p: Preprocessing):
+    """A Pillow image in the model's mode (grey, RGB or RGBA), from a path, a Pillow image or a uint8 H×W(×C) array
+    (grey, RGB or RGBA)."""
     Image = _pil()
-    path = Path(path)
+    if isinstance(source, Image.Image):
+        return _as_mode(source, "<Pillow image>", MODES[p.channels])
+    if isinstance(source, np.ndarray):
+        a = source[..., 0] if source.ndim == 3 and source.shape[2] == 1 else source
+        if a.dtype != np.uint8 or a.ndim not in (2, 3) or a.ndim == 3 and a.shape[2] not in MODES:
+            raise OnnxplainError(f"an image array must be uint8 H×W or H×W×C with 1, 3 or 4 channels, not "
+                                 f"{a.dtype} of shape {tuple(source.shape)}")
+        return _as_mode(Image.fromarray(a), "<array>", MODES[p.channels])
+    path = Path(source)
     if not path.is_file():
         raise OnnxplainError(f"image not found: {path}")
     try:
         with Image.open(path) as im:
             im.load()
-            rgb = _as_mode(im, path, MODES[p.channels])
+            return _as_mode(im, path, MODES[p.channels])
     except OnnxplainError:
         raise
     except Exception as exc:
         raise OnnxplainError(f"cannot read image {path}: {exc}") from None
+
+
+def prepare(source, p: Preprocessing) -> Photo:
+    """Resize and crop an image (a path, a Pillow image or a uint8 array) as the model sees it."""
+    image = open_image(source, p)
+    where = source if isinstance(source, (str, Path)) else "the image"
     h, w = p.size
     resample = _PIL_FILTERS[p.interpolation]
     if p.resize:
-        short, long_ = sorted(rgb.size)
+        short, long_ = sorted(image.size)
         side = int(p.resize * long_ / short)  # the long side is floored, as torchvision's Resize does
-        resized = (p.resize, side) if rgb.width <= rgb.height else (side, p.resize)
-        _check_pixels(path, resized, f"resize {p.resize}")
-        rgb = rgb.resize(resized, resample)
-        left, top = (rgb.width - w) // 2, (rgb.height - h) // 2
-        rgb = rgb.crop((left, top, left + w, top + h))
+        resized = (p.resize, side) if image.width <= image.height else (side, p.resize)
+        _check_pixels(where, resized, f"resize {p.resize}")
+        left, top = (resized[0] - w) // 2, (resized[1] - h) // 2
+        view = image.resize(resized, resample).crop((left, top, left + w, top + h))
     else:
-        _check_pixels(path, (w, h), f"size {h}×{w}")
-        rgb = rgb.resize((w, h), resample)
-    view = np.asarray(rgb, dtype=np.uint8).reshape(h, w, p.channels)
-    return view, to_input(view, p)
+        _check_pixels(where, (w, h), f"size {h}×{w}")
+        resized, left, top = (w, h), 0, 0
+        view = image.resize((w, h), resample)
+    view = np.asarray(view, dtype=np.uint8).reshape(h, w, p.channels)
+    shrink = min(1.0, SHOWN / max(image.size))
+    shown = image if shrink == 1 else image.resize((max(1, round(image.width * shrink)),
+                                                     max(1, round(image.height * shrink))), _PIL_FILTERS["bilinear"])
+    geometry = Geometry((image.height, image.width), (resized[1], resized[0]), top, left, (h, w))
+    name = source if isinstance(source, (str, Path)) else getattr(source, "filename", "")
+    return Photo(view, to_input(view, p), np.asarray(shown, np.uint8).reshape(shown.height, shown.width, -1),
+                 geometry, Path(name).stem if name else "")
 
 
-def _check_pixels(path: Path, size: tuple[int, int], by: str) -> None:
+def read_image(path: str | Path, p: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    """Open, resize and crop an image as the model sees it: returns (uint8 H×W×C view, grey, RGB or RGBA as the
+    model has 1, 3 or 4 channels; model input C×H×W or H×W×C float32)."""
+    photo = prepare(path, p)
+    return photo.view, photo.input
+
+
+def _check_pixels(path, size: tuple[int, int], by: str) -> None:
     """Refuse a resize to more pixels than Pillow opens in one image (its decompression-bomb bound) or than memory
     holds (the result and Pillow's intermediate pass)."""
     pixels, limit = size[0] * size[1], _pil().MAX_IMAGE_PIXELS
@@ -168,7 +244,7 @@ def _check_pixels(path: Path, size: tuple[int, int], by: str) -> None:
     check_memory(f"image {path} at {size[0]}×{size[1]} pixels after {by}", 8 * pixels, "lower the resize")
 
 
-def _as_mode(im, path: Path, mode: str):
+def _as_mode(im, path, mode: str):
     """8-bit grey, RGB or RGBA (`mode`). 16-bit grey maps its full range 0..65535 onto 0..255 (Pillow's own
     conversion clips it to white; older Pillows open 16-bit PNGs as mode I); 32-bit integer or float pixels have no
     defined range, so they are refused rather than guessed."""

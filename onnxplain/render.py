@@ -1,7 +1,10 @@
-"""Render maps: heat-map overlays on the image as the model saw it (PNG), raw arrays (.npy)."""
+"""Render maps, the one renderer of the CLI and `Explanation.plot/save`: overlays on the user's photo (the map
+carried back through the resize and crop) or on the crop the model saw, colour scales per sign, a title and a
+colorbar, PNG text metadata, side-by-side grids; raw arrays (.npy)."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,34 +38,226 @@ def is_signed(m: np.ndarray) -> bool:
     return bool((m < 0).any() and (m > 0).any())
 
 
-def normalise(m: np.ndarray, signed: bool, percentile: float = 99.5) -> np.ndarray:
-    """Scale to [0, 1] (or [-1, 1] when signed) by a high percentile of |m|, so one outlier does not wash out the
-    map."""
-    m = np.asarray(m, np.float64)
-    scale = np.percentile(np.abs(m), percentile) or np.abs(m).max() or 1.0
-    lo = 0.0 if signed else min(m.min(), 0.0)
-    out = (m - lo) / (scale - lo) if not signed else m / scale
-    return np.clip(out, -1 if signed else 0, 1)
-
-
 def rgb(view: np.ndarray) -> np.ndarray:
     """A uint8 H×W×3 picture of a grey (H×W or H×W×1), RGB or RGBA view (its alpha dropped: the overlay is opaque)."""
     view = view.reshape(*view.shape[:2], -1)
     return np.repeat(view, 3, axis=2) if view.shape[2] == 1 else view[..., :3]
 
 
-def overlay(view: np.ndarray, m: np.ndarray, alpha: float = 0.5, signed: bool | None = None) -> np.ndarray:
-    """Blend the heat map `m` (H×W) over the uint8 H×W×C `view` (grey, RGB or RGBA); signed maps use the diverging
-    colormap and are transparent where the evidence is zero, opaque where it is strongest."""
+@dataclass(frozen=True)
+class Scale:
+    """Map values → colours: [lo, hi] onto the turbo ramp, or, when `signed`, [-hi, hi] onto blue - white - red with 0
+    white (neutral). `how` says how the bounds were chosen (for titles and metadata)."""
+    lo: float
+    hi: float
+    signed: bool
+    how: str
+
+    def __call__(self, m: np.ndarray) -> np.ndarray:
+        """[0, 1] (or [-1, 1] when signed), clipped at the bounds; a constant map (lo = hi) is all 0."""
+        m = np.asarray(m, np.float64)
+        if self.signed:
+            return np.clip(m / self.hi, -1, 1) if self.hi > 0 else np.zeros_like(m)
+        return np.clip((m - self.lo) / (self.hi - self.lo), 0, 1) if self.hi > self.lo else np.zeros_like(m)
+
+    def colours(self, t: np.ndarray) -> np.ndarray:
+        return diverging(t) if self.signed else turbo(t)
+
+
+SCALES = {"minmax": None, "percentile": 98.0, "symmetric": 100.0}  # kind: its default percentile P
+
+
+def default_scale(m: np.ndarray, pixel_level: bool) -> str:
+    """Signed maps: symmetric around 0. One-sign maps: min-max, so that a map in a narrow band (RISE's) spans the
+    whole ramp. Pixel-level maps (gradients, modified backward rules: a few pixels far above the rest) are clipped at
+    the 98th percentile of |m| (symmetric) or the 2nd and 98th (one sign), as Captum's default `outlier_perc` of 2;
+    smooth maps (CAM, black-box) at the 99.5th of |m| when signed."""
+    if is_signed(m):
+        return "symmetric:98" if pixel_level else "symmetric:99.5"
+    return "percentile:98" if pixel_level else "minmax"
+
+
+def colour_scale(m: np.ndarray, spec: str) -> Scale:
+    """The Scale of map `m` for `spec`: minmax (its min and max), percentile[:P] (its (100 − P)th and Pth percentiles,
+    P > 50, default 98) or symmetric[:P] (±the Pth percentile of |m|, default 100: its largest |value|)."""
+    kind, _, given = str(spec).partition(":")
+    p = _percent(spec, kind, given)
+    m = np.asarray(m, np.float64)
+    if kind == "symmetric":
+        a = float(np.percentile(np.abs(m), p)) or float(np.abs(m).max())
+        return Scale(-a, a, True, f"symmetric {p:g}")
+    lo, hi = (m.min(), m.max()) if kind == "minmax" else np.percentile(m, [100 - p, p])
+    return Scale(float(lo), float(hi), False, kind if kind == "minmax" else f"percentile {p:g}")
+
+
+def _percent(spec, kind: str, given: str) -> float | None:
+    if kind not in SCALES or kind == "minmax" and given:
+        raise OnnxplainError(f"unknown colour scale {spec!r} (known: minmax, percentile[:P], symmetric[:P])")
+    if kind == "minmax":
+        return None
+    try:
+        p = float(given) if given else SCALES[kind]
+    except ValueError:
+        p = float("nan")
+    low = 50 if kind == "percentile" else 0
+    if not low < p <= 100:
+        raise OnnxplainError(f"colour scale {spec!r}: P must be a number above {low} and at most 100")
+    return p
+
+
+def overlay(view: np.ndarray, m: np.ndarray, scale: Scale | None = None, inside: np.ndarray | None = None,
+            alpha: float = 0.5) -> np.ndarray:
+    """Blend the heat map `m` (H×W) over the uint8 H×W×C `view` (grey, RGB or RGBA): one-sign maps at `alpha`;
+    signed maps transparent where the evidence is zero, more opaque where it is stronger. Pixels outside `inside`
+    (the part of a photo the model did not see) are dimmed and left uncoloured."""
     if view.shape[:2] != m.shape:
         raise OnnxplainError(f"map of shape {m.shape} does not fit image of shape {view.shape[:2]}")
-    view = rgb(view)
-    signed = is_signed(m) if signed is None else signed
-    t = normalise(m, signed)
-    colour = diverging(t) if signed else turbo(t)
-    a = np.sqrt(np.abs(t))[..., None] * 0.9 if signed else alpha  # √: weak evidence stays visible
-    blended = (1 - a) * (view / 255.0) + a * colour
+    view = rgb(view) / 255.0
+    scale = colour_scale(m, default_scale(m, False)) if scale is None else scale
+    t = scale(m)
+    a = np.sqrt(np.abs(t))[..., None] * 0.9 if scale.signed else alpha  # √: weak evidence stays visible
+    blended = (1 - a) * view + a * scale.colours(t)
+    if inside is not None:
+        blended = np.where(inside[..., None], blended, DIM * view)
     return (np.clip(blended, 0, 1) * 255).round().astype(np.uint8)
+
+
+DIM = 0.35  # brightness of the photo outside the crop the model saw
+
+
+def _font(size: int):
+    from PIL import ImageFont
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError):  # Pillow before 10.1, or without FreeType: its fixed bitmap font
+        return ImageFont.load_default()
+
+
+MIN_WIDTH = 224  # narrower pictures are enlarged (nearest neighbour, whole factors) so that titles stay readable
+
+
+def panel(picture: np.ndarray, scale: Scale | None, title: str) -> np.ndarray:
+    """The picture (uint8 H×W×3) with a title line above and, when a `scale` is given, its colorbar below (its ends
+    and middle labelled with their values)."""
+    from PIL import Image, ImageDraw
+    grow = -(-MIN_WIDTH // picture.shape[1])
+    picture = picture.repeat(grow, axis=0).repeat(grow, axis=1) if grow > 1 else picture
+    h, w = picture.shape[:2]
+    size = int(np.clip(w / 40, 11, 40))
+    font, pad = _font(size), size // 2
+    top, bar = size + 2 * pad, size
+    canvas = Image.new("RGB", (w, top + h + (pad + bar + size + 2 * pad if scale else 0)), "white")
+    canvas.paste(Image.fromarray(picture), (0, top))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, pad), _fit(draw, title, font, w - 2 * pad), fill="black", font=font)
+    if scale is not None:
+        y, length = top + h + pad, w - 2 * pad
+        values = np.linspace(-scale.hi if scale.signed else scale.lo, scale.hi, length)
+        ramp = (scale.colours(scale(values)) * 255).round().astype(np.uint8)
+        canvas.paste(Image.fromarray(np.repeat(ramp[None], bar, axis=0)), (pad, y))
+        for x, v, anchor in ((pad, values[0], "la"), (w // 2, values[length // 2], "ma"), (w - pad, values[-1], "ra")):
+            draw.text((x, y + bar + pad // 2), f"{0 if scale.signed and anchor == 'ma' else v:.3g}", fill="black",
+                      font=font, anchor=anchor)
+    return np.asarray(canvas)
+
+
+def _fit(draw, text: str, font, width: int) -> str:
+    """`text`, shortened with an ellipsis to fit `width` pixels."""
+    while len(text) > 1 and draw.textlength(text, font=font) > width:
+        text = text[:-2] + "…"
+    return text
+
+
+def tile(panels: list[np.ndarray], columns: int | None = None, gap: int = 8) -> np.ndarray:
+    """Panels side by side (`columns` per row, default all in one row) on white, each centred in a cell of the
+    largest panel's size."""
+    columns = columns or len(panels)
+    rows = -(-len(panels) // columns)
+    ch, cw = max(p.shape[0] for p in panels), max(p.shape[1] for p in panels)
+    out = np.full((rows * ch + (rows - 1) * gap, columns * cw + (columns - 1) * gap, 3), 255, np.uint8)
+    for n, p in enumerate(panels):
+        y, x = (n // columns) * (ch + gap) + (ch - p.shape[0]) // 2, (n % columns) * (cw + gap) + (cw - p.shape[1]) // 2
+        out[y:y + p.shape[0], x:x + p.shape[1]] = p
+    return out
+
+
+VIEWS = ("original", "crop")
+
+
+def figure(e, i: int = 0, k: int = 0, part: str | None = None, view: str = "original",
+           scale: str | None = None) -> tuple[np.ndarray, dict]:
+    """Explanation `e`'s map of image i (class k of several; a method's `part`) as a titled panel with its colorbar,
+    and the PNG text metadata that goes with it. `view`: over the whole photo (the map carried back through the
+    resize and crop, the area outside the crop dimmed), or over the crop the model saw (also what an input given as
+    an array shows). `scale`: see `colour_scale` (default: `default_scale`)."""
+    from .methods import METHODS
+    if view not in VIEWS:
+        raise OnnxplainError(f"unknown view {view!r} (known: {', '.join(VIEWS)})")
+    m = e.map(i, k, part)
+    at = (i, k) if e.targets.ndim == 2 else (i,)
+    c, score = int(e.targets[at]), float(e.scores[at])
+    s = colour_scale(m, scale or default_scale(m, METHODS[e.method].group in ("gradients", "modified")))
+    photo = e.photos[i] if e.photos and view == "original" else None
+    if photo is not None:
+        shown, inside = photo.geometry.to_photo(m, photo.photo.shape[:2])
+        picture = overlay(photo.photo, shown, s, inside)
+    else:
+        picture = overlay(e.views[i], m, s)
+    model = e.model
+    label = model.label(c) if model is not None else f"class {c}"
+    p = model.probabilities(e.logits[i].astype(np.float64))[c] if model is not None else None
+    what = e.method + (f" {part}" if part else "")
+    title = f"{what} · {label} [{c}] · score {score:.3g}" + (f" · p {p:.2f}" if p is not None else "")
+    text = {"Software": f"onnxplain {_version()}", "method": e.method, "target": str(c), "label": label,
+            "score": f"{score:.6g}", "scale": f"{s.how}: {s.lo:.6g} to {s.hi:.6g}",
+            "view": "original" if photo is not None else "crop"}
+    if part:
+        text["part"] = part
+    if p is not None:
+        text["probability"] = f"{p:.6g}"
+    if model is not None and model.sha256:
+        text["model_sha256"] = model.sha256
+    return panel(picture, s, title), text
+
+
+def grid(explanations: list, i: int = 0, view: str = "original", scale: str | None = None) -> np.ndarray:
+    """Image i explained by several methods (one Explanation each) and classes, side by side as SHAP's image plot:
+    the photo (or the crop, for view='crop' or an array input) first, then one panel per method and class."""
+    first = explanations[0]
+    photo = first.photos[i].photo if first.photos and view == "original" else first.views[i]
+    name = first.photos[i].name if first.photos and first.photos[i].name else f"image {i}"
+    panels = [panel(rgb(photo), None, name)]
+    for e in explanations:
+        for k in range(e.targets.shape[1] if e.targets.ndim == 2 else 1):
+            panels.append(figure(e, i, k, view=view, scale=scale)[0])
+    return tile(panels)
+
+
+def file_names(folder: Path, stem: str, method: str, classes: list[int] | None) -> list[list[tuple[Path, Path]]]:
+    """The (PNG, .npy) paths of an image's maps: per class explained (`classes`, when several; None: one), the map
+    and then the method's parts."""
+    from .methods import METHODS
+    parts = ("",) + tuple(f".{name}" for name in METHODS[method].parts)
+    return [[(folder / f"{stem}.{method}{'' if c is None else f'.{c}'}{part}.png",
+              folder / f"{stem}.{method}{'' if c is None else f'.{c}'}{part}.npy") for part in parts]
+            for c in (classes or [None])]
+
+
+def save(e, i: int, k: int, paths: list[tuple[Path, Path]], view: str = "original", scale: str | None = None) -> None:
+    """Write image i's (class k's) overlay and raw map, then its parts', to `paths` (from `file_names`)."""
+    from .methods import METHODS
+    for part, (png, npy) in zip((None, *METHODS[e.method].parts), paths):
+        picture, text = figure(e, i, k, part, view, scale)
+        save_png(png, picture, text)
+        save_npy(npy, e.map(i, k, part))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("onnxplain")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def check_writable(paths: list[Path], force: bool) -> None:
@@ -81,10 +276,15 @@ def check_writable(paths: list[Path], force: bool) -> None:
             raise OnnxplainError(f"cannot write {folder}: permission denied")
 
 
-def save_png(path: Path, rgb: np.ndarray) -> None:
+def save_png(path: Path, picture: np.ndarray, text: dict | None = None) -> None:
+    """Write a uint8 picture as PNG, with `text` as its text chunks (key: value)."""
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_itxt(key, value)
     with writing(path) as tmp:
-        Image.fromarray(rgb).save(tmp)
+        Image.fromarray(picture).save(tmp, format="PNG", pnginfo=info)
 
 
 def save_npy(path: Path, a: np.ndarray) -> None:

@@ -80,7 +80,8 @@ def test_grey_and_rgba_models_read_images_with_their_channels(tmp_path, mode, la
             "--device", "cpu", "-o", str(tmp_path / "out")]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert np.asarray(Image.open(tmp_path / "out" / "image.saliency.png")).shape == (8, 8, 3)
+    png = Image.open(tmp_path / "out" / "image.saliency.png")  # enlarged 28× (to 224 wide), titled, with a colorbar
+    assert png.mode == "RGB" and png.width == 224 and png.height > 224 and png.text["method"] == "saliency"
 
 
 def test_preprocessing_means_must_fit_the_channels():

@@ -213,7 +213,7 @@ def test_links_at_output_paths_are_refused_and_never_written_through(model, caps
     png.symlink_to(outside / "new.png")
     (out / "img.saliency.npy").symlink_to(outside / "kept.npy")
     main([str(a) for a in args + ["--force"]])
-    assert not png.is_symlink() and Image.open(png).size == (8, 8)  # the link was replaced by the file
+    assert not png.is_symlink() and Image.open(png).width == 224  # the link replaced (8×8 enlarged 28×)
     assert np.load(out / "img.saliency.npy").shape == (8, 8) and not (out / "img.saliency.npy").is_symlink()
     assert (outside / "kept.npy").read_bytes() == b"not to be touched" and not (outside / "new.png").exists()
     assert sorted(p.name for p in out.iterdir()) == ["img.saliency.npy", "img.saliency.png"]  # no temporary left
