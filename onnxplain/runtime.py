@@ -17,10 +17,11 @@ from .errors import OnnxplainError, first_line, quiet_onnxruntime
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 # CUDA provider options. float32 stays float32: by default onnxruntime rounds the inputs of matrix products to TF32
-# (10-bit mantissa) on Ampere and newer. cuDNN picks convolution algorithms by its heuristics: onnxruntime's default,
-# an exhaustive search, runs again whenever a convolution's input shape changes, and a method's session sees many
-# (batch sizes, IG steps, SmoothGrad samples, masks).
+# (10-bit mantissa) on Ampere and newer, which moved ResNet-50's Grad-CAM by 1.9e-3 of its range from the CPU's (3.5e-6
+# without). cuDNN picks convolution algorithms by its heuristics: onnxruntime's default, an exhaustive search, made
+# ResNet-50's first run at a shape 596 ms instead of 88 ms, for the same speed after (H200, `benchmarks/device_check.py`).
 CUDA_OPTIONS = {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}
+ROW_SESSIONS = 4  # onnxruntime sessions per Session on CUDA, one per row count (see Session.run)
 # Graph optimisations: all of onnxruntime's; the device check also runs without them, to measure how far two valid
 # float32 evaluations of the same graph drift apart.
 OPTIMIZATION = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -45,7 +46,8 @@ def cuda_libraries() -> None:
 class Session:
     """An onnxruntime session on the requested device, run in batches along axis 0 of every feed."""
 
-    def __init__(self, proto: onnx.ModelProto, device: str = "auto", max_batch: int | None = None):
+    def __init__(self, proto: onnx.ModelProto, device: str = "auto", max_batch: int | None = None,
+                 fixed_rows: bool | None = None):
         data = proto.SerializeToString()
         options = ort.SessionOptions()
         options.graph_optimization_level = OPTIMIZATION
@@ -53,8 +55,9 @@ class Session:
         self.session = None
         if device in ("auto", "cuda") and CUDA in ort.get_available_providers():
             cuda_libraries()
+            providers = [(CUDA, dict(CUDA_OPTIONS)), CPU]
             with quiet_onnxruntime():  # a failed CUDA start is reported below in one line, not ORT's five
-                self.session = self._create(data, options, [(CUDA, CUDA_OPTIONS), CPU])
+                self.session = self._create(data, options, providers)
             fell_back = self.session is None or self.session.get_providers()[0] != CUDA
             if fell_back and device == "cuda":
                 self.session = None
@@ -65,12 +68,17 @@ class Session:
             raise OnnxplainError("device 'cuda' was asked for but onnxruntime's CUDA provider is not usable here "
                                  f"(available: {', '.join(ort.get_available_providers())}); use --device cpu")
         if self.session is None:
-            self.session = self._create(data, options, [CPU])
+            providers = [CPU]
+            self.session = self._create(data, options, providers)
             if self.session is None:
                 raise OnnxplainError(f"onnxruntime cannot run the rewritten graph: {self._error}")
         self.device = "cuda" if self.session.get_providers()[0] == CUDA else "cpu"
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.max_batch = max_batch  # rows per run at most, whatever the caller's batch size
+        self.fixed_rows = self.device == "cuda" if fixed_rows is None else fixed_rows
+        self._remake = (data, options, providers) if self.fixed_rows else None
+        self._by_rows: OrderedDict[int, ort.InferenceSession] = OrderedDict()
+        self._rows_lock = threading.Lock()
 
     def _create(self, data: bytes, options, providers):
         try:
@@ -80,19 +88,57 @@ class Session:
             return None
 
     def run(self, outputs: list[str], feeds: dict[str, np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
-        """Run `outputs` for `feeds`, every feed batched along axis 0, `batch_size` rows at a time."""
+        """Run `outputs` for `feeds`, every feed batched along axis 0, `batch_size` rows at a time.
+
+        With fixed rows (on CUDA), each onnxruntime session only ever sees one row count: a chunk of m rows is padded
+        (its last row repeated) to the smallest of 1, 2, 4, … and the batch size that holds it, and run by that count's
+        session. onnxruntime's CUDA convolutions are set up for the last input shape they saw: on an H200, ResNet-50's
+        forward took 2.4 ms at batch 1 and 8.2 ms at 16 in runs of one shape, and 93 ms each when the two alternated."""
         n = max(len(v) for v in feeds.values())
         step = min(batch_size or n, self.max_batch or n)
+        top = min(batch_size or n, self.max_batch or batch_size or n)  # the batch size, even above n
         parts = []
         for start in range(0, n, step):
             chunk = {k: v[start:start + step] for k, v in feeds.items()}
+            m = min(step, n - start)
+            rows = ladder(m, top) if self.fixed_rows else m
+            if rows > m:
+                chunk = {k: np.concatenate([v, np.repeat(v[-1:], rows - m, axis=0)]) for k, v in chunk.items()}
             try:
-                parts.append(self.session.run(outputs, chunk))
+                out = self._session_for(rows).run(outputs, chunk)
+            except OnnxplainError:
+                raise
             except Exception as exc:
                 raise OnnxplainError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
+            parts.append([o[:m] for o in out] if rows > m else out)
         if len(parts) == 1:
             return parts[0]
         return [np.concatenate(col) for col in zip(*parts)]
+
+    def _session_for(self, rows: int) -> ort.InferenceSession:
+        """The onnxruntime session that runs chunks of `rows` rows: the one session, or with fixed rows one per count
+        (the first made at start), the ROW_SESSIONS most recently used kept."""
+        if not self.fixed_rows:
+            return self.session
+        with self._rows_lock:
+            if rows not in self._by_rows:
+                if not self._by_rows:
+                    self._by_rows[rows] = self.session
+                else:
+                    made = self._create(*self._remake)
+                    if made is None:
+                        raise OnnxplainError(f"onnxruntime cannot run the rewritten graph: {self._error}")
+                    self._by_rows[rows] = made
+                while len(self._by_rows) > ROW_SESSIONS:
+                    self._by_rows.popitem(last=False)
+            self._by_rows.move_to_end(rows)
+            return self._by_rows[rows]
+
+
+def ladder(m: int, step: int) -> int:
+    """The row count a chunk of m rows (of chunks of `step`) runs at: the smallest of 1, 2, 4, … and `step` ≥ m, so at
+    most log2(step) + 2 counts and less than twice the work."""
+    return min(1 << (m - 1).bit_length(), step)
 
 
 class SessionCache:
