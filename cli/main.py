@@ -11,10 +11,11 @@ import numpy as np
 
 import onnxplain
 from onnxplain import methods as method_registry
+from onnxplain import targets
+from onnxplain.detection import DECODERS
 from onnxplain.errors import OnnxplainError
 from onnxplain.explain import candidate_layers, cam_layer
 from onnxplain.export import export as export_graph
-from onnxplain.model import outputs_described
 from onnxplain.preprocess import PRESETS
 from onnxplain.render import VIEWS, check_writable, file_names, save, save_png
 from onnxplain.render import colour_scale as colour_scale_of
@@ -47,8 +48,13 @@ def _preprocessing(options: dict) -> dict | None:
     """The preprocessing options given on the command line, as `onnxplain.load` takes them."""
     given = {k: v for k, v in options.items() if v is not None and v != ()}
     return given or None
-OUTPUT = click.option("--output", "output", default=None, metavar="NAME",
-                      help="The output holding the class scores, for models with several (see `onnxplain inspect`).")
+def OUTPUT(command):
+    """--output and --decoder: which output the scores (or the default target) come from."""
+    command = click.option("--decoder", type=click.Choice(DECODERS), default=None,
+                           help="A detector's raw-head layout, when the output shapes do not tell it.")(command)
+    return click.option("--output", "output", default=None, metavar="NAME",
+                        help="The output holding the class scores or read by the default target, for models with "
+                             "several (see `onnxplain inspect`).")(command)
 QUANTIZED = click.option("--quantized", type=click.Choice(["ste", "exact"]), default="ste", show_default=True,
                          help="Gradients of quantised models: straight through each quantiser within its range "
                               "(ste), or exact (zero: gradient methods refuse).")
@@ -108,9 +114,9 @@ def _with_progress(method: str, params: dict) -> dict:
 
 def _load(model: Path, pre: dict, device: str = "auto", probabilities: bool = False, batch_size: int = 16):
     """Load `model` with the preprocessing options and --output found in `pre` (the command's other options)."""
-    output, quantized = pre.pop("output", None), pre.pop("quantized", "ste")
+    output, quantized, decoder = pre.pop("output", None), pre.pop("quantized", "ste"), pre.pop("decoder", None)
     return onnxplain.load(model, preprocessing=_preprocessing(pre), device=device, probabilities=probabilities,
-                          batch_size=batch_size, output=output, quantized=quantized)
+                          batch_size=batch_size, output=output, quantized=quantized, decoder=decoder)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -131,10 +137,15 @@ def inspect(model, **pre):
     click.echo(f"model      {model}  (opset {opset_of(m.proto)}, {len(m.proto.graph.node)} nodes)")
     size = f"{p.size[0]}x{p.size[1]}" if p.size else "any size"
     click.echo(f"input      {m.input}  {m.layout}  {size}" + ("" if m.fixed_size else "  (height and width dynamic)"))
-    click.echo(f"output     {m.output}  {m.num_classes} classes ({m.score_why})" + (
-        "" if m.output == m.score else f"  (Softmax; explaining its input {m.score})"))
-    if len(m.proto.graph.output) > 1:
-        click.echo(f"outputs    {outputs_described(m.proto)}  (choose another with --output NAME)")
+    if m.head is None:
+        click.echo(f"output     {m.output}  {m.num_classes} classes ({m.score_why})" + (
+            "" if m.output == m.score else f"  ({m.activation}; explaining its input {m.score})"))
+    else:
+        click.echo(f"target     {m.score_why}: {m.num_classes} scores; default: each image's top score")
+    if len(m.proto.graph.output) > 1 or m.head is not None:
+        click.echo("outputs    (choose another with --output NAME, or a target with -t)")
+        for name, shape, guess in targets.guesses(m):
+            click.echo(f"  {name}{list(shape)}  {guess}")
     click.echo(f"labels     {'%d names' % len(m.labels) if m.labels else 'none'}")
     for name, note in m.normalised:  # what the load passes did
         click.echo(f"{name:<10} {note}")
@@ -172,7 +183,10 @@ def methods():
         if members:
             click.echo(f"{title}:")
             for c in members:
-                click.echo(f"  {c.name:<{width}}  {c.summary}{'' if c.one_graph else '  (several passes)'}")
+                click.echo(f"  {c.name:<{width}}  {c.summary}{'' if c.one_graph else '  (several passes)'}"
+                           f"{'' if c.targets == 'any' else f'  [{method_registry.TARGET_KINDS[c.targets]}]'}")
+    click.echo(f"\nEvery method not marked explains {method_registry.TARGET_KINDS['any']} (-t; see `onnxplain "
+               f"explain --help`).")
 
 
 @cli.command()
@@ -180,9 +194,11 @@ def methods():
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-m", "--method", "methods", multiple=True, default=("gradcam",), show_default=True,
               help="See `onnxplain methods`; repeatable (each writes its files; --grid shows them side by side).")
-@click.option("-t", "--target", multiple=True, metavar="CLASS[,CLASS...]",
+@click.option("-t", "--target", multiple=True, metavar="CLASS[,CLASS...]|TARGET",
               help="Class to explain: once for all images or once per image (default: each image's top-1); "
-                   "several comma-separated classes explain each of them (one batched pass, one file per class).")
+                   "several comma-separated classes explain each of them (one batched pass, one file per class). "
+                   "Or a target: box:K (K-th detection), [class:C@]box:x1,y1,x2,y2 (best overlap), class:C@box "
+                   "(top box of class C), region:C[@mask.png], output:NAME[:i,j,...].")
 @click.option("--layer", default=None, help="Tensor for CAM methods (default: last spatial tensor).")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out"),
               show_default=True)
@@ -262,6 +278,11 @@ def _classes(target: tuple[str, ...], n: int) -> list[list[int] | None]:
         return [None] * n
     if len(target) not in (1, n):
         raise OnnxplainError(f"{len(target)} targets for {n} images: give one, or one per image")
+    objects = [targets.parse(t) for t in target]
+    if any(o is not None for o in objects):
+        if not all(objects):
+            raise OnnxplainError(f"give every image a target of the same kind: {' '.join(target)}")
+        return [[o] for o in objects] * (n if len(objects) == 1 else 1)
     try:
         lists = [[int(c) for c in t.split(",")] for t in target]
     except ValueError:

@@ -5,6 +5,7 @@
     e.maps  # N×H×W at input resolution
     e.save("out")  # overlays on the photos (PNG, with title, colorbar and metadata) and the maps (.npy)
 """
+from . import targets
 from .errors import OnnxplainError, UnsupportedOpError
 from .explain import Explanation, explain, prepare_images
 from .methods import METHODS
@@ -12,4 +13,4 @@ from .metrics import evaluate
 from .model import Model, load
 
 __all__ = ["METHODS", "Explanation", "Model", "OnnxplainError", "UnsupportedOpError", "evaluate", "explain", "load",
-           "prepare_images"]
+           "prepare_images", "targets"]

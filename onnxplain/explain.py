@@ -10,11 +10,13 @@ import numpy as np
 from . import methods
 from .errors import OnnxplainError
 from .limits import check_memory, whole
+from .methods.base import TARGET_KINDS
 from .model import Model
 from . import render
 from .preprocess import MODES, Photo, prepare, to_view
 from .rewrite.graph import Request
-from .rewrite.layers import block_ends, default_layer
+from .rewrite.layers import block_ends, default_layer, on_every_path
+from .targets import DetectionScores, detection_boxes, resolve
 
 
 @dataclass
@@ -89,6 +91,9 @@ def cam_layer(model: Model, layer: str | None) -> str:
     found, tokens = model.layers(), model.tokens()
     if layer is None:
         layer = tokens.default if tokens is not None else default_layer(found)
+        if model.head is not None and tokens is None:  # a head reads several branches (a detector's scales)
+            every = on_every_path(model.graph, model.input, model.score, block_ends(found, model.layout_of))
+            layer = every[-1] if every else layer
         if layer is None:
             raise OnnxplainError("the model has no tensor with spatial extent to explain at; give --layer NAME")
     return layer
@@ -212,6 +217,12 @@ def explain(model: Model, x, method: str = "saliency", target=None, layer: str |
     inputs, photos = as_batch(model, x)
     views = [p.view for p in photos] if photos else [to_view(a, model.preprocessing) for a in inputs]
     given, model = model, model.for_batch(inputs)
+    model, target = resolve(model, target, inputs)
+    if model.head != given.head:  # a target's head: its labels and scores describe the results
+        given = model
+    if not m.accepts_target(model):
+        raise OnnxplainError(f"{method} explains {TARGET_KINDS[m.targets]}; this model's scores are "
+                             f"{model.score_why or 'class scores'}: use another method (see `onnxplain methods`)")
     targets = as_targets(model, target, len(inputs))
     layer = cam_layer(model, layer) if m.at_layer else None
     n, k = len(inputs), targets.shape[1] if targets.ndim == 2 else 1
@@ -222,6 +233,8 @@ def explain(model: Model, x, method: str = "saliency", target=None, layer: str |
                  f"run, before the model's own activations)", rows * inputs[0].nbytes, "lower the batch size")
     attributions, maps, logits, used, *extra = m.run(model, inputs, targets.reshape(-1), layer, batch_size)
     info = extra[0] if extra else {}
+    if isinstance(model.head, DetectionScores):  # the explained detection's box, for the overlay and the report
+        info = {**info, "box": detection_boxes(model, inputs, used)}
     scores = logits[np.arange(len(used)), used]
     if targets.ndim == 2:
         attributions, maps, used, scores = (a.reshape(n, k, *a.shape[1:]) for a in (attributions, maps, used, scores))

@@ -1,6 +1,7 @@
 """Load an exported model: validate it, find its image input and score output, read its preprocessing and labels."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -15,6 +16,8 @@ import onnx
 from onnx import numpy_helper
 from google.protobuf.message import DecodeError
 
+from . import detection, targets
+from .detection import DECODERS
 from .errors import OnnxplainError, first_line
 from .limits import whole
 from .passes import normalise
@@ -40,8 +43,8 @@ class Model:
     input: str                      # image input name
     output: str                     # score output the user reads (logits or probabilities)
     score: str                      # tensor that is differentiated: the logits unless probabilities were asked for
-    num_classes: int
-    softmax_output: bool            # the output is a Softmax (probabilities)
+    num_classes: int                # K: the scores a target indexes (classes, or the elements of a head)
+    activation: str | None          # "Softmax" or "Sigmoid" when the output is one (probabilities), else None
     preprocessing: Preprocessing
     labels: list[str] | None = None
     device: str = "auto"
@@ -50,6 +53,10 @@ class Model:
     score_why: str = ""             # why `output` holds the class scores (for inspect)
     quantized: str = "ste"          # "ste": quantisers pass the gradient straight through; "exact": it stops there
     pixels: str = "float32"         # the type the deployed model takes its image in (uint8, float64: fed as float32)
+    head: object = None             # the score head appended after the outputs (targets.py); None: class scores
+    bare: onnx.ModelProto | None = field(default=None, repr=False)  # the model without a head (None: proto)
+    _shapes: dict | None = field(default=None, repr=False)  # every output's shape for one image (a probe run)
+    _heads: SessionCache = field(default_factory=SessionCache, repr=False)  # head -> Model with that head
     _sessions: SessionCache = field(default_factory=SessionCache, repr=False)  # (request, input size) -> Session
     _layers: SessionCache = field(default_factory=SessionCache, repr=False)  # input size -> (spatial tensors, tokens)
     _sized: SessionCache = field(default_factory=SessionCache, repr=False)   # input size -> (graph, note on shapes)
@@ -133,7 +140,7 @@ class Model:
         if self.fixed_size:
             raise OnnxplainError(f"input '{self.input}' takes {self.input_size[0]}x{self.input_size[1]} images, "
                                  f"not {size[0]}x{size[1]}")
-        return replace(self, preprocessing=replace(self.preprocessing, size=size))
+        return replace(self, preprocessing=replace(self.preprocessing, size=size), _shapes=None)
 
     def for_batch(self, inputs: np.ndarray) -> "Model":
         """This model at the height and width of a batch in its layout."""
@@ -189,14 +196,23 @@ class Model:
                                  f"W, or preprocessing={{'size': [H, W]}}), or explain a preprocessed array")
         return self.preprocessing.size
 
+    @property
+    def softmax_output(self) -> bool:
+        return self.activation == "Softmax"
+
     def probabilities(self, scores: np.ndarray) -> np.ndarray:
-        """Class probabilities from the differentiated scores (softmax, unless they are probabilities already)."""
-        if self.softmax_output and self.score == self.output:
+        """Class probabilities from the differentiated scores: softmax (sigmoid for a model ending in one) of the
+        logits; the scores themselves when they are probabilities already, or a head's (targets.py)."""
+        if self.head is not None or self.activation is not None and self.score == self.output:
             return scores
+        if self.activation == "Sigmoid":
+            return 1 / (1 + np.exp(-scores))
         z = np.exp(scores - scores.max(axis=-1, keepdims=True))
         return z / z.sum(axis=-1, keepdims=True)
 
     def label(self, c: int) -> str:
+        if self.head is not None:
+            return self.head.name(int(c), self.output_shapes, self.labels)
         return self.labels[c] if self.labels and 0 <= c < len(self.labels) else f"class {c}"
 
     @cached_property
@@ -209,22 +225,45 @@ class Model:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         return digest.hexdigest()
+    @property
+    def output_shapes(self) -> dict[str, tuple]:
+        """Every output's shape for one image at the input size (from a run of the model without its head)."""
+        if self._shapes is None:
+            bare = self.bare or self.proto
+            inp = next(i for i in bare.graph.input if i.name == self.input)
+            self._shapes = _probe(bare, inp, self.preprocessing, grow=False)[0]
+        return self._shapes
+
+    @property
+    def outputs_text(self) -> str:
+        return outputs_described(self.bare or self.proto)
+
+    def with_head(self, head) -> "Model":
+        """This model scored by `head` (targets.py): its nodes appended, its N×K scores what targets index."""
+        if head == self.head:
+            return self
+        return self._heads.get((head, self.preprocessing.size),
+                               lambda: _headed(self, head, head.describe(self.output_shapes)))
 
 
 def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict | Preprocessing | None = None,
          probabilities: bool = False, output: str | None = None, device: str = "auto", batch_size: int = 16,
-         labels: list[str] | None = None, quantized: str = "ste") -> Model:
+         labels: list[str] | None = None, quantized: str = "ste", decoder: str | None = None) -> Model:
     """Load an ONNX image classifier (a path or a ModelProto).
 
     preprocessing: a preset name (see `onnxplain.preprocess.PRESETS`), a dict of fields (optionally with "preset",
     the fields overriding it) or a Preprocessing; by default read from `MODEL.json` beside the file or the model's
     metadata (key "onnxplain"), whose fields a dict also overrides.
     probabilities: differentiate the Softmax output instead of its input (the logits) when the model ends in one.
-    output: the output holding the class scores, for a model with several.
+    output: the output holding the class scores, for a model with several; for a model that is no classifier, the
+    output its default target reads (see `onnxplain.targets`).
+    decoder: a detector's raw-head layout (`onnxplain.detection.DECODERS`), when it is not told by the shapes.
     quantized: "ste" differentiates quantised activations by the straight-through estimator (the gradient passes
     each quantiser within its range); "exact" keeps their exact gradient, zero, so gradient methods refuse. The
     black-box methods run the quantised model as it is either way.
     """
+    if decoder is not None and decoder not in DECODERS:
+        raise OnnxplainError(f"unknown decoder '{decoder}' (known: {', '.join(DECODERS)})")
     if device not in ("auto", "cuda", "cpu"):
         raise OnnxplainError(f"device must be auto, cuda or cpu, not '{device}'")
     whole("batch_size", batch_size)
@@ -257,14 +296,25 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     inp = _image_input(proto, model_path)
     sidecar = _sidecar(proto, model_path)
     pre = _preprocessing(inp, sidecar, preprocessing, pixels.get(inp.name))
-    chosen = _score_output(proto, output or sidecar.get("output"), probabilities, lambda: _probe(proto, inp, pre))
+    probe = functools.cache(lambda: _probe(proto, inp, pre))
+    wanted = output or sidecar.get("output")
+    chosen = None if decoder else _score_output(proto, wanted, probabilities, probe)
     if labels is None:
         labels = _labels(sidecar, model_path)
-    if labels is not None and len(labels) != chosen.num_classes:
-        raise OnnxplainError(f"the model scores {chosen.num_classes} classes but {len(labels)} labels were given")
-    return Model(model_path, dynamic_batch(proto, inp.name), inp.name, chosen.output, chosen.score,
-                 chosen.num_classes, chosen.softmax, pre, labels, device, batch_size, normalised, chosen.why, quantized,
-                 pixels.get(inp.name, "float32"))
+    classes = chosen.num_classes if chosen else None
+    shapes = probe()[0] if probe.cache_info().currsize else None
+    if chosen is None:
+        shapes = shapes or _probe(proto, inp, pre, grow=False)[0]
+        head = _default_head(proto, wanted, decoder, shapes)
+        classes = head.decoder.classes if isinstance(head, targets.DetectionScores) else (
+            head.size(shapes) if isinstance(head, targets.RegionSum) else None)
+    if labels is not None and classes is not None and len(labels) != classes:
+        raise OnnxplainError(f"the model scores {classes} classes but {len(labels)} labels were given")
+    model = Model(model_path, dynamic_batch(proto, inp.name), inp.name, *(chosen and (
+        chosen.output, chosen.score, chosen.num_classes, chosen.activation) or ("", "", 0, None)), pre, labels, device,
+        batch_size, normalised, chosen.why if chosen else "", quantized, pixels.get(inp.name, "float32"),
+        _shapes=shapes)
+    return model if chosen else model.with_head(head)
 
 
 # -- reading the file safely ---------------------------------------------------------------------------------------
@@ -382,16 +432,17 @@ def _preprocessing(inp, sidecar: dict, requested, pixels: str | None) -> Preproc
     return pre
 
 
-def _probe(proto: onnx.ModelProto, inp, pre: Preprocessing) -> list[dict[str, tuple]]:
+def _probe(proto: onnx.ModelProto, inp, pre: Preprocessing, grow: bool = True) -> list[dict[str, tuple]]:
     """The shape of every output of the model, from one session run on a zero image of the preprocessing's size and,
-    where the input leaves its height and width symbolic, a second run on one 8 pixels taller and wider."""
+    where the input leaves its height and width symbolic and `grow`, a second run on one 8 pixels taller and
+    wider."""
     dims = _dims(inp)
     spatial = dims[2:4] if pre.layout == "NCHW" else dims[1:3]
     free = [not isinstance(d, int) or d < 1 for d in spatial]
     dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
     session = Session(dynamic_batch(proto, inp.name), "cpu")
     runs = []
-    for grow in (0, 8) if any(free) else (0,):
+    for grow in (0, 8) if any(free) and grow else (0,):
         h, w = (s + grow * f for s, f in zip(pre.size or (SIDE, SIDE), free))
         shape = (1, pre.channels, h, w) if pre.layout == "NCHW" else (1, h, w, pre.channels)
         values = session.run(session.output_names, {inp.name: np.zeros(shape, dtype)})
@@ -406,7 +457,7 @@ class Score:
     output: str
     score: str
     num_classes: int
-    softmax: bool
+    activation: str | None
     why: str
 
 
@@ -415,23 +466,24 @@ def outputs_described(proto: onnx.ModelProto) -> str:
     return ", ".join(f"{o.name}[{', '.join(str(d or '?') for d in _dims(o))}]" for o in proto.graph.output)
 
 
-def _behind_softmax(proto: onnx.ModelProto, name: str):
-    """The Softmax that makes tensor `name` through Identities, or None."""
+def _behind_softmax(proto: onnx.ModelProto, name: str, kinds=("Softmax",)):
+    """The Softmax (or other node of `kinds`) that makes tensor `name` through Identities, or None."""
     producer = {o: n for n in proto.graph.node for o in n.output}  # one map: a search per step is O(nodes²)
     node = producer.get(name)
     while node is not None and node.op_type == "Identity":
         node = producer.get(node.input[0])
-    return node if node is not None and node.op_type == "Softmax" else None
+    return node if node is not None and node.op_type in kinds else None
 
 
 def _is_float(value_info) -> bool:
     return value_info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
 
-def _score_output(proto: onnx.ModelProto, wanted: str | None, probabilities: bool, probe) -> Score:
-    """The score output: `wanted`, else the only N×classes float output, else the only one behind a Softmax.
-    `probe()` gives every output's shape from a run of the model (and one on a larger image where the size is free),
-    for a class count that the graph leaves symbolic."""
+def _score_output(proto: onnx.ModelProto, wanted: str | None, probabilities: bool, probe) -> Score | None:
+    """The score output: `wanted`, else the only N×classes float output, else the only one behind a Softmax; None
+    when that output is not N×classes (a head reads it: `_default_head`). `probe()` gives every output's shape from
+    a run of the model (and one on a larger image where the size is free), for a class count that the graph leaves
+    symbolic."""
     outputs = {o.name: o for o in proto.graph.output}
     if wanted is not None and wanted not in outputs:
         raise OnnxplainError(f"the model has no output '{wanted}'; its outputs: {outputs_described(proto)}")
@@ -439,15 +491,13 @@ def _score_output(proto: onnx.ModelProto, wanted: str | None, probabilities: boo
     if wanted is not None:
         out, why = wanted, "chosen by output="
         if len(_dims(outputs[out])) != 2 or not _is_float(outputs[out]):
-            raise OnnxplainError(f"output '{out}' has shape {_dims(outputs[out])}, not N×classes (float); its "
-                                 f"outputs: {outputs_described(proto)}")
+            return None
     elif len(scores) == 1:
         out, why = scores[0], "the only N×classes float output"
     elif len([n for n in scores if _behind_softmax(proto, n)]) == 1:
         out, why = next(n for n in scores if _behind_softmax(proto, n)), "the N×classes output behind a Softmax"
     elif not scores:
-        raise OnnxplainError(f"the model has no class-score output (N×classes); its outputs: "
-                             f"{outputs_described(proto)}")
+        return None
     else:
         raise OnnxplainError(f"the model has several N×classes outputs ({outputs_described(proto)}); choose the "
                              f"class scores with --output NAME (load(output=NAME))")
@@ -456,14 +506,46 @@ def _score_output(proto: onnx.ModelProto, wanted: str | None, probabilities: boo
         runs = probe()
         shape, larger = runs[0][out], runs[-1][out]
         if len(shape) != 2 or shape[0] != 1 or shape != larger:  # e.g. an OCR model's time steps, not classes
-            raise OnnxplainError(f"output '{out}' is declared {_dims(outputs[out])} but onnxruntime computes "
-                                 f"{list(shape)} for one image, and {list(larger)} for one 8 pixels larger where "
-                                 f"the size is free: not N×classes; its outputs: {outputs_described(proto)}")
+            return None
         classes = shape[1]
         why += f"; {classes} classes from one run of the model"
-    softmax = _behind_softmax(proto, out)
-    score = softmax.input[0] if softmax is not None and not probabilities else out
-    return Score(out, score, classes, softmax is not None, why)
+    last = _behind_softmax(proto, out, ("Softmax", "Sigmoid"))
+    score = last.input[0] if last is not None and not probabilities else out
+    return Score(out, score, classes, last and last.op_type, why + (
+        "; a multi-label head (Sigmoid)" if last is not None and last.op_type == "Sigmoid" else ""))
+
+
+def _default_head(proto: onnx.ModelProto, wanted: str | None, decoder: str | None, shapes: dict):
+    """The score head of a model that is no classifier (targets.py): a detector's class scores where a decoder fits
+    the output shapes (or `decoder` is given), else output `wanted` or the only float output (or the only rank-4
+    one): a segmentation output summed per class over the whole image, any other flattened per image."""
+    floats = {o.name: shapes[o.name] for o in proto.graph.output if _is_float(o) and o.name in shapes}
+    found = detection.choose(floats, decoder, wanted)
+    if found is not None:
+        return targets.DetectionScores(found)
+    if wanted is None:
+        maps = [n for n, s in floats.items() if len(s) == 4]
+        if len(floats) != 1 and len(maps) != 1:
+            raise OnnxplainError(f"the model has no class-score output (N×classes) and no default target among its "
+                                 f"outputs ({outputs_described(proto)}); choose one with --output NAME "
+                                 f"(load(output=NAME)), or a detector layout with --decoder NAME")
+        wanted = next(iter(floats)) if len(floats) == 1 else maps[0]
+    if wanted not in floats:
+        raise OnnxplainError(f"output '{wanted}' is not a float tensor; its outputs: {outputs_described(proto)}")
+    shape = floats[wanted]
+    if not shape or shape[0] != 1:
+        raise OnnxplainError(f"output '{wanted}' computes {list(shape)} for one image: its first axis is not the "
+                             f"batch, so no target can be read per image; its outputs: {outputs_described(proto)}")
+    return targets.RegionSum(wanted) if len(shape) == 4 else targets.Flat(wanted)
+
+
+def _headed(model: Model, head, why: str) -> Model:
+    """`model` scored by `head`: its nodes appended to the model without a head, with caches of its own."""
+    bare = model.bare or model.proto
+    shapes = model.output_shapes
+    return replace(model, proto=targets.attach(bare, head, opset_of(bare)), output=head.output, score=targets.SCORE,
+                   num_classes=head.size(shapes), activation=None, score_why=why, head=head, bare=bare,
+                   _sessions=SessionCache(), _layers=SessionCache(), _sized=SessionCache(), _channel_first=None)
 
 
 # -- sidecar, metadata and labels ------------------------------------------------------------------------------------

@@ -198,11 +198,16 @@ def figure(e, i: int = 0, k: int = 0, part: str | None = None, view: str = "orig
     c, score = int(e.targets[at]), float(e.scores[at])
     s = colour_scale(m, scale or default_scale(m, METHODS[e.method].group in ("gradients", "modified")))
     photo = e.photos[i] if e.photos and view == "original" else None
+    box = e.info.get("box")  # a detection's box, in the model input's pixels: outlined in white
+    outline = None if box is None else box_outline(m.shape, box[at])
     if photo is not None:
         shown, inside = photo.geometry.to_photo(m, photo.photo.shape[:2])
         picture = overlay(photo.photo, shown, s, inside)
+        outline = None if outline is None else photo.geometry.to_photo(outline, photo.photo.shape[:2])[0]
     else:
         picture = overlay(e.views[i], m, s)
+    if outline is not None:
+        picture = np.where(outline[..., None] > 0.25, np.uint8(255), picture)
     model = e.model
     label = model.label(c) if model is not None else f"class {c}"
     p = model.probabilities(e.logits[i].astype(np.float64))[c] if model is not None else None
@@ -258,6 +263,18 @@ def _version() -> str:
         return version("onnxplain")
     except PackageNotFoundError:
         return "unknown"
+
+
+def box_outline(shape: tuple[int, int], box, width: int = 2) -> np.ndarray:
+    """An H×W float mask, 1 on the outline of the box (x1, y1, x2, y2 in its pixels), `width` pixels wide."""
+    h, w = shape
+    out = np.zeros(shape, np.float32)
+    x1, y1, x2, y2 = (int(round(v)) for v in np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1]))
+    out[y1:y1 + width, x1:x2 + 1] = 1
+    out[max(y2 - width + 1, 0):y2 + 1, x1:x2 + 1] = 1
+    out[y1:y2 + 1, x1:x1 + width] = 1
+    out[y1:y2 + 1, max(x2 - width + 1, 0):x2 + 1] = 1
+    return out
 
 
 def check_writable(paths: list[Path], force: bool) -> None:

@@ -312,12 +312,16 @@ def _sequence_model(declared, transpose):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-@pytest.mark.parametrize("declared, transpose", [(["N", "seq"], False), ([1, "seq"], True)])
-def test_a_symbolic_second_axis_that_is_not_classes_is_refused(declared, transpose):
-    """A symbolic class count is read from one run; an axis that grows with the image (OCR time steps), or an output
-    whose computed rank differs from the declared one (ddddocr's CRNN declares 1×seqlen and computes T×1×8210), is
-    not a class axis: one line with both computed shapes, instead of a 'classifier' whose occlusion crashed."""
-    with pytest.raises(onnxplain.OnnxplainError, match="not N×classes") as err:
-        onnxplain.load(_sequence_model(declared, transpose), preprocessing={"size": [8, 16], "mean": [0.5],
-                                                                            "std": [0.5]})
-    assert ("[1, 16]" in str(err.value) and "[1, 24]" in str(err.value)) or "[16, 1, 1]" in str(err.value)
+def test_a_symbolic_second_axis_that_is_not_classes_is_a_flat_head_or_refused():
+    """A symbolic class count is read from one run; an axis that grows with the image (OCR time steps) is not a class
+    axis: its elements become the targets (a flat head, one score per column at the size explained). An output whose
+    first computed axis is not the batch (ddddocr's CRNN declares 1×seqlen and computes T×1×8210) is refused in one
+    line with its computed shape, instead of a 'classifier' whose occlusion crashed."""
+    pre = {"size": [8, 16], "mean": [0.5], "std": [0.5]}
+    m = onnxplain.load(_sequence_model(["N", "seq"], False), preprocessing=pre, device="cpu")
+    assert isinstance(m.head, onnxplain.targets.Flat) and m.num_classes == 16
+    x = np.random.default_rng(0).uniform(0, 1, (2, 1, 8, 16)).astype(np.float32)
+    e = onnxplain.explain(m, x, "gradxinput", target=5)  # column 5's mean over rows 0..7: gradient 1/8 there
+    assert np.allclose(e.attributions[:, 0, :, 5], x[:, 0, :, 5] / 8) and not e.attributions[:, :, :, 6:].any()
+    with pytest.raises(onnxplain.OnnxplainError, match=r"computes \[16, 1, 1\] for one image: its first axis"):
+        onnxplain.load(_sequence_model([1, "seq"], True), preprocessing=pre)

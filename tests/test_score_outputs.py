@@ -113,5 +113,6 @@ def test_inspect_and_explain_take_output(tmp_path):
     result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "two.onnx"), "--preset", "unit", "--output", "pooled"])
     assert result.exit_code == 0, result.output
     assert "output     pooled  10 classes (chosen by output=)" in result.output
-    assert "outputs    pooled[N, 10], features[N, 384]" in result.output
+    assert "  pooled[1, 10]  class scores (logits): class targets" in result.output
+    assert "  features[1, 384]  a vector per image (scores or an embedding): output targets" in result.output
     assert "'pooled' [1, 10, 1, 1] flattened to N×classes" in result.output

@@ -19,6 +19,11 @@ from ..rewrite.builder import Builder
 from ..rewrite.graph import TARGET, Request
 
 METHODS: dict[str, type["Method"]] = {}
+TARGET_KINDS = {  # Method.targets → what `onnxplain methods` says
+    "any": "any target: class, output element, region, box",
+    "classes": "classes of a softmax classifier only",
+    "boxes": "boxes of a detector only",
+}
 GROUPS = {  # the survey's grouping (Ayyar, Benois-Pineau, Zemmari 2021): what a method uses
     "gradients": "gradients of the score",
     "modified": "modified backward rules",
@@ -50,8 +55,17 @@ class Method:
     uses_gradient: ClassVar[bool] = True  # False: the formula reads activations only (no backward pass)
     parts: ClassVar[tuple[str, ...]] = ()  # names of the maps attributions[:, i], i < len(parts), when a method
                                            # gives several besides its map (the CLI saves each beside the map)
+    targets: ClassVar[str] = "any"  # the targets it explains (TARGET_KINDS); see `accepts_target`
     one_graph: ClassVar[bool] = True  # its whole computation is the graph of `request()` (so it can be exported);
                                       # methods that override `run()` with several passes set it False
+
+    @classmethod
+    def accepts_target(cls, model) -> bool:
+        """Whether the method explains `model`'s targets: "any" head's scores, only the "classes" of a softmax
+        classifier (methods built on its probabilities), or only the "boxes" of a detector."""
+        if cls.targets == "classes":
+            return model.head is None and model.activation != "Sigmoid"
+        return cls.targets == "any" or type(model.head).__name__ == "DetectionScores"
 
     @classmethod
     def accepts(cls, param: str) -> bool:

@@ -46,6 +46,7 @@ def average_windows(values: np.ndarray, corners: list[tuple[int, int]], k: int, 
 
 @dataclass(frozen=True)
 class _Evidence(Method):
+    targets = "classes"
     window: int = 10
     stride: int = 1
     laplace_n: int = 100_000

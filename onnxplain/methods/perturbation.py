@@ -18,6 +18,8 @@ import numpy as np
 from ..errors import OnnxplainError
 from ..perturb import (Plan, Scorer, baseline, bilinear_weights, fingerprint, segment, stream, to_chw, to_layout,
                        top1, window_sampler)
+from ..detection import similarity
+from ..targets import DetectionScores
 from .base import Method
 
 
@@ -39,11 +41,18 @@ class Perturbation(Method):
         raise NotImplementedError
 
     def run(self, model, inputs, targets, layer, batch_size):
-        scorer = Scorer(model, self.score)
         images = to_chw(inputs, model.layout)
-        logits, base = scorer.reference(images, batch_size)
-        used = top1(targets, base)
-        plans = [self.plan(model, x, base[i], int(used[i]), i) for i, x in enumerate(images)]
+        detector = isinstance(model.head, DetectionScores)
+        if self.score == "detection" and not detector:
+            raise OnnxplainError(f"{self.name}: score='detection' needs a detector (see `onnxplain inspect`)")
+        if detector and self.score in ("probability", "detection"):
+            scorer, logits, used, base = _detections(model, images, targets, batch_size)
+            columns = np.arange(len(images))  # column i of the similarity: image i's own detection
+        else:
+            scorer = Scorer(model, self.score)
+            logits, base = scorer.reference(images, batch_size)
+            used = columns = top1(targets, base)
+        plans = [self.plan(model, x, base[i], int(columns[i]), i) for i, x in enumerate(images)]
         key = ""
         if self.checkpoint:
             params = [(f.name, _named(getattr(self, f.name))) for f in fields(self)
@@ -55,6 +64,19 @@ class Perturbation(Method):
             attributions = to_layout(attributions, model.layout)
         out = logits if not callable(self.score) else base
         return attributions.astype(np.float32), maps.astype(np.float32), out, used
+
+
+def _detections(model, images: np.ndarray, targets: np.ndarray, batch_size: int):
+    """A scorer of D-RISE's similarity to each image's explained detection (column i: image i's), with the head's
+    scores of the images, the detections explained (anchor·C + class) and the similarities of the images."""
+    decoder, size = model.head.decoder, model.input_size
+    boxes = Scorer(model, lambda out: decoder.decode(out, size)[0].reshape(len(out[model.score]), -1))
+    logits, found = boxes.reference(images, batch_size)
+    used = top1(targets, logits)
+    anchors, classes = np.divmod(used, decoder.classes)
+    wanted = found.reshape(len(images), -1, 4)[np.arange(len(images)), anchors]
+    scorer = Scorer(model, lambda out: similarity(decoder.decode(out, size), wanted, classes))
+    return scorer, logits, used, scorer.reference(images, batch_size)[1]
 
 
 def _named(value):
@@ -154,6 +176,18 @@ class RISE(Perturbation):
             return sal, sal
 
         return Plan(self.masks, make, take, state, finish)
+
+
+@dataclass(frozen=True)
+class DRISE(RISE):
+    """Petsiuk et al. 2021 (D-RISE): RISE's masks weighted by the similarity of the masked image's detections to
+    the explained one, max over proposals of IoU × class-vector cosine × objectness (`detection.similarity`). Any
+    black-box method scores a detector that way by default (score='logit': the anchor's class score instead)."""
+
+    name = "drise"
+    targets = "boxes"
+    summary = "RISE of a detection: masks weighted by IoU x class cosine x objectness (Petsiuk 2021)"
+    score: str | Callable = "detection"
 
 
 def _rise_masks(n, s, p, seed, h, w):
@@ -295,6 +329,7 @@ class PDA(Perturbation):
     target's. The score must be a probability.
     """
 
+    targets = "classes"
     name = "pda"
     summary = "weight of evidence for/against, windows marginalised by sampling (Zintgraf 2017)"
     window: int = 10

@@ -50,6 +50,7 @@ class Undesirable(Perturbation):
     holds the competing classes per image.
     """
 
+    targets = "classes"
     name = "undesirable"
     parts = ("against", "competing")  # attributions[:, 2] is their union, the map
     summary = "pixels against the target and for its competitors (Kang 2019)"

@@ -116,3 +116,17 @@ def block_ends(found: list[tuple[str, tuple]], layout_of: Callable[[str], str]) 
     for name, shape in found:
         last[shape[spatial(layout_of(name))]] = name
     return list(last.values())
+
+
+def on_every_path(model: onnx.ModelProto, input_name: str, score: str, names: list[str]) -> list[str]:
+    """Those of `names` that every path from the input to the score passes through (the score is unreachable
+    without them), in their given order. Nodes in topological order."""
+    kept = []
+    for name in names:
+        reached = {input_name}
+        for node in model.graph.node:
+            if node.op_type not in ("Shape", "Size") and any(i in reached for i in node.input):
+                reached.update(o for o in node.output if o != name)
+        if score not in reached:
+            kept.append(name)
+    return kept

@@ -1,0 +1,161 @@
+"""Decoders for detectors' raw heads: where the boxes, class scores and objectness sit in the outputs.
+
+A decoder does two things with the same layout:
+- `scores(g, tensors)`: appends ONNX nodes giving N×A×C, the class score of every anchor (times its objectness where
+  the layout has one): the tensor a box target differentiates (as pytorch-grad-cam's `FasterRCNNBoxScoreTarget`);
+- `decode(outputs, size)`: on the host, boxes N×A×4 (x1, y1, x2, y2 in input pixels), the same N×A×C scores, the
+  class vectors N×A×C and objectness N×A (a layout without one: each anchor's top class score, its confidence), to
+  choose a detection (threshold and NMS) and for D-RISE's similarity.
+
+Layouts (`--decoder NAME`; chosen from the output shapes when not given):
+- `yolov8`: one output N×(4+C)×A, boxes cx, cy, w, h, then C class scores (ultralytics YOLOv8/v11 exports).
+- `yolox`: one output N×A×(5+C), boxes cx, cy, w, h, objectness, then C class scores (YOLOv5, YOLOX decoded).
+- `yolox-raw`: as `yolox` with boxes still on the grid (YOLOX exported without decoding: offsets and log sizes per
+  cell of strides 8, 16, 32), decoded on the host.
+- `split`: two outputs N×A×4 (boxes x1, y1, x2, y2; divided by the input size when all lie in [0, 1]) and N×A×C
+  (class scores): SSD, RetinaNet and face-detector heads.
+- `end2end`: one output N×D×6 (x1, y1, x2, y2, score, class): detectors with NMS inside (ultralytics end-to-end).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import OnnxplainError
+
+DECODERS = ("yolov8", "yolox", "yolox-raw", "split", "end2end")
+
+
+@dataclass(frozen=True)
+class Decoder:
+    layout: str
+    outputs: tuple[str, ...]  # the outputs read: one, or (boxes, scores) for `split`
+    classes: int
+
+    def scores(self, g, tensors: dict):
+        """N×A×C nodes: each anchor's class scores, times its objectness where the layout has one."""
+        y = tensors[self.outputs[0]]
+        if self.layout == "yolov8":
+            return g.Transpose(g.slice(y, [4], [4 + self.classes], [1]), perm=[0, 2, 1])
+        if self.layout in ("yolox", "yolox-raw"):
+            return g.Mul(g.slice(y, [4], [5], [2]), g.slice(y, [5], [5 + self.classes], [2]))
+        if self.layout == "end2end":
+            return g.slice(y, [4], [5], [2])
+        return tensors[self.outputs[1]]
+
+    def decode(self, out: dict, size: tuple[int, int]):
+        """(boxes N×A×4 x1y1x2y2 in input pixels, scores N×A×C, class vectors N×A×C, objectness N×A)."""
+        y = out[self.outputs[0]].astype(np.float64)
+        if self.layout == "yolov8":
+            y = y.transpose(0, 2, 1)
+            boxes, probs = _corners(y[..., :4]), y[..., 4:]
+            return boxes, probs, probs, probs.max(axis=-1)
+        if self.layout in ("yolox", "yolox-raw"):
+            xywh = _grid(y[..., :4], size) if self.layout == "yolox-raw" else y[..., :4]
+            obj, probs = y[..., 4], y[..., 5:]
+            return _corners(xywh), probs * obj[..., None], probs, obj
+        if self.layout == "end2end":
+            n, d = y.shape[:2]
+            labels = np.clip(np.round(y[..., 5]).astype(np.int64), 0, None)
+            probs = np.zeros((n, d, int(labels.max(initial=0)) + 1))
+            np.put_along_axis(probs, labels[..., None], 1.0, axis=2)
+            return y[..., :4], y[..., 4:5], probs, y[..., 4]
+        boxes, probs = y, out[self.outputs[1]].astype(np.float64)
+        if boxes.size and np.abs(boxes).max() <= 1.0:
+            boxes = boxes * np.array([size[1], size[0], size[1], size[0]])
+        return boxes, probs, probs, probs.max(axis=-1)
+
+
+def _corners(xywh: np.ndarray) -> np.ndarray:
+    half = xywh[..., 2:4] / 2
+    return np.concatenate([xywh[..., :2] - half, xywh[..., :2] + half], axis=-1)
+
+
+def _grid(raw: np.ndarray, size: tuple[int, int], strides=(8, 16, 32)) -> np.ndarray:
+    """YOLOX's grid decoding: (offset + cell) · stride for the centre, exp(log size) · stride for the size."""
+    cells, steps = [], []
+    for s in strides:
+        gy, gx = np.meshgrid(np.arange(size[0] // s), np.arange(size[1] // s), indexing="ij")
+        cells.append(np.stack([gx, gy], -1).reshape(-1, 2))
+        steps.append(np.full((len(cells[-1]), 1), s))
+    cells, steps = np.concatenate(cells), np.concatenate(steps)
+    if len(cells) != raw.shape[1]:
+        raise OnnxplainError(f"decoder yolox-raw expects {len(cells)} anchors (strides 8, 16, 32 on "
+                             f"{size[0]}x{size[1]}), the output has {raw.shape[1]}")
+    return np.concatenate([(raw[..., :2] + cells) * steps, np.exp(np.clip(raw[..., 2:4], None, 30)) * steps], -1)
+
+
+def candidates(shapes: dict[str, tuple]) -> list[Decoder]:
+    """Every reading of outputs of these shapes (name → shape of one image's run, batch first) as a raw head."""
+    found = []
+    for name, shape in shapes.items():
+        if len(shape) != 3:
+            continue
+        _, a, b = shape
+        if b == 6 and a > 6:
+            found.append(Decoder("end2end", (name,), 1))
+        if b > a > 4:
+            found.append(Decoder("yolov8", (name,), a - 4))
+        if a > b > 5:
+            found += [Decoder("yolox", (name,), b - 5), Decoder("yolox-raw", (name,), b - 5)]
+    for box, shape in shapes.items():
+        scores = [n for n, s in shapes.items() if len(s) == 3 and n != box and s[1] == shape[1]]
+        if len(shape) == 3 and shape[2] == 4 and len(scores) == 1:
+            found.append(Decoder("split", (box, scores[0]), shapes[scores[0]][2]))
+    return found
+
+
+END2END_MOST = 1000  # an N×D×6 output with D up to this is read as end-to-end detections, a longer one as YOLOX
+
+
+def choose(shapes: dict[str, tuple], wanted: str | None = None, output: str | None = None) -> Decoder | None:
+    """The decoder for outputs of these shapes: layout `wanted` if given, else the one layout they fit (an N×D×6
+    output: end-to-end when D ≤ END2END_MOST, else YOLOX with one class); None when none fits. `output`: only
+    layouts reading that output."""
+    if wanted is not None and wanted not in DECODERS:
+        raise OnnxplainError(f"unknown decoder '{wanted}' (known: {', '.join(DECODERS)})")
+    found = [d for d in candidates(shapes) if output is None or output in d.outputs]
+    if wanted is not None:
+        found = [d for d in found if d.layout == wanted]
+        if len(found) != 1:
+            described = ", ".join(f"{n}{list(s)}" for n, s in shapes.items())
+            raise OnnxplainError(f"decoder '{wanted}' fits {'none' if not found else 'several'} of the outputs "
+                                 f"({described}); choose one with --output NAME")
+        return found[0]
+    found = [d for d in found if d.layout != "yolox-raw" and not (
+        d.layout == "end2end" and shapes[d.outputs[0]][1] > END2END_MOST or
+        d.layout == "yolox" and shapes[d.outputs[0]][2] == 6 and shapes[d.outputs[0]][1] <= END2END_MOST)]
+    return found[0] if len(found) == 1 else None
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of boxes a (…×4) and b (…×4), broadcasting."""
+    lo, hi = np.maximum(a[..., :2], b[..., :2]), np.minimum(a[..., 2:], b[..., 2:])
+    inter = np.clip(hi - lo, 0, None).prod(-1)
+    area = lambda t: np.clip(t[..., 2:] - t[..., :2], 0, None).prod(-1)  # noqa: E731
+    return inter / np.maximum(area(a) + area(b) - inter, 1e-12)
+
+
+def detections(boxes: np.ndarray, scores: np.ndarray, threshold: float, overlap: float) -> list[tuple[int, int]]:
+    """One image's detections as (anchor, class), best first: class scores ≥ threshold, greedy NMS per class (a box
+    is dropped when its IoU with a better one of its class exceeds `overlap`)."""
+    anchors, classes = np.nonzero(scores >= threshold)
+    order = np.argsort(-scores[anchors, classes], kind="stable")
+    kept: list[tuple[int, int]] = []
+    for a, c in zip(anchors[order], classes[order]):
+        if all(k != c or iou(boxes[a], boxes[b]) <= overlap for b, k in kept):
+            kept.append((int(a), int(c)))
+    return kept
+
+
+def similarity(decoded: tuple, boxes: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """D-RISE's score (Petsiuk et al. 2021) of a batch's detections for M target detections: for each image b and
+    target m, max over proposals j of IoU(box_m, box_j) · cos(onehot(class_m), p_j) · objectness_j, from
+    `decoded` = decode(...) of the batch; boxes M×4, classes M. Returns B×M."""
+    found, _, probs, obj = decoded
+    norm = np.maximum(np.linalg.norm(probs, axis=-1), 1e-12)
+    out = np.empty((len(found), len(boxes)))
+    for m, (box, c) in enumerate(zip(boxes, classes)):
+        out[:, m] = (iou(box, found) * probs[..., c] / norm * obj).max(axis=-1)
+    return out

@@ -1,0 +1,338 @@
+"""Targets as score heads (onnxplain/targets.py, detection.py) on models exported from torch here: the gradient a
+method differentiates for a box, region, tag or output-element target equals torch autograd of the same scalar; the
+decoders choose the boxes a numpy reference decode and NMS choose; D-RISE finds the object of a toy detector."""
+import dataclasses
+
+import numpy as np
+import pytest
+from conftest import rel_err
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+import onnx  # noqa: E402
+
+import onnxplain  # noqa: E402
+from onnxplain import targets  # noqa: E402
+from onnxplain.detection import choose, detections, iou  # noqa: E402
+from onnxplain.errors import OnnxplainError  # noqa: E402
+
+SIDE, STRIDE = 32, 4
+CELLS = SIDE // STRIDE
+
+
+def export(net, path, names, side=SIDE):
+    torch.onnx.export(net, (torch.zeros(2, 3, side, side),), str(path), dynamo=False, opset_version=17,
+                      input_names=["images"], output_names=list(names),
+                      dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}})
+    return path
+
+
+class Detector(nn.Module):
+    """A YOLO-style raw head on an 8×8 grid of stride 4: anchor (i, j)'s scores depend only on the pixels of cell
+    (i, j) and its 1-pixel ring (a 3×3 conv, then a 4×4 stride-4 conv). Layout "yolov8": N×(4+C)×A; "yolox":
+    N×A×(5+C) with objectness. `known`: hand-set weights whose objectness is the brightness of a cell."""
+
+    def __init__(self, layout="yolov8", classes=2, known=False):
+        super().__init__()
+        self.layout, self.classes = layout, classes
+        self.features = nn.Conv2d(3, 8, 3, padding=1)
+        self.cls = nn.Conv2d(8, classes + 1, STRIDE, stride=STRIDE)  # last channel: objectness
+        self.box = nn.Conv2d(8, 4, STRIDE, stride=STRIDE)
+        gy, gx = torch.meshgrid(torch.arange(CELLS), torch.arange(CELLS), indexing="ij")
+        self.register_buffer("centres", torch.stack([gx, gy]).reshape(1, 2, -1).float() * STRIDE + STRIDE / 2)
+        if known:
+            with torch.no_grad():
+                for p in self.parameters():
+                    p.zero_()
+                self.features.weight[0, :, 1, 1] = 1 / 3           # channel 0: the grey pixel
+                self.cls.weight[-1, 0] = 8 / STRIDE ** 2            # objectness: 8 × the cell's mean grey, − 4
+                self.cls.bias[:] = torch.tensor([4.0] + [-6.0] * (classes - 1) + [-4.0])  # class 0 wherever
+
+    def forward(self, x):
+        f = torch.relu(self.features(x))
+        s = torch.sigmoid(self.cls(f)).flatten(2)                   # N×(C+1)×A
+        b = self.box(f).flatten(2)
+        boxes = torch.cat([self.centres + torch.tanh(b[:, :2]), STRIDE * torch.exp(b[:, 2:])], 1)
+        if self.layout == "yolov8":
+            return torch.cat([boxes, s[:, :self.classes]], 1)
+        return torch.cat([boxes, s[:, self.classes:], s[:, :self.classes]], 1).transpose(1, 2)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("targets")
+    torch.manual_seed(0)
+    nets = {layout: Detector(layout).eval() for layout in ("yolov8", "yolox")}
+    paths = {layout: export(net, folder / f"{layout}.onnx", ["output0"]) for layout, net in nets.items()}
+    return nets, paths
+
+
+def autograd(net, x, pick):
+    """∂ pick(net(x)) / ∂x, summed over images (each image's scalar depends on that image only)."""
+    x = torch.from_numpy(x).requires_grad_()
+    pick(net(x)).sum().backward()
+    return x.grad.numpy()
+
+
+def reference_detections(out, layout, classes, threshold, overlap):
+    """Numpy reference decode and NMS of one image: (anchor, class), best first."""
+    y = out[0].T if layout == "yolov8" else out[0]
+    xywh = y[:, :4]
+    scores = y[:, 4:] if layout == "yolov8" else y[:, 5:] * y[:, 4:5]
+    corners = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
+    cand = sorted(((scores[a, c], a, c) for a in range(len(y)) for c in range(classes) if scores[a, c] >= threshold),
+                  key=lambda t: -t[0])
+    kept = []
+    for _, a, c in cand:
+        if all(k != c or iou(corners[a], corners[b]) <= overlap for b, k in kept):
+            kept.append((a, c))
+    return kept
+
+
+@pytest.mark.parametrize("layout", ["yolov8", "yolox"])
+def test_box_targets_equal_autograd_of_the_anchor_score(exported, layout):
+    nets, paths = exported
+    net = nets[layout]
+    m = onnxplain.load(paths[layout], device="cpu", preprocessing="unit")
+    assert isinstance(m.head, targets.DetectionScores) and m.head.decoder.layout == layout
+    assert m.num_classes == CELLS ** 2 * 2
+    x = np.random.default_rng(1).uniform(0, 1, (2, 3, SIDE, SIDE)).astype(np.float32)
+    with torch.no_grad():
+        out = net(torch.from_numpy(x)).numpy()
+    for target in (targets.Box(index=1, threshold=0.1), targets.Box(cls=1), targets.Box()):
+        e = onnxplain.explain(m, x, "gradxinput", target=target)
+        anchors, classes = np.divmod(e.targets, 2)
+        for i in range(2):
+            if target.index is not None:  # the index-th detection of the reference decode and NMS
+                assert (anchors[i], classes[i]) == reference_detections(out[i:i + 1], layout, 2, 0.1, 0.45)[1]
+            if layout == "yolov8":
+                pick = lambda y, i=i: y[i, 4 + classes[i], anchors[i]]  # noqa: E731
+            else:
+                pick = lambda y, i=i: y[i, anchors[i], 4] * y[i, anchors[i], 5 + classes[i]]  # noqa: E731
+            g = autograd(net, x, pick)
+            assert rel_err(e.attributions[i], (x * g)[i]) <= 1e-4
+            assert np.isclose(e.scores[i], float(pick(torch.from_numpy(out))), rtol=1e-5)
+
+
+def test_box_by_overlap_picks_the_best_iou_detection(exported):
+    nets, paths = exported
+    m = onnxplain.load(paths["yolov8"], device="cpu", preprocessing="unit")
+    x = np.random.default_rng(2).uniform(0, 1, (1, 3, SIDE, SIDE)).astype(np.float32)
+    with torch.no_grad():
+        out = nets["yolov8"](torch.from_numpy(x)).numpy()
+    found = reference_detections(out, "yolov8", 2, 0.25, 0.45)
+    a, c = found[len(found) // 2]
+    xywh = out[0, :4, a]
+    box = (*(xywh[:2] - xywh[2:] / 2), *(xywh[:2] + xywh[2:] / 2))
+    _, t = targets.resolve(m, targets.Box(box=box), x)
+    assert t.tolist() == [a * 2 + c]
+
+
+def test_decoder_is_chosen_from_shapes_and_can_be_overridden():
+    assert choose({"o": (1, 84, 8400)}).layout == "yolov8"
+    assert choose({"o": (1, 8400, 85)}).layout == "yolox"
+    assert choose({"o": (1, 300, 6)}).layout == "end2end"
+    assert choose({"o": (1, 3549, 6)}).layout == "yolox"
+    assert choose({"o": (1, 3549, 6)}, "yolox-raw").layout == "yolox-raw"
+    split = choose({"boxes": (1, 4420, 4), "scores": (1, 4420, 2)})
+    assert (split.layout, split.outputs, split.classes) == ("split", ("boxes", "scores"), 2)
+    assert choose({"o": (1, 1000)}) is None
+    with pytest.raises(OnnxplainError, match="decoder 'yolov8' fits none"):
+        choose({"o": (1, 8400, 85)}, "yolov8")
+
+
+def test_detections_match_a_plain_nms():
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(0, 50, (40, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 20, (40, 2))], 1)
+    scores = rng.uniform(0, 1, (40, 3))
+    found = detections(boxes, scores, 0.5, 0.3)
+    for c in range(3):  # per class: no two kept boxes overlap more than 0.3, and every dropped one overlaps a better
+        kept = [a for a, k in found if k == c]
+        assert all(iou(boxes[p], boxes[q]) <= 0.3 for i, p in enumerate(kept) for q in kept[:i])
+        for a in np.nonzero(scores[:, c] >= 0.5)[0]:
+            assert a in kept or any(iou(boxes[a], boxes[b]) > 0.3 and scores[b, c] >= scores[a, c] for b in kept)
+
+
+def scene(rng, side=SIDE):
+    """A black image with one white 8×8 square on the stride-4 grid; returns it and the square's slices."""
+    i, j = rng.integers(0, CELLS - 1, 2) * STRIDE
+    x = np.zeros((1, 3, side, side), np.float32)
+    x[:, :, i:i + 8, j:j + 8] = 1
+    return x, (slice(i, i + 8), slice(j, j + 8))
+
+
+def test_drise_points_at_the_object(tmp_path):
+    net = Detector("yolox", known=True).eval()
+    m = onnxplain.load(export(net, tmp_path / "known.onnx", ["output0"]), device="cpu", preprocessing="unit")
+    rng = np.random.default_rng(4)
+    hits = []
+    for _ in range(5):
+        x, (rows, cols) = scene(rng)
+        e = onnxplain.explain(m, x, "drise", target=targets.Box(index=0), masks=500, cells=4, seed=0)
+        peak = np.unravel_index(np.argmax(e.maps[0]), e.maps[0].shape)
+        hits.append(rows.start <= peak[0] < rows.stop and cols.start <= peak[1] < cols.stop)
+        inside = np.zeros(e.maps[0].shape, bool)
+        inside[rows, cols] = True
+        assert e.maps[0][inside].mean() > 1.2 * e.maps[0][~inside].mean()
+    assert all(hits)
+
+
+class Segmenter(nn.Module):
+    """N×3×32×32 class maps from two convolutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_region_target_equals_autograd_of_the_masked_class_sum(tmp_path):
+    torch.manual_seed(5)
+    net = Segmenter().eval()
+    m = onnxplain.load(export(net, tmp_path / "seg.onnx", ["masks"]), device="cpu", preprocessing="unit")
+    assert isinstance(m.head, targets.RegionSum) and m.num_classes == 3
+    x = np.random.default_rng(6).uniform(0, 1, (2, 3, SIDE, SIDE)).astype(np.float32)
+    mask = np.zeros((64, 64))  # twice the output's resolution: resized by nearest neighbour
+    mask[10:40, 20:50] = 1
+    from PIL import Image
+    Image.fromarray((mask * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    small = torch.from_numpy(mask[::2, ::2].astype(np.float32))
+    for target in (targets.Region(1, mask), targets.parse(f"region:1@{tmp_path / 'mask.png'}")):
+        e = onnxplain.explain(m, x, "gradxinput", target=target)
+        g = autograd(net, x, lambda y: (y[:, 1] * small).sum((1, 2)))
+        assert rel_err(e.attributions, x * g) <= 1e-4 and (e.targets == 1).all()
+    whole = onnxplain.explain(m, x, "gradxinput")  # default: the largest class sum over the whole output
+    with torch.no_grad():
+        sums = net(torch.from_numpy(x)).sum((2, 3)).numpy()
+    assert (whole.targets == sums.argmax(1)).all()
+    g = autograd(net, x, lambda y: y[torch.arange(2), torch.from_numpy(whole.targets)].sum((1, 2)))
+    assert rel_err(whole.attributions, x * g) <= 1e-4
+
+
+class Tagger(nn.Module):
+    """Multi-label tags (sigmoid) and a regression output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.age = nn.Conv2d(3, 8, 3), nn.Linear(8, 5), nn.Linear(8, 1)
+
+    def forward(self, x):
+        f = torch.relu(self.conv(x)).mean((2, 3))
+        return torch.sigmoid(self.fc(f)), self.age(f)
+
+
+def test_sigmoid_tags_and_output_elements_equal_autograd(tmp_path):
+    torch.manual_seed(7)
+    net = Tagger().eval()
+    path = export(net, tmp_path / "tags.onnx", ["tags", "age"])
+    x = np.random.default_rng(8).uniform(0, 1, (2, 3, SIDE, SIDE)).astype(np.float32)
+    logit = lambda y: net.fc(torch.relu(net.conv(y)).mean((2, 3)))  # noqa: E731
+    m = onnxplain.load(path, device="cpu", preprocessing="unit", output="tags")
+    assert m.activation == "Sigmoid" and m.score != m.output  # the tag's logit is differentiated
+    e = onnxplain.explain(m, x, "gradxinput", target=3)
+    assert rel_err(e.attributions, x * autograd(logit, x, lambda y: y[:, 3])) <= 1e-4
+    p = onnxplain.load(path, device="cpu", preprocessing="unit", output="tags", probabilities=True)
+    e = onnxplain.explain(p, x, "gradxinput", target=3)
+    assert rel_err(e.attributions, x * autograd(net, x, lambda y: y[0][:, 3])) <= 1e-4
+    with torch.no_grad():
+        tags = net(torch.from_numpy(x))[0].numpy()
+    assert np.allclose(m.probabilities(onnxplain.explain(m, x, "saliency").logits), tags, atol=1e-6)
+    e = onnxplain.explain(m, x, "gradxinput", target=targets.Output("age", 0))
+    assert rel_err(e.attributions, x * autograd(net, x, lambda y: y[1][:, 0])) <= 1e-4
+    with pytest.raises(OnnxplainError, match="pda explains classes of a softmax classifier only"):
+        onnxplain.explain(m, x, "pda")
+    with pytest.raises(OnnxplainError, match="drise explains boxes of a detector only"):
+        onnxplain.explain(m, x, "drise")
+
+
+def test_models_without_a_default_target_are_refused_in_one_line(tmp_path):
+    torch.manual_seed(9)
+
+    class Two(nn.Module):
+        def forward(self, x):
+            return x.mean(1), x[:, :2].mean(1)
+
+    path = export(Two(), tmp_path / "two.onnx", ["a", "b"])
+    with pytest.raises(OnnxplainError, match="no default target .* --output NAME"):
+        onnxplain.load(path, device="cpu", preprocessing="unit")
+    m = onnxplain.load(path, device="cpu", preprocessing="unit", output="b")
+    assert isinstance(m.head, targets.Flat) and m.num_classes == SIDE * SIDE
+
+
+def test_cli_target_syntax():
+    assert targets.parse("box:3") == targets.Box(index=3)
+    assert targets.parse("class:dog@box:120,40,300,260") == targets.Box(box=(120, 40, 300, 260), cls="dog")
+    assert targets.parse("class:2@box") == targets.Box(cls="2")
+    r = targets.parse("region:15@mask.png")
+    assert (r.cls, r.mask) == ("15", "mask.png")
+    assert targets.parse("output:age:0") == targets.Output("age", (0,))
+    assert targets.parse("281,285") is None
+    with pytest.raises(OnnxplainError, match="box:K"):
+        targets.parse("box:1,2")
+
+
+def test_export_of_a_box_target_runs_in_a_fresh_session(exported, tmp_path):
+    import onnxruntime as ort
+    from onnxplain.export import export as export_graph
+    nets, paths = exported
+    m = onnxplain.load(paths["yolox"], device="cpu", preprocessing="unit")
+    x = np.random.default_rng(10).uniform(0, 1, (2, 3, SIDE, SIDE)).astype(np.float32)
+    e = onnxplain.explain(m, x, "saliency", target=targets.Box(cls=1))
+    export_graph(m, "saliency", tmp_path / "sal.onnx")
+    onnx.checker.check_model(str(tmp_path / "sal.onnx"))
+    sess = ort.InferenceSession(str(tmp_path / "sal.onnx"), providers=["CPUExecutionProvider"])
+    maps, used = sess.run(["maps", "target_used"], {"images": x, "target": e.targets})
+    assert (used == e.targets).all() and rel_err(maps, e.maps) <= 1e-6
+
+
+def test_cli_explains_a_box_draws_it_and_lists_outputs_and_target_kinds(exported, tmp_path, capsys):
+    from click.testing import CliRunner
+    from PIL import Image
+    from onnxplain_cli.main import cli, main
+    nets, paths = exported
+    rng = np.random.default_rng(11)
+    Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)).save(tmp_path / "scene.png")
+
+    def run(*args):
+        result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    out = run("inspect", paths["yolox"], "--preset", "unit")
+    assert "detector head (yolox: output0[1, 64, 7]), 64 anchors × 2 classes" in out
+    assert "output0[1, 64, 7]  detector head, yolox layout (2 classes): box targets" in out
+    out = run("explain", paths["yolox"], tmp_path / "scene.png", "-m", "saliency", "-t", "class:1@box", "--preset",
+              "unit", "-o", tmp_path / "out", "--device", "cpu")
+    m = onnxplain.load(paths["yolox"], device="cpu", preprocessing="unit")
+    e = onnxplain.explain(m, [tmp_path / "scene.png"], "saliency", target=targets.Box(cls=1))
+    assert f"[{int(e.targets[0])}]" in out and "box [" in out
+    drawn = np.asarray(Image.open(tmp_path / "out" / "scene.saliency.png"))[..., :3]
+    assert np.array_equal(drawn, e.render(0))
+    plain = dataclasses.replace(e, info={}).render(0)  # the same panel without the box: it differs on the outline
+    outline = (drawn != plain).any(-1)
+    assert outline.sum() >= 4 * 7 * (int(e.info["box"][0, 2] - e.info["box"][0, 0]) - 2)
+    assert (drawn[outline] == 255).all()
+    assert np.allclose(np.load(tmp_path / "out" / "scene.saliency.npy"), e.maps[0])
+    out = run("methods")
+    assert "pda" in out and "[classes of a softmax classifier only]" in out and "[boxes of a detector only]" in out
+    with pytest.raises(SystemExit):
+        main(["explain", str(paths["yolox"]), str(tmp_path / "scene.png"), "-t", "box:40", "--preset", "unit",
+              "-o", str(tmp_path / "o2"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "box 40 does not exist" in err
+
+
+def test_a_heads_default_cam_layer_is_on_every_path_to_it(exported):
+    """The toy detector's box and class convolutions both read the ReLU after the first convolution: that is the
+    last block end every path to the head's scores passes through (the box conv's output, later, is not)."""
+    from onnxplain.explain import cam_layer
+    from onnxplain.rewrite.layers import block_ends, on_every_path
+    m = onnxplain.load(exported[1]["yolov8"], device="cpu", preprocessing="unit")
+    relu = next(n.output[0] for n in m.proto.graph.node if n.op_type == "Relu")
+    ends = block_ends(m.layers(), m.layout_of)
+    assert ends[-1] != relu and on_every_path(m.graph, m.input, m.score, ends) == [relu]
+    assert cam_layer(m, None) == relu
