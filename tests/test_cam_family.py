@@ -337,3 +337,17 @@ def test_layer_methods_read_nchw_layers_inside_an_nhwc_model(method):
     a = onnxplain.explain(m, ref["x"], method, target=ref["targets"].tolist(), **params)
     b = onnxplain.explain(wrapped, ref["x"].transpose(0, 2, 3, 1), method, target=ref["targets"].tolist(), **params)
     assert rel_err(b.maps, a.maps) <= 1e-5
+
+
+def test_layercam_fuses_each_layer_in_its_own_layout():
+    """LayerCAM fusing an NCHW block end with the NHWC image of a tf2onnx-style model reads each in its own layout,
+    and equals the NCHW model's fusion of the same block end with its NCHW image. It read every layer in the first
+    one's layout: the image's height was taken for its channels."""
+    m, ref = zoo("resnet")
+    wrapped = onnxplain.load(_transposed_in(m.proto), preprocessing="unit", device="cpu")
+    layer, targets = cam_layer(m, None), ref["targets"].tolist()
+    a = onnxplain.explain(m, ref["x"], "layercam", target=targets, layer=layer, layers=m.input)
+    b = onnxplain.explain(wrapped, ref["x"].transpose(0, 2, 3, 1), "layercam", target=targets, layer=layer,
+                          layers="image_nhwc")
+    assert wrapped.layout_of("image_nhwc") == "NHWC" and wrapped.layout_of(layer) == "NCHW"
+    assert rel_err(b.maps, a.maps) <= 1e-5

@@ -176,21 +176,24 @@ class LayerCAM(CAM):
         extra = block_ends(model.layers(), model.layout_of) if self.layers == ("blocks",) else self.layers
         names = tuple(dict.fromkeys((layer, *extra)))
         head = FusedHead(self, model.input, model.score, layer, model.layout_of(layer), model.input_size,
-                         model.grid_of(layer), layers=names, gamma=self.gamma)
+                         model.grid_of(layer), layers=tuple((n, model.layout_of(n), model.grid_of(n)) for n in names),
+                         gamma=self.gamma)
         return replace(request, wrt=names, head=head)
 
 
 @dataclass(frozen=True)
 class FusedHead(Head):
-    """The method's map at each of `layers`, each scaled to tanh(γ·M / max M), upsampled and fused by the maximum."""
+    """The method's map at each of `layers` (name, layout, patch grid: each layer read in its own layout), each
+    scaled to tanh(γ·M / max M), upsampled and fused by the maximum."""
 
-    layers: tuple[str, ...] = ()
+    layers: tuple[tuple[str, str, tuple[int, int] | None], ...] = ()
     gamma: float = 2.0
 
     def build(self, g, tensors, grads, target):
         fused = []
-        for name in self.layers:
-            m = Head.build(replace(self, layer=name), g, tensors, grads, target)["attributions"]
+        for name, layout, grid in self.layers:
+            m = Head.build(replace(self, layer=name, layout=layout, grid=grid), g, tensors, grads, target)[
+                "attributions"]
             top = positive(g, g.reduce_max(m, [1, 2], keepdims=True))
             fused.append(upsample(g, g.Tanh(g.Mul(g.Div(m, top), g.const(self.gamma, like=m))), self.size))
         m = fused[0] if len(fused) == 1 else g.Max(*fused)
