@@ -372,34 +372,53 @@ def load_reference(path: str | os.PathLike | None = None) -> dict[str, np.ndarra
     return stats
 
 
+LUMA = (0.299, 0.587, 0.114)  # Pillow's RGB → L, with which grey models' images are read
+
+
+def channels_of_rgb(channels: int, order: str) -> tuple[np.ndarray, np.ndarray]:
+    """(M, o): the model's channels as the affine map M·rgb + o of RGB in [0, 1], as images are read for it: grey is
+    Pillow's luma, RGBA's alpha is 1 (opaque photos), BGR(A) swaps the colours."""
+    if channels == 1:
+        return np.array([LUMA]), np.zeros(1)
+    m = np.eye(3)[[2, 1, 0] if order == "BGR" else [0, 1, 2]]
+    if channels == 3:
+        return m, np.zeros(3)
+    return np.vstack([m, np.zeros((1, 3))]), np.array([0.0, 0.0, 0.0, 1.0])
+
+
 class PatchGaussian:
     """A stationary Gaussian over image patches in the model's input space (C×P×P, flattened channel-major).
 
-    The reference statistics are in [0, 1] RGB; the model's preprocessing is affine per channel, so the mean and
-    covariance map exactly: x = a·rgb + b with a = 255·scale/std, b = -mean/std (in the model's channel order).
+    The reference statistics are in [0, 1] RGB; the model's channels are an affine map of RGB (`channels_of_rgb`)
+    and its preprocessing is affine per channel, so the mean and covariance map exactly: x = a·(M·rgb + o) + b with
+    a = 255·scale/std, b = -mean/std.
     """
 
     def __init__(self, stats: dict, preprocessing):
         p = preprocessing
-        order = [2, 1, 0] if p.channel_order == "BGR" else [0, 1, 2]
-        a = 255.0 * p.scale / np.asarray(p.std, np.float64)
-        b = -np.asarray(p.mean, np.float64) / np.asarray(p.std, np.float64)
-        self.mean = a * stats["mean"][order] + b
-        self.acf = a[:, None, None, None] * a[None, :, None, None] * stats["acf"][order][:, order]
+        m, o = channels_of_rgb(p.channels, p.channel_order)
+        a = 255.0 * p.scale / np.asarray(p.std, np.float64) * np.ones(p.channels)
+        b = -np.asarray(p.mean, np.float64) / np.asarray(p.std, np.float64) * np.ones(p.channels)
+        self.mean = a * (m @ stats["mean"] + o) + b
+        acf = np.einsum("ia,jb,ab...->ij...", m, m, stats["acf"])
+        self.acf = a[:, None, None, None] * a[None, :, None, None] * acf
         self.low, self.high = np.minimum(b, a + b), np.maximum(b, a + b)  # the range of real pixels
+        self.channels = p.channels
         self.max_size = (self.acf.shape[-1] + 1) // 2
 
     def covariance(self, size: int) -> np.ndarray:
-        """The (3·P²)×(3·P²) covariance of a P×P patch (positive semi-definite by construction, see
-        `fit_reference`; a jitter of 1e-6 of the mean variance on the diagonal makes it definite)."""
+        """The (C·P²)×(C·P²) covariance of a P×P patch (positive semi-definite by construction, see
+        `fit_reference`; a jitter of 1e-6 of the mean variance on the diagonal makes it definite, also for RGBA's
+        constant alpha)."""
         if size > self.max_size:
             raise OnnxplainError(f"window + 2·ring must be at most {self.max_size} pixels (the patch size of the "
                                  f"reference statistics), not {size}")
         yy, xx = np.divmod(np.arange(size * size), size)
         dy = yy[None, :] - yy[:, None] + self.max_size - 1
         dx = xx[None, :] - xx[:, None] + self.max_size - 1
-        blocks = self.acf[:, :, dy, dx]                                   # 3×3×P²×P²
-        cov = blocks.transpose(0, 2, 1, 3).reshape(3 * size * size, 3 * size * size)
+        blocks = self.acf[:, :, dy, dx]                                   # C×C×P²×P²
+        n = self.channels * size * size
+        cov = blocks.transpose(0, 2, 1, 3).reshape(n, n)
         return (cov + cov.T) / 2 + np.eye(len(cov)) * 1e-6 * np.trace(cov) / len(cov)
 
 
@@ -422,12 +441,12 @@ class WindowSampler:
 
     def __init__(self, gaussian: PatchGaussian, k: int, ring: int, size: tuple[int, int], conditional: bool):
         h, w = size
-        self.k, self.h, self.w = k, h, w
+        self.k, self.h, self.w, self.c = k, h, w, gaussian.channels
         self.ring = ring if conditional else 0
         self.ph, self.pw = min(k + 2 * self.ring, h), min(k + 2 * self.ring, w)
         p = max(self.ph, self.pw)
         full = gaussian.covariance(p)
-        idx = np.arange(3 * p * p).reshape(3, p, p)[:, :self.ph, :self.pw].ravel()  # a ph×pw patch of it
+        idx = np.arange(self.c * p * p).reshape(self.c, p, p)[:, :self.ph, :self.pw].ravel()  # a ph×pw patch of it
         self.cov = full[np.ix_(idx, idx)]
         self.mu = np.repeat(gaussian.mean, self.ph * self.pw)
         self.low, self.high = gaussian.low[:, None, None], gaussian.high[:, None, None]
@@ -437,7 +456,7 @@ class WindowSampler:
         """For the window at offset (dy, dx) in its ring's patch: (window indices, ring indices, the regression
         matrix B, the Cholesky factor of the conditional covariance); E[window | ring] = μ_w + (ring − μ_r) Bᵀ."""
         if (dy, dx) not in self._cache:
-            inside = np.zeros((3, self.ph, self.pw), bool)
+            inside = np.zeros((self.c, self.ph, self.pw), bool)
             inside[:, dy:dy + self.k, dx:dx + self.k] = True
             wi, ri = np.flatnonzero(inside), np.flatnonzero(~inside)
             s_ww = self.cov[np.ix_(wi, wi)]
@@ -459,7 +478,7 @@ class WindowSampler:
         # einsum, not BLAS: OpenBLAS threads spin after a call and take the cores from onnxruntime's next batch
         mean = self.mu[wi] + np.einsum("wr,r->w", reg, patch[ri] - self.mu[ri])
         s = mean + np.einsum("nv,wv->nw", rng.standard_normal((n, len(wi))), chol)
-        return np.clip(s.reshape(n, 3, self.k, self.k), self.low, self.high).astype(np.float32)
+        return np.clip(s.reshape(n, self.c, self.k, self.k), self.low, self.high).astype(np.float32)
 
 
 @lru_cache(maxsize=8)
@@ -470,8 +489,5 @@ def _sampler_cache(reference: str | None, preprocessing, k: int, ring: int, size
 
 def window_sampler(reference, preprocessing, k: int, ring: int, size, conditional: bool) -> WindowSampler:
     """The (cached) sampler for a window size on a model's inputs."""
-    if preprocessing.channels != 3:
-        raise OnnxplainError(f"the patch model windows are sampled from holds RGB statistics; this model reads "
-                             f"{preprocessing.channels}-channel images: use occlusion, rise, lime or kernelshap")
     return _sampler_cache(str(reference) if reference else None, preprocessing, k, ring, tuple(size), conditional)
 

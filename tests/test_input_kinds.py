@@ -121,3 +121,35 @@ def test_float64_inputs_are_fed_as_float32():
     x = RNG.random((2, 3, 8, 8)).astype(np.float32)
     assert m.pixels == "float64" and (m.deployed(x) == x).all()
     assert rel_err(_gradient(m, x), _gradient(reference, x / 255) / 255) < 1e-6  # the float model without the 1/255
+
+
+def test_patch_model_of_grey_and_rgba_inputs_is_the_rgb_one_mapped():
+    """PDA's window samples come from a Gaussian fitted on RGB patches; for grey models it is mapped through Pillow's
+    luma (how their images are read), for RGBA models alpha is a constant 1. Mean and covariance equal the RGB
+    Gaussian's pushed through that map (PDA refused these models before)."""
+    from onnxplain.perturb import LUMA, PatchGaussian, load_reference
+    from onnxplain.preprocess import Preprocessing
+    stats, size = load_reference(), 4
+    rgb = PatchGaussian(stats, Preprocessing(scale=1 / 255, channels=3))
+    grey = PatchGaussian(stats, Preprocessing(scale=1 / 255, mean=(0.5,), std=(0.25,), channels=1))
+    to_grey = np.kron(np.array([LUMA]), np.eye(size * size))
+    assert rel_err(grey.mean, (np.array(LUMA) @ rgb.mean - 0.5) / 0.25) < 1e-12
+    assert rel_err(grey.covariance(size), to_grey @ rgb.covariance(size) @ to_grey.T / 0.25 ** 2) < 1e-5
+    rgba = PatchGaussian(stats, Preprocessing(scale=1 / 255).for_channels(4))
+    assert rel_err(rgba.mean, np.append(rgb.mean, 1.0)) < 1e-12
+    cov = rgba.covariance(size)
+    n = 3 * size * size
+    assert rel_err(cov[:n, :n], rgb.covariance(size)) < 1e-5
+    assert np.abs(cov[n:, :n]).max() == 0 and np.abs(cov[n:, n:] - np.diag(np.diag(cov[n:, n:]))).max() == 0
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_pda_explains_grey_and_rgba_models(channels):
+    m = onnxplain.load(classifier(channels), preprocessing="unit", device="cpu")
+    x = RNG.random((1, channels, 8, 8)).astype(np.float32)
+    if channels == 4:
+        x[:, 3] = 1.0  # opaque
+    e = onnxplain.explain(m, x, "pda", target=2, window=2, samples=4, seed=0)
+    plain = onnxplain.explain(m, x, "pda", target=2, window=2, samples=4, seed=0, sampling="marginal")
+    assert e.maps.shape == (1, 8, 8) and np.isfinite(e.maps).all() and np.abs(e.maps).max() > 0
+    assert np.abs(e.maps - plain.maps).max() > 0  # conditioned on the ring, not the marginal
