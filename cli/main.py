@@ -253,7 +253,7 @@ def explain(model, images, methods, target, layer, out_dir, force, top_k, view, 
                         _report(m, images[i], e, j, k if several else None, top_k if k == n == 0 else 0,
                                 per_class[0][0])
                 if grid:
-                    save_png(grids[i], grid_of(found, j, view, colour_scale))
+                    save_png(grids[i], *grid_of(found, j, view, colour_scale))
                     click.echo(f"{images[i]}: grid -> {grids[i]}")
 
 
