@@ -213,6 +213,10 @@ def test_the_command_line_renders_views_scales_and_grids(tmp_path, photo_file):
     png = Image.open(tmp_path / "wide.grid.png")
     assert png.width == 3 * 330 + 2 * 8 and png.text["panels"].count(";") == 1
     assert Image.open(tmp_path / "wide.occlusion.png").text["method"] == "occlusion"
+    result = run("-t", "281,285", "--grid", "-o", str(tmp_path / "classes"))  # one method, two classes
+    assert result.exit_code == 0, result.output
+    png = Image.open(tmp_path / "classes" / "wide.grid.png")
+    assert png.width == 3 * 330 + 2 * 8 and all(f"gradcam {c} (" in png.text["panels"] for c in (281, 285))
     result = run("--view", "crop", "--colour-scale", "symmetric:90", "-o", str(tmp_path / "crop"))
     assert result.exit_code == 0, result.output
     png = Image.open(tmp_path / "crop" / "wide.gradcam.png")
