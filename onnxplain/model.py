@@ -24,6 +24,7 @@ from .passes import normalise
 from .passes.probe import SIDE
 from .passes.input_type import pixel_images
 from .passes.precision import PROMOTED
+from .passes.size import classifier_at_size
 from .preprocess import MODES, Preprocessing, preset
 from .rewrite.graph import Request, build, dynamic_batch, opset_of
 from .rewrite.layers import Tokens, channel_first, find_layers
@@ -296,6 +297,11 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     inp = _image_input(proto, model_path)
     sidecar = _sidecar(proto, model_path)
     pre = _preprocessing(inp, sidecar, preprocessing, pixels.get(inp.name))
+    if not decoder:  # (a detector's outputs are read by its decoder as they are)
+        proto, note = classifier_at_size(proto, inp.name, (1, 2) if pre.layout == "NHWC" else (2, 3), pre.size)
+        if note:
+            normalised += (("size", note),)
+            inp = _image_input(proto, model_path)
     probe = functools.cache(lambda: _probe(proto, inp, pre))
     wanted = output or sidecar.get("output")
     chosen = None if decoder else _score_output(proto, wanted, probabilities, probe)

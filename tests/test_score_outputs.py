@@ -116,3 +116,23 @@ def test_inspect_and_explain_take_output(tmp_path):
     assert "  pooled[1, 10]  class scores (logits): class targets" in result.output
     assert "  features[1, 384]  a vector per image (scores or an embedding): output targets" in result.output
     assert "'pooled' [1, 10, 1, 1] flattened to N×classes" in result.output
+
+
+def test_fully_convolutional_classifier_at_its_size():
+    """MTCNN P-Net's form: a free-size image to an N×2×H'×W' map of face/non-face scores (a Softmax over channels),
+    1×1 only at its training size. With that size in the preprocessing, the input is fixed to it (said in inspect),
+    the head flattened, and class c's gradient is the Conv's kernel for c, by definition; without, one line."""
+    w = RNG.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["s"]), helper.make_node("Softmax", ["s"], ["prob"], axis=1)], "fcn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 2, "H2", "W2"])], [numpy_helper.from_array(w, "w")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(OnnxplainError, match="no class-score output"):
+        onnxplain.load(proto, device="cpu", preprocessing={"preset": "unit", "size": [5, 5]})
+    m = onnxplain.load(proto, device="cpu", preprocessing={"preset": "unit", "size": [3, 3]})
+    assert m.num_classes == 2 and m.fixed_size and "fixed to 3x3" in dict(m.normalised)["size"]
+    x = RNG.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    for c in (0, 1):
+        np.testing.assert_allclose(input_gradient(m, x, c), np.broadcast_to(w[c], x.shape), rtol=1e-6)
+    np.testing.assert_allclose(forward(m, x), np.einsum("nchw,kchw->nk", x, w), rtol=1e-5, atol=1e-5)
