@@ -56,7 +56,7 @@ CNNS = [
     ("convnext_atto", 64, {}), ("efficientnet_b0", 64, {}), ("tf_efficientnet_b0", 64, {}),
     ("mobilenetv2_050", 64, {}), ("mobilenetv3_small_050", 64, {}), ("mobilenetv4_conv_small", 64, {}),
     ("mnasnet_small", 64, {}), ("densenet121", 64, {}), ("inception_v3", 96, {}), ("xception41", 64, {}),
-    ("vgg11", 64, {}), ("rexnet_100", 64, {}), ("cspresnet50", 64, {}), ("cs3darknet_s", 64, {}),
+    ("vgg11", 224, {}), ("rexnet_100", 64, {}), ("cspresnet50", 64, {}), ("cs3darknet_s", 64, {}),
     ("nf_resnet26", 64, {}), ("nf_regnet_b0", 64, {}), ("selecsls42b", 64, {}), ("mixnet_s", 64, {}),
     ("lcnet_050", 64, {}), ("ese_vovnet19b_dw", 64, {}), ("tresnet_m", 64, {}), ("hgnetv2_b0", 64, {}),
     ("repghostnet_050", 64, {}), ("mobileone_s0", 64, {}), ("gernet_s", 64, {}), ("inception_next_atto", 64, {}),
@@ -64,7 +64,7 @@ CNNS = [
 HYBRIDS = [
     ("efficientformer_l1", 224, {}), ("poolformer_s12", 64, {}), ("mobilevit_xxs", 64, {}),
     ("mobilevitv2_050", 64, {}), ("levit_128s", 224, {}), ("edgenext_xx_small", 64, {}),
-    ("fastvit_t8", 64, {}), ("efficientvit_b0", 64, {}), ("repvit_m0_9", 64, {}), ("coat_lite_tiny", 64, {}),
+    ("fastvit_t8", 64, {}), ("efficientvit_b0", 64, {}), ("repvit_m0_9", 64, {}), ("coat_lite_tiny", 224, {}),
     ("botnet26t_256", 64, {"img_size": 64}),
 ]
 VITS = [
