@@ -121,15 +121,16 @@ def test_inspect_and_explain_take_output(tmp_path):
 def test_fully_convolutional_classifier_at_its_size():
     """MTCNN P-Net's form: a free-size image to an N×2×H'×W' map of face/non-face scores (a Softmax over channels),
     1×1 only at its training size. With that size in the preprocessing, the input is fixed to it (said in inspect),
-    the head flattened, and class c's gradient is the Conv's kernel for c, by definition; without, one line."""
+    the head flattened, and class c's gradient is the Conv's kernel for c, by definition; at another size it stays
+    free (and is read as a map)."""
     w = RNG.standard_normal((2, 3, 3, 3)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("Conv", ["image", "w"], ["s"]), helper.make_node("Softmax", ["s"], ["prob"], axis=1)], "fcn",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
         [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 2, "H2", "W2"])], [numpy_helper.from_array(w, "w")])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    with pytest.raises(OnnxplainError, match="no class-score output"):
-        onnxplain.load(proto, device="cpu", preprocessing={"preset": "unit", "size": [5, 5]})
+    at5 = onnxplain.load(proto, device="cpu", preprocessing={"preset": "unit", "size": [5, 5]})
+    assert "size" not in dict(at5.normalised) and not at5.fixed_size  # 3×3 maps there: not a classifier
     m = onnxplain.load(proto, device="cpu", preprocessing={"preset": "unit", "size": [3, 3]})
     assert m.num_classes == 2 and m.fixed_size and "fixed to 3x3" in dict(m.normalised)["size"]
     x = RNG.standard_normal((2, 3, 3, 3)).astype(np.float32)
