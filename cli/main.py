@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
@@ -240,21 +242,32 @@ def explain(model, images, methods, target, layer, out_dir, force, top_k, view, 
                              "explain them into different --out folders")
     check_writable(files, force)
     m = _load(model, pre, device, probabilities, batch_size)
-    chunks = [range(i, min(i + batch_size, len(images))) for i in range(0, len(images), batch_size)]
-    with click.progressbar(chunks, label="explaining", file=sys.stderr, hidden=len(images) <= batch_size) as bar:
-        for chunk in bar:
-            tgt = None if classes[chunk[0]] is None else [classes[i] if several else classes[i][0] for i in chunk]
-            found = [onnxplain.explain(m, [images[i] for i in chunk], method=method, target=tgt, layer=layer,
-                                       **_with_progress(method, per_method[method])) for method in methods]
-            for j, i in enumerate(chunk):
-                for n, e in enumerate(found):
-                    for k, per_class in enumerate(outputs[i][e.method]):
-                        save(e, j, k, per_class, view, colour_scale)
-                        _report(m, images[i], e, j, k if several else None, top_k if k == n == 0 else 0,
-                                per_class[0][0])
-                if grid:
-                    save_png(grids[i], *grid_of(found, j, view, colour_scale))
-                    click.echo(f"{images[i]}: grid -> {grids[i]}")
+    tgt = None if classes[0] is None else [c if several else c[0] for c in classes]
+    chosen = [method_registry.get(method, **_with_progress(method, per_method[method])) for method in methods]
+    explained = onnxplain.explain_images(m, images, chosen, target=tgt, layer=layer)
+
+    def write(first, found):
+        for j in range(len(found[0].maps)):
+            i = first + j
+            for n, e in enumerate(found):
+                for k, per_class in enumerate(outputs[i][e.method]):
+                    save(e, j, k, per_class, view, colour_scale)
+                    _report(m, images[i], e, j, k if several else None, top_k if k == n == 0 else 0,
+                            per_class[0][0])
+            if grid:
+                save_png(grids[i], *grid_of(found, j, view, colour_scale))
+                click.echo(f"{images[i]}: grid -> {grids[i]}")
+
+    # a batch's files are written on another thread while the next batch runs; one batch at most waits its turn
+    with click.progressbar(explained, length=-(-len(images) // batch_size), label="explaining", file=sys.stderr,
+                           hidden=len(images) <= batch_size) as bar, ThreadPoolExecutor(max_workers=1) as writer:
+        waiting = deque()
+        for n, (_, found) in enumerate(bar):
+            waiting.append(writer.submit(write, n * batch_size, found))
+            if len(waiting) > 1:
+                waiting.popleft().result()
+        for done in waiting:
+            done.result()
 
 
 def _per_method(methods, params: dict) -> dict[str, dict]:

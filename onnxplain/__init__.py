@@ -7,10 +7,10 @@
 """
 from . import targets
 from .errors import OnnxplainError, UnsupportedOpError
-from .explain import Explanation, explain, prepare_images
+from .explain import Explanation, explain, explain_images, prepare_images
 from .methods import METHODS
 from .metrics import evaluate
 from .model import Model, load
 
-__all__ = ["METHODS", "Explanation", "Model", "OnnxplainError", "UnsupportedOpError", "evaluate", "explain", "load",
-           "prepare_images", "targets"]
+__all__ = ["METHODS", "Explanation", "Model", "OnnxplainError", "UnsupportedOpError", "evaluate", "explain",
+           "explain_images", "load", "prepare_images", "targets"]

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import reprlib
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -17,6 +19,7 @@ from .preprocess import MODES, Photo, prepare, to_view
 from .rewrite.graph import Request
 from .rewrite.layers import block_ends, default_layer, on_every_path
 from .targets import DetectionScores, detection_boxes, resolve
+from .runtime import prefetched
 
 
 @dataclass
@@ -213,8 +216,45 @@ def explain(model: Model, x, method: str = "saliency", target=None, layer: str |
     layer: the tensor a CAM method reads (default: the last tensor with spatial extent before global pooling).
     """
     m = methods.get(method, **params)
+    return _explain(model, *as_batch(model, x), m, target, layer, batch_size)
+
+
+def explain_images(model: Model, images, method="saliency", target=None, layer: str | None = None,
+                   batch_size: int | None = None, workers: int = 2, **params) -> Iterator[tuple[list, object]]:
+    """Explain images (paths, Pillow images, uint8 H×W×C arrays) `batch_size` at a time, yielding (the batch's
+    images, its Explanation) in order.
+
+    The next batches are read and preprocessed on `workers` threads while onnxruntime runs the current one, for
+    every method; at most `workers` batches are read ahead, so memory stays bounded however many files are given.
+    method: a name (with its `params`) or a Method; a list of them yields a list of Explanations per batch, every
+    method run on the batch read once. target: as `explain`'s, with a list of one entry per image sliced per batch
+    (a single entry applies to all). The methods, their parameters and the sizes are checked before this returns;
+    a file that cannot be read fails when its batch is reached.
+    """
+    several = isinstance(method, (list, tuple))
+    chosen = [m if isinstance(m, methods.Method) else methods.get(m, **params) for m in
+              (method if several else [method])]
+    if _is_image(images, np.issubdtype(np.dtype(model.pixels), np.integer)):
+        images = [images]
+    images = list(images)
     batch_size = model.batch_size if batch_size is None else whole("batch_size", batch_size)
-    inputs, photos = as_batch(model, x)
+    workers = whole("workers", workers)
+    per_image = isinstance(target, (list, tuple, np.ndarray)) and len(target) == len(images) > 1
+    chunks = [images[a:a + batch_size] for a in range(0, len(images), batch_size)]
+
+    def batches():
+        with closing(prefetched(lambda chunk: as_batch(model, chunk), chunks, workers, workers)) as read:
+            for a, chunk, (inputs, photos) in zip(range(0, len(images), batch_size), chunks, read):
+                part = target[a:a + len(chunk)] if per_image else target
+                found = [_explain(model, inputs, photos, m, part, layer, batch_size) for m in chosen]
+                yield chunk, found if several else found[0]
+    return batches()
+
+
+def _explain(model: Model, inputs: np.ndarray, photos, m: methods.Method, target, layer, batch_size) -> Explanation:
+    """`explain` of a batch that `as_batch` made (with its photos, or None), by the method `m`."""
+    method = m.name
+    batch_size = model.batch_size if batch_size is None else whole("batch_size", batch_size)
     views = [p.view for p in photos] if photos else [to_view(a, model.preprocessing) for a in inputs]
     given, model = model, model.for_batch(inputs)
     model, target = resolve(model, target, inputs)

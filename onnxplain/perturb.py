@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +24,7 @@ import numpy as np
 
 from .errors import OnnxplainError, writing
 from .rewrite.graph import Request
+from .runtime import prefetched
 
 SCORES = ("probability", "logit")
 REFERENCE = Path(__file__).resolve().parent / "data" / "reference_patches.npz"
@@ -136,12 +137,9 @@ def stream(scorer: Scorer, plans: list[Plan], batch_size: int, progress: Callabl
         return inputs, pieces
 
     consistent, saved = True, time.monotonic()
-    with (ThreadPoolExecutor(max_workers=1) if PREFETCH else _Serial()) as pool:
-        pending = pool.submit(make, *batches[0]) if batches else None
+    with closing(prefetched(lambda job: make(*job), batches)) as made:
         try:
-            for n, (a, b) in enumerate(batches):
-                inputs, pieces = pending.result()
-                pending = pool.submit(make, *batches[n + 1]) if n + 1 < len(batches) else None
+            for (a, b), (inputs, pieces) in zip(batches, made):
                 scores = scorer(inputs)
                 consistent, row = False, 0
                 for i, lo, hi, _, extra in pieces:
@@ -154,39 +152,11 @@ def stream(scorer: Scorer, plans: list[Plan], batch_size: int, progress: Callabl
                 if progress is not None:
                     progress(done, total)
         except BaseException:
-            if pending is not None:
-                pending.cancel()
             if checkpoint and consistent and done < total:
                 _save(checkpoint, key, done, plans)
             raise
     if checkpoint and Path(checkpoint).exists():
         Path(checkpoint).unlink()
-
-
-PREFETCH = True
-
-
-class _Serial:
-    """A stand-in for the worker thread: makes each batch when asked (for comparisons)."""
-
-    class _Done:
-        def __init__(self, value):
-            self.value = value
-
-        def result(self):
-            return self.value
-
-        def cancel(self):
-            pass
-
-    def submit(self, fn, *args):
-        return self._Done(fn(*args))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def fingerprint(*parts) -> str:

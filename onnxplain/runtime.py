@@ -6,8 +6,9 @@ import functools
 import io
 import threading
 import warnings
-from collections import OrderedDict
-from typing import Callable, Hashable
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Hashable, Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -181,3 +182,27 @@ class SessionCache:
         """The cached keys, least recently used first (a copy: other threads may add and evict meanwhile)."""
         with self._lock:
             return list(self._sessions)
+
+
+PREFETCH = True  # False: `prefetched` makes each item when it is asked for (for comparisons)
+
+
+def prefetched(make: Callable, jobs: Iterable, ahead: int = 1, workers: int = 1) -> Iterator:
+    """make(job) for each job, in order, made on `workers` threads up to `ahead` jobs before the consumer asks for
+    them: a batch is decoded or perturbed while onnxruntime runs the previous one. At most `ahead` + 1 results are
+    alive at a time (the one the consumer holds, and those made ahead); closing the iterator early cancels the rest.
+    """
+    jobs = iter(jobs)
+    if not PREFETCH:
+        yield from map(make, jobs)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = deque(pool.submit(make, job) for _, job in zip(range(ahead), jobs))
+        try:
+            while pending:
+                result = pending.popleft().result()
+                pending.extend(pool.submit(make, job) for _, job in zip(range(1), jobs))
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()

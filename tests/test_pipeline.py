@@ -1,0 +1,94 @@
+"""The pipelined batch path: files read on worker threads while the model runs, results written by another thread."""
+import threading
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import IMAGES, MOBILENET
+from onnxplain_cli.main import cli
+from PIL import Image
+
+import onnxplain
+from onnxplain.errors import OnnxplainError
+from onnxplain.runtime import prefetched
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Five different images: the two photos and crops of them (each image's map differs from the others')."""
+    root = tmp_path_factory.mktemp("folder")
+    paths = []
+    for i in range(5):
+        with Image.open(IMAGES[i % 2]) as im:
+            w, h = im.size
+            cut = im.crop((i * 20, i * 10, w - i * 15, h)) if i >= 2 else im.copy()
+        paths.append(root / f"image{i}.png")
+        cut.save(paths[-1])
+    return paths
+
+
+@pytest.mark.parametrize("method, params", [("gradcam", {}), ("ig", {"steps": 4}), ("occlusion", {"window": 112,
+                                                                                                  "stride": 112})])
+def test_batches_equal_explain_on_all_files_at_once(mobilenet, folder, method, params):
+    whole = onnxplain.explain(mobilenet, folder, method, target=[281, 967, 281, 967, 5], **params)
+    parts = list(onnxplain.explain_images(mobilenet, folder, method, target=[281, 967, 281, 967, 5], batch_size=2,
+                                          **params))
+    assert [list(p) for p, _ in parts] == [folder[0:2], folder[2:4], folder[4:5]]
+    for name in ("maps", "attributions", "targets", "logits"):
+        got = np.concatenate([getattr(e, name) for _, e in parts])
+        np.testing.assert_allclose(got, getattr(whole, name), rtol=1e-5, atol=1e-5 * np.abs(got).max())
+    assert sum((e.views for _, e in parts), []) and all(
+        (a == b).all() for a, b in zip(sum((e.views for _, e in parts), []), whole.views))
+
+
+def test_one_target_list_applies_to_every_batch(mobilenet, folder):
+    parts = list(onnxplain.explain_images(mobilenet, folder[:3], "gradcam", target=[[281, 967]], batch_size=2))
+    assert [e.targets.tolist() for _, e in parts] == [[[281, 967]] * 2, [[281, 967]]]
+
+
+def test_bad_parameters_fail_before_any_file_is_read_and_a_bad_file_at_its_batch(mobilenet, folder, tmp_path):
+    with pytest.raises(OnnxplainError, match="unknown method"):
+        onnxplain.explain_images(mobilenet, ["missing.png"], "nope")
+    with pytest.raises(OnnxplainError, match="workers must be"):
+        onnxplain.explain_images(mobilenet, folder, "gradcam", workers=0)
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image")
+    explained = onnxplain.explain_images(mobilenet, [*folder[:2], junk], "gradcam", batch_size=2)
+    assert len(next(explained)[0]) == 2
+    with pytest.raises(OnnxplainError, match="cannot read image"):
+        next(explained)
+
+
+def test_prefetched_keeps_order_and_makes_at_most_ahead_items_before_they_are_asked_for():
+    started, lock = [], threading.Lock()
+
+    def make(job):
+        with lock:
+            started.append(job)
+        return job * job
+
+    for ahead, workers in ((1, 1), (2, 2), (3, 1)):
+        started.clear()
+        gen = prefetched(make, range(20), ahead, workers)
+        got = []
+        for value in gen:
+            got.append(value)
+            with lock:  # the consumer holds len(got) results; at most `ahead` more are made or being made
+                assert len(started) <= len(got) + ahead
+            if len(got) == 7:
+                break
+        gen.close()  # what is not started yet is cancelled
+        assert got == [j * j for j in range(7)] and len(started) <= 7 + ahead
+
+
+def test_cli_over_many_files_writes_what_the_api_gives(mobilenet, folder, tmp_path):
+    result = CliRunner().invoke(cli, ["explain", str(MOBILENET), *map(str, folder), "-m", "gradcam",
+                                      "--batch-size", "2", "--device", "cpu", "-o", str(tmp_path)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert [line.split(":")[0] for line in result.output.splitlines() if "explained" in line] == list(map(str, folder))
+    e = onnxplain.explain(mobilenet, folder, "gradcam")
+    for path, expected in zip(folder, e.maps):
+        got = np.load(tmp_path / f"{path.stem}.gradcam.npy")
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        assert (tmp_path / f"{path.stem}.gradcam.png").is_file()
