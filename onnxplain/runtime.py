@@ -136,10 +136,88 @@ class Session:
             return self._by_rows[rows]
 
 
+    def run_resident(self, outputs: list[str], feeds: dict, keep: tuple[str, ...] = (),
+                     rows: int | None = None) -> list:
+        """One run on OrtValues: a feed is an array, or a value that an earlier run kept on the device (fed without
+        a copy); the outputs named in `keep` stay where onnxruntime made them, on the device, as OrtValues (to feed
+        a later run), the others come back as arrays. (`session.io_binding()` cannot bind the overridable `target`
+        input that the rewritten graphs have; OrtValue runs can.) With fixed rows (CUDA) the array feeds are padded
+        as `run` pads them, to the ladder's count below `rows` (the caller's chunk size): a kept output then has
+        those padded rows after its own. With RESIDENT off, or more rows than the session takes at once
+        (`max_batch`), it is the plain run: the same kernels, the same results."""
+        m = max(v.shape()[0] if isinstance(v, ort.OrtValue) else len(v) for v in feeds.values())
+        if not RESIDENT or (self.max_batch or m) < m:  # a model run one image at a time: in `run`'s chunks
+            return self.run(outputs, {k: v.numpy() if isinstance(v, ort.OrtValue) else v for k, v in feeds.items()})
+        padded = ladder(m, max(rows or m, m)) if self.fixed_rows else m
+        values = {k: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(
+            v if padded == m else np.concatenate([v, np.repeat(v[-1:], padded - m, axis=0)]))) for k, v in feeds.items()}
+        try:
+            got = self._session_for(padded).run_with_ort_values(outputs, values)
+        except OnnxplainError:
+            raise
+        except Exception as exc:
+            raise OnnxplainError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
+        return [v if name in keep else v.numpy()[:m] for name, v in zip(outputs, got)]
+
 def ladder(m: int, step: int) -> int:
     """The row count a chunk of m rows (of chunks of `step`) runs at: the smallest of 1, 2, 4, … and `step` ≥ m, so at
     most log2(step) + 2 counts and less than twice the work."""
     return min(1 << (m - 1).bit_length(), step)
+
+
+RESIDENT = True  # False: `Session.run_resident` is a plain run (for comparisons; the results are the same)
+
+
+class Sums:
+    """Running sums per image of weighted powers of row results, Σ_r w_r · part_r^p over the rows r of each image,
+    kept in float64 on the session's device. A small graph adds each chunk: a MatMul by the chunk's weighted
+    image-by-row selection sums its rows per image in float32, and ScatterND adds those sums to their images' (each
+    image once: onnxruntime's ScatterND adds repeated indices in parallel and loses some of the updates). Run on
+    OrtValues, the parts that a method's session kept on the device, and the sums, never leave it."""
+
+    def __init__(self, n: int, shape: tuple[int, ...], powers: tuple[int, ...], device: str):
+        if not set(powers) <= {1, 2}:
+            raise ValueError(f"Sums adds first and second powers, not {powers}")
+        self.shape, self.powers = tuple(shape), tuple(powers)
+        self.session = _summing(self.powers, device)
+        self.names = [f"sum{p}" for p in self.powers]
+        self.totals = [np.zeros((n, int(np.prod(shape))), np.float64) for _ in self.powers]
+
+    def add(self, rows: np.ndarray, weights: np.ndarray, part) -> None:
+        """Add the chunk `part` (an array or a kept device value, len(rows) × shape, or more rows: padding, left
+        out), row r weighted by weights[r], to the sums of images rows[r]."""
+        images, which = np.unique(np.asarray(rows, np.int64), return_inverse=True)
+        select = np.zeros((len(images), part.shape()[0] if isinstance(part, ort.OrtValue) else len(part)), np.float32)
+        select[which, np.arange(len(which))] = weights
+        feeds = dict(zip(self.names, self.totals), images=images.reshape(-1, 1), select=select, part=part)
+        outputs = [f"{n}_out" for n in self.names]
+        self.totals = self.session.run_resident(outputs, feeds, keep=tuple(outputs))
+
+    def result(self) -> list[np.ndarray]:
+        return [(t.numpy() if isinstance(t, ort.OrtValue) else t).reshape(-1, *self.shape) for t in self.totals]
+
+
+@functools.lru_cache(maxsize=8)
+def _summing(powers: tuple[int, ...], device: str) -> Session:
+    from onnx import TensorProto, helper
+    nodes = [helper.make_node("Constant", [], ["flat"], value=helper.make_tensor("f", TensorProto.INT64, [2], [0, -1])),
+             helper.make_node("Reshape", ["part", "flat"], ["x1"])]
+    inputs = [helper.make_tensor_value_info("part", TensorProto.FLOAT, None),
+              helper.make_tensor_value_info("images", TensorProto.INT64, ["u", 1]),
+              helper.make_tensor_value_info("select", TensorProto.FLOAT, ["u", "r"])]
+    outputs = []
+    for p in powers:
+        if p == 2:
+            nodes.append(helper.make_node("Mul", ["x1", "x1"], ["x2"]))
+        nodes += [helper.make_node("MatMul", ["select", f"x{p}"], [f"per_image{p}"]),
+                  helper.make_node("Cast", [f"per_image{p}"], [f"add{p}"], to=TensorProto.DOUBLE),
+                  helper.make_node("ScatterND", [f"sum{p}", "images", f"add{p}"], [f"sum{p}_out"], reduction="add")]
+        inputs.append(helper.make_tensor_value_info(f"sum{p}", TensorProto.DOUBLE, ["n", "d"]))
+        outputs.append(helper.make_tensor_value_info(f"sum{p}_out", TensorProto.DOUBLE, ["n", "d"]))
+    graph = helper.make_graph(nodes, "onnxplain_sums", inputs, outputs)
+    return Session(helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 18)]), device,
+                   fixed_rows=False)
+
 
 
 class SessionCache:

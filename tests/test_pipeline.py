@@ -9,6 +9,7 @@ from onnxplain_cli.main import cli
 from PIL import Image
 
 import onnxplain
+from onnxplain import runtime
 from onnxplain.errors import OnnxplainError
 from onnxplain.runtime import prefetched
 
@@ -92,3 +93,37 @@ def test_cli_over_many_files_writes_what_the_api_gives(mobilenet, folder, tmp_pa
         got = np.load(tmp_path / f"{path.stem}.gradcam.npy")
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
         assert (tmp_path / f"{path.stem}.gradcam.png").is_file()
+
+
+def test_sums_per_image_equal_their_definition_on_the_device_and_off_it(monkeypatch):
+    rng = np.random.default_rng(0)
+    shape = (3, 64, 64)  # large enough that onnxruntime splits a ScatterND over threads
+    rows = np.repeat([0, 1, 2], [3, 16, 2])  # image 1's rows span both chunks below
+    part, weights = rng.standard_normal((len(rows), *shape)).astype(np.float32), rng.random(len(rows))
+    expected = [np.zeros((3, *shape)), np.zeros((3, *shape))]
+    for r, (i, w) in enumerate(zip(rows, weights)):
+        expected[0][i] += w * part[r].astype(np.float64)
+        expected[1][i] += w * part[r].astype(np.float64) ** 2
+    for resident in (True, False, True, False):
+        monkeypatch.setattr(runtime, "RESIDENT", resident)
+        sums = runtime.Sums(3, shape, (1, 2), "cpu")
+        sums.add(rows[:12], weights[:12], part[:12])
+        sums.add(rows[12:], weights[12:], part[12:])
+        assert all(isinstance(t, runtime.ort.OrtValue) == resident for t in sums.totals)
+        for got, want in zip(sums.result(), expected):  # the rows of a chunk are summed in float32
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("method, params", [("ig", {"steps": 5}), ("smoothgrad", {"samples": 3}),
+                                            ("vargrad", {"samples": 3, "of": "gradxinput"})])
+def test_multi_pass_methods_give_the_same_results_with_values_kept_on_the_device(mobilenet, method, params,
+                                                                                   monkeypatch):
+    x = onnxplain.explain(mobilenet, IMAGES[:1], "saliency").attributions  # any two inputs of the right shape
+    x = np.concatenate([x * 40, -x * 30]).astype(np.float32)
+    results = {}
+    for resident in (True, False):
+        monkeypatch.setattr(runtime, "RESIDENT", resident)
+        results[resident] = onnxplain.explain(mobilenet, x, method, target=[281, 5], batch_size=4, **params)
+    for name in ("attributions", "maps"):
+        np.testing.assert_array_equal(getattr(results[True], name), getattr(results[False], name))
+    assert np.abs(results[True].attributions).max() > 0

@@ -1,6 +1,7 @@
 """Methods that read the gradient of the score with respect to the input."""
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Callable
 
@@ -11,6 +12,7 @@ from ..limits import check_memory
 from .. import perturb
 from ..perturb import top1
 from ..rewrite.graph import GRAD, TARGET, Request
+from ..runtime import Sums, prefetched
 from .base import Method
 
 
@@ -85,16 +87,19 @@ class IntegratedGradients(Method):
         base = perturb.references(inputs, model.layout, self.baseline, self.name)
         logits = forward(model, np.concatenate([inputs, base]), batch_size)
         used = top1(targets, logits[:n])
-        alphas, weights = (v.reshape(-1, 1, 1, 1).astype(np.float32) for v in quadrature(self.rule, self.steps))
+        alphas, weights = quadrature(self.rule, self.steps)
+        alphas = alphas.reshape(-1, 1, 1, 1).astype(np.float32)
         path = inputs - base
         session = model.session(input_gradient(model))
+        gradient, size = GRAD.format(model.input), self.internal_batch_size or batch_size
 
-        def weighted_gradients(i, k):
-            points = base[i] + alphas[k] * path[i]
-            gradient, = session.run([GRAD.format(model.input)], {model.input: points, TARGET: used[i]})
-            return (weights[k] * gradient,)
+        def points(i, k):  # on a worker thread, while the previous chunk runs
+            return {model.input: base[i] + alphas[k] * path[i], TARGET: used[i]}, weights[k]
 
-        total, = sums_per_image(n, self.steps, self.internal_batch_size or batch_size, weighted_gradients)
+        def weighted_gradients(feeds):  # kept on the session's device, and summed there
+            return session.run_resident([gradient], feeds, keep=(gradient,), rows=size)[0]
+
+        total, = sums_per_image(n, self.steps, size, inputs.shape[1:], points, weighted_gradients, session.device)
         attributions = (path * total).astype(np.float32)
         rows = np.arange(n)
         y, y0 = logits[rows, used], logits[n + rows, used]
@@ -132,17 +137,16 @@ def check_batch_size(method: Method) -> None:
         raise OnnxplainError(f"{method.name}: internal_batch_size must be a positive integer, not {size!r}")
 
 
-def sums_per_image(n: int, k: int, size: int, evaluate: Callable) -> list[np.ndarray]:
-    """Σ_j evaluate(i, j) over j < k for each image i < n, with the n·k evaluations run `size` at a time across
-    images: evaluate(i, j) gets the index arrays of one chunk and returns arrays with one row per (i, j) pair."""
-    sums = None
+def sums_per_image(n: int, k: int, size: int, shape: tuple[int, ...], make: Callable, evaluate: Callable,
+                   device: str, powers: tuple[int, ...] = (1,)) -> list[np.ndarray]:
+    """Σ_j w_ij · A_ij^p over j < k for each image i < n and each power p, the n·k rows run `size` at a time
+    across images. make(i, j) gets the index arrays of one chunk and returns (what `evaluate` takes, the weights w
+    per row); it runs on a worker thread, one chunk ahead of `evaluate`, which returns the chunk's rows A (shaped
+    `shape` each): an array, or a value its session kept on `device`, where the sums stay (`runtime.Sums`)."""
+    sums = Sums(n, shape, powers, device)
     flat = np.arange(n * k)
-    for a in range(0, n * k, size):
-        i, j = np.divmod(flat[a:a + size], k)
-        starts = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])
-        parts = evaluate(i, j)
-        if sums is None:
-            sums = [np.zeros((n, *p.shape[1:])) for p in parts]
-        for total, part in zip(sums, parts):
-            total[i[starts]] += np.add.reduceat(part, starts, axis=0)
-    return sums
+    chunks = [np.divmod(flat[a:a + size], k) for a in range(0, n * k, size)]
+    with closing(prefetched(lambda chunk: (chunk[0], *make(*chunk)), chunks)) as made:
+        for i, fed, weights in made:
+            sums.add(i, np.broadcast_to(weights, i.shape), evaluate(fed))
+    return sums.result()

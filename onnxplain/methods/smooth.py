@@ -7,6 +7,7 @@ import numpy as np
 
 from ..errors import OnnxplainError
 from ..perturb import top1
+from ..rewrite.graph import TARGET
 from .base import Method, get
 from .gradient import check_batch_size, sums_per_image
 
@@ -65,12 +66,24 @@ class NoiseTunnel(Method):
         logits = forward(model, inputs, batch_size)
         used = top1(targets, logits)
 
-        def moments(i, j):
-            a = inner.run(model, self.noisy(inputs, i, j), used[i], layer, len(i))[0].astype(np.float64)
-            return a, a * a
+        def noisy(i, j):  # on a worker thread, while the previous chunk runs
+            return (self.noisy(inputs, i, j), used[i]), 1.0
 
-        mean, mean_sq = (s / self.samples for s in sums_per_image(len(inputs), self.samples,
-                                                                   self.internal_batch_size or batch_size, moments))
+        if inner.one_graph:  # its attributions kept on the session's device, and summed there
+            session = model.session(inner.request(model, layer))
+
+            def attributions(fed):
+                x, t = fed
+                return session.run_resident(["attributions"], {model.input: x, TARGET: t}, keep=("attributions",))[0]
+            device = session.device
+        else:
+            def attributions(fed):
+                return inner.run(model, *fed, layer, len(fed[0]))[0]
+            device = "cpu"
+
+        mean, mean_sq = (s / self.samples for s in sums_per_image(
+            len(inputs), self.samples, self.internal_batch_size or batch_size, inputs.shape[1:], noisy, attributions,
+            device, powers=(1, 2)))
         attributions = self.statistic(mean, mean_sq)
         maps = inner.reduce_channels(attributions, model.channel_axis)
         return attributions.astype(np.float32), maps.astype(np.float32), logits, used
