@@ -149,8 +149,9 @@ class Session:
         if not RESIDENT or (self.max_batch or m) < m:  # a model run one image at a time: in `run`'s chunks
             return self.run(outputs, {k: v.numpy() if isinstance(v, ort.OrtValue) else v for k, v in feeds.items()})
         padded = ladder(m, max(rows or m, m)) if self.fixed_rows else m
-        values = {k: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(
-            v if padded == m else np.concatenate([v, np.repeat(v[-1:], padded - m, axis=0)]))) for k, v in feeds.items()}
+        pad = (lambda v: v) if padded == m else (lambda v: np.concatenate([v, np.repeat(v[-1:], padded - m, axis=0)]))
+        values = {k: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(pad(v)))
+                  for k, v in feeds.items()}
         try:
             got = self._session_for(padded).run_with_ort_values(outputs, values)
         except OnnxplainError:
@@ -158,6 +159,7 @@ class Session:
         except Exception as exc:
             raise OnnxplainError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
         return [v if name in keep else v.numpy()[:m] for name, v in zip(outputs, got)]
+
 
 def ladder(m: int, step: int) -> int:
     """The row count a chunk of m rows (of chunks of `step`) runs at: the smallest of 1, 2, 4, … and `step` ≥ m, so at

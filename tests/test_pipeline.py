@@ -127,3 +127,15 @@ def test_multi_pass_methods_give_the_same_results_with_values_kept_on_the_device
     for name in ("attributions", "maps"):
         np.testing.assert_array_equal(getattr(results[True], name), getattr(results[False], name))
     assert np.abs(results[True].attributions).max() > 0
+
+
+def test_rows_of_a_model_that_runs_one_image_at_a_time_are_not_run_together(tmp_path):
+    """Dynamic quantisation takes its range from the whole batch: such a model's IG and SmoothGrad rows run one at a
+    time on the resident path too, so an image's result does not depend on the rows beside it."""
+    from test_quantised import IMAGES as SMALL, _quantised
+    with pytest.warns(UserWarning, match="straight through"):
+        m = onnxplain.load(_quantised(tmp_path, "dynamic"), preprocessing="unit", device="cpu")
+        for method, params in (("ig", {"steps": 3}), ("smoothgrad", {"samples": 3})):
+            together = onnxplain.explain(m, SMALL, method, target=3, batch_size=8, **params).attributions
+            alone = onnxplain.explain(m, SMALL, method, target=3, batch_size=1, **params).attributions
+            np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6 * np.abs(alone).max())

@@ -69,21 +69,17 @@ class NoiseTunnel(Method):
         def noisy(i, j):  # on a worker thread, while the previous chunk runs
             return (self.noisy(inputs, i, j), used[i]), 1.0
 
-        if inner.one_graph:  # its attributions kept on the session's device, and summed there
-            session = model.session(inner.request(model, layer))
+        session = model.session(inner.request(model, layer)) if inner.one_graph else None
 
-            def attributions(fed):
-                x, t = fed
-                return session.run_resident(["attributions"], {model.input: x, TARGET: t}, keep=("attributions",))[0]
-            device = session.device
-        else:
-            def attributions(fed):
-                return inner.run(model, *fed, layer, len(fed[0]))[0]
-            device = "cpu"
+        def attributions(fed):  # a one-graph method's are kept on the session's device, and summed there
+            x, t = fed
+            if session is None:  # a method of several passes (IG) runs them
+                return inner.run(model, x, t, layer, len(x))[0]
+            return session.run_resident(["attributions"], {model.input: x, TARGET: t}, keep=("attributions",))[0]
 
         mean, mean_sq = (s / self.samples for s in sums_per_image(
             len(inputs), self.samples, self.internal_batch_size or batch_size, inputs.shape[1:], noisy, attributions,
-            device, powers=(1, 2)))
+            session.device if session else "cpu", powers=(1, 2)))
         attributions = self.statistic(mean, mean_sq)
         maps = inner.reduce_channels(attributions, model.channel_axis)
         return attributions.astype(np.float32), maps.astype(np.float32), logits, used
