@@ -28,8 +28,8 @@ def folder(tmp_path_factory):
     return paths
 
 
-@pytest.mark.parametrize("method, params", [("gradcam", {}), ("ig", {"steps": 4}), ("occlusion", {"window": 112,
-                                                                                                  "stride": 112})])
+@pytest.mark.parametrize("method, params", [("gradcam", {}), ("ig", {"steps": 4}), ("smoothgrad", {"samples": 3}),
+                                            ("occlusion", {"window": 112, "stride": 112})])
 def test_batches_equal_explain_on_all_files_at_once(mobilenet, folder, method, params):
     whole = onnxplain.explain(mobilenet, folder, method, target=[281, 967, 281, 967, 5], **params)
     parts = list(onnxplain.explain_images(mobilenet, folder, method, target=[281, 967, 281, 967, 5], batch_size=2,

@@ -18,11 +18,12 @@ class NoiseTunnel(Method):
 
     of: the wrapped method, by name (saliency, gradxinput, ig, a modified-rule method) or as a Method instance
     (e.g. `methods.get("ig", steps=16)`). sigma: σ as a fraction of the image's value range (max − min), Smilkov et
-    al.'s noise level. The noise of image i and sample j is drawn from the seed (seed, i, j): the same whatever the
-    batch size. Classes are chosen on the clean images. The noisy copies of all images run through the wrapped
-    method's cached session, `internal_batch_size` at a time (default: the batch size). The map is the wrapped
-    method's reduction over channels applied to the statistic, on the host: max |·| for the gradient magnitudes
-    (saliency, guided backprop, deconvnet), the signed sum for the others.
+    al.'s noise level. The noise of sample j is drawn from the seed (seed, j) for every image: the same whatever
+    the batch size, and whichever images are explained together. Classes are chosen on the clean images. The
+    noisy copies of all images run through the wrapped method's cached session, `internal_batch_size` at a time
+    (default: the batch size). The map is the wrapped method's reduction over channels applied to the statistic,
+    on the host: max |·| for the gradient magnitudes (saliency, guided backprop, deconvnet), the signed sum for
+    the others.
     """
 
     group = "gradients"
@@ -53,12 +54,16 @@ class NoiseTunnel(Method):
         raise NotImplementedError
 
     def noisy(self, inputs: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """x_i + ε_ij for the (image, sample) pairs (i, j), ε_ij of standard deviation sigma·(max x_i − min x_i)."""
+        """x_i + s_i ε_j for the (image, sample) pairs (i, j): ε_j standard normal from the seed (seed, j), the same
+        for every image, so that an image's result does not depend on the others explained with it (nor on its
+        place among them), and each ε_j is drawn once per chunk however many images share it; s_i = sigma·(max x_i
+        − min x_i)."""
         x = inputs[i]
         std = self.sigma * (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))
-        eps = np.stack([np.random.default_rng((self.seed, a, b)).standard_normal(x.shape[1:], np.float32)
-                        for a, b in zip(i, j)])
-        return x + std.reshape(-1, 1, 1, 1).astype(np.float32) * eps
+        samples, which = np.unique(j, return_inverse=True)
+        eps = np.stack([np.random.default_rng((self.seed, int(s))).standard_normal(x.shape[1:], np.float32)
+                        for s in samples])
+        return x + std.reshape(-1, 1, 1, 1).astype(np.float32) * eps[which]
 
     def run(self, model, inputs, targets, layer, batch_size):
         from ..explain import forward  # explain imports the methods
