@@ -139,3 +139,13 @@ def test_rows_of_a_model_that_runs_one_image_at_a_time_are_not_run_together(tmp_
             together = onnxplain.explain(m, SMALL, method, target=3, batch_size=8, **params).attributions
             alone = onnxplain.explain(m, SMALL, method, target=3, batch_size=1, **params).attributions
             np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6 * np.abs(alone).max())
+
+
+def test_a_list_of_methods_runs_each_on_the_batch_read_once(mobilenet, folder):
+    ig = onnxplain.methods.get("ig", steps=3)
+    parts = list(onnxplain.explain_images(mobilenet, folder[:3], ["gradcam", ig], target=281, batch_size=2))
+    assert [[e.method for e in found] for _, found in parts] == [["gradcam", "ig"]] * 2
+    for method, params, n in (("gradcam", {}, 0), ("ig", {"steps": 3}, 1)):
+        whole = onnxplain.explain(mobilenet, folder[:3], method, target=281, **params)
+        got = np.concatenate([found[n].maps for _, found in parts])
+        np.testing.assert_allclose(got, whole.maps, rtol=1e-5, atol=1e-5 * np.abs(got).max())
