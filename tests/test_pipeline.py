@@ -149,3 +149,23 @@ def test_a_list_of_methods_runs_each_on_the_batch_read_once(mobilenet, folder):
         whole = onnxplain.explain(mobilenet, folder[:3], method, target=281, **params)
         got = np.concatenate([found[n].maps for _, found in parts])
         np.testing.assert_allclose(got, whole.maps, rtol=1e-5, atol=1e-5 * np.abs(got).max())
+
+
+@pytest.mark.parametrize("method, params", [("ig", {"steps": 7}), ("smoothgrad", {"samples": 7})])
+def test_padded_row_counts_on_the_resident_path_leave_the_results_unchanged(method, params, monkeypatch):
+    """On CUDA each session runs fixed row counts: a chunk of 3 rows runs as 4, the padded row kept on the device
+    with the rest and given weight 0 in the sums. Forced here on the CPU."""
+    import functools
+
+    from onnxplain import model as model_module
+    from conftest import zoo
+    m, ref = zoo("resnet")
+    x = ref["x"][:1]
+    want = onnxplain.explain(m, x, method, target=1, batch_size=4, **params)
+    monkeypatch.setattr(model_module, "Session", functools.partial(runtime.Session, fixed_rows=True))
+    fixed, _ = zoo("resnet")  # a fresh model: its sessions made in fixed-row mode
+    got = onnxplain.explain(fixed, x, method, target=1, batch_size=4, **params)  # chunks of 4 and 3 rows
+    counts = [sorted(s._by_rows) for s in fixed._sessions._sessions.values()]
+    assert [4] in counts and not any(3 in c for c in counts), counts  # the gradient rows ran as 4 and 4
+    np.testing.assert_allclose(got.attributions, want.attributions, rtol=1e-5,
+                               atol=1e-6 * np.abs(want.attributions).max())

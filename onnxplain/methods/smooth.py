@@ -75,15 +75,17 @@ class NoiseTunnel(Method):
             return (self.noisy(inputs, i, j), used[i]), 1.0
 
         session = model.session(inner.request(model, layer)) if inner.one_graph else None
+        size = self.internal_batch_size or batch_size
 
         def attributions(fed):  # a one-graph method's are kept on the session's device, and summed there
             x, t = fed
             if session is None:  # a method of several passes (IG) runs them
                 return inner.run(model, x, t, layer, len(x))[0]
-            return session.run_resident(["attributions"], {model.input: x, TARGET: t}, keep=("attributions",))[0]
+            return session.run_resident(["attributions"], {model.input: x, TARGET: t}, keep=("attributions",),
+                                        rows=size)[0]
 
         mean, mean_sq = (s / self.samples for s in sums_per_image(
-            len(inputs), self.samples, self.internal_batch_size or batch_size, inputs.shape[1:], noisy, attributions,
+            len(inputs), self.samples, size, inputs.shape[1:], noisy, attributions,
             session.device if session else "cpu", powers=(1, 2)))
         attributions = self.statistic(mean, mean_sq)
         maps = inner.reduce_channels(attributions, model.channel_axis)
