@@ -104,13 +104,8 @@ class Session:
             m = min(step, n - start)
             rows = ladder(m, top) if self.fixed_rows else m
             if rows > m:
-                chunk = {k: np.concatenate([v, np.repeat(v[-1:], rows - m, axis=0)]) for k, v in chunk.items()}
-            try:
-                out = self._session_for(rows).run(outputs, chunk)
-            except OnnxplainError:
-                raise
-            except Exception as exc:
-                raise OnnxplainError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
+                chunk = {k: padded(v, rows) for k, v in chunk.items()}
+            out = self._on_rows(rows, "run", outputs, chunk)
             parts.append([o[:m] for o in out] if rows > m else out)
         if len(parts) == 1:
             return parts[0]
@@ -135,6 +130,14 @@ class Session:
             self._by_rows.move_to_end(rows)
             return self._by_rows[rows]
 
+    def _on_rows(self, rows: int, call: str, *args):
+        """onnxruntime's `call` (run, run_with_ort_values) of the session of `rows` rows; its failure in one line."""
+        try:
+            return getattr(self._session_for(rows), call)(*args)
+        except OnnxplainError:
+            raise
+        except Exception as exc:
+            raise OnnxplainError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
 
     def run_resident(self, outputs: list[str], feeds: dict, keep: tuple[str, ...] = (),
                      rows: int | None = None) -> list:
@@ -148,17 +151,16 @@ class Session:
         m = max(v.shape()[0] if isinstance(v, ort.OrtValue) else len(v) for v in feeds.values())
         if not RESIDENT or (self.max_batch or m) < m:  # a model run one image at a time: in `run`'s chunks
             return self.run(outputs, {k: v.numpy() if isinstance(v, ort.OrtValue) else v for k, v in feeds.items()})
-        padded = ladder(m, max(rows or m, m)) if self.fixed_rows else m
-        pad = (lambda v: v) if padded == m else (lambda v: np.concatenate([v, np.repeat(v[-1:], padded - m, axis=0)]))
-        values = {k: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(pad(v)))
-                  for k, v in feeds.items()}
-        try:
-            got = self._session_for(padded).run_with_ort_values(outputs, values)
-        except OnnxplainError:
-            raise
-        except Exception as exc:
-            raise OnnxplainError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
+        count = ladder(m, max(rows or m, m)) if self.fixed_rows else m
+        values = {k: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(
+            np.ascontiguousarray(padded(v, count) if count > m else v)) for k, v in feeds.items()}
+        got = self._on_rows(count, "run_with_ort_values", outputs, values)
         return [v if name in keep else v.numpy()[:m] for name, v in zip(outputs, got)]
+
+
+def padded(v: np.ndarray, rows: int) -> np.ndarray:
+    """`v` with its last row repeated up to `rows` rows."""
+    return np.concatenate([v, np.repeat(v[-1:], rows - len(v), axis=0)])
 
 
 def ladder(m: int, step: int) -> int:
