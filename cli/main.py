@@ -1,6 +1,7 @@
 """onnxplain command line: inspect, explain, methods, export."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import warnings
@@ -12,12 +13,17 @@ import click
 import numpy as np
 
 import onnxplain
+from onnxplain import manifest as run_manifest
 from onnxplain import methods as method_registry
 from onnxplain import targets
 from onnxplain.detection import DECODERS
 from onnxplain.errors import OnnxplainError
-from onnxplain.explain import candidate_layers, cam_layer
+from onnxplain.explain import as_targets, candidate_layers, cam_layer
 from onnxplain.export import export as export_graph
+from onnxplain.files import image_paths, output_stems, sha256
+from onnxplain.labels import resolve
+from onnxplain.methods import DEFAULT as DEFAULT_METHOD
+from onnxplain.model import _dims
 from onnxplain.preprocess import PRESETS
 from onnxplain.render import VIEWS, check_writable, file_names, save, save_png
 from onnxplain.render import colour_scale as colour_scale_of
@@ -25,6 +31,9 @@ from onnxplain.render import grid as grid_of
 from onnxplain.rewrite.graph import opset_of, unsupported_ops
 
 MODEL = click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+IMAGES = click.argument("images", nargs=-1, required=True)  # files, folders, glob patterns: see files.image_paths
+JSON = click.option("--json", "as_json", is_flag=True,
+                    help="Print one JSON document on stdout (and nothing else there) instead of text.")
 DEVICE = click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
 _PREPROCESSING = [
     click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Preprocessing preset (the flags below "
@@ -63,6 +72,9 @@ QUANTIZED = click.option("--quantized", type=click.Choice(["ste", "exact"]), def
 BATCH = click.option("--batch-size", type=click.IntRange(1, 65536), default=16, show_default=True,
                      help="Images (or perturbed copies) per model run.")
 PROBS = click.option("--probabilities", is_flag=True, help="Explain the Softmax output rather than its input logits.")
+LABELS = click.option("--labels", "labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                      help="Class names: one per line, or JSON (a list, or an object {index: name}); default: the "
+                           "sidecar's, else the model's metadata (labels, classes, names, character).")
 PARAM = click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
                      help="Method parameter, repeatable (e.g. -p masks=2000 -p baseline=blur); see the method's docs.")
 
@@ -115,16 +127,49 @@ def _with_progress(method: str, params: dict) -> dict:
 
 
 def _load(model: Path, pre: dict, device: str = "auto", probabilities: bool = False, batch_size: int = 16):
-    """Load `model` with the preprocessing options and --output found in `pre` (the command's other options)."""
+    """Load `model` with the preprocessing options, --output, --decoder and --labels found in `pre` (the command's
+    other options); say in one line on stderr when the preprocessing is a guess."""
     output, quantized, decoder = pre.pop("output", None), pre.pop("quantized", "ste"), pre.pop("decoder", None)
-    return onnxplain.load(model, preprocessing=_preprocessing(pre), device=device, probabilities=probabilities,
-                          batch_size=batch_size, output=output, quantized=quantized, decoder=decoder)
+    labels = pre.pop("labels", None)
+    m = onnxplain.load(model, preprocessing=_preprocessing(pre), device=device, probabilities=probabilities,
+                       batch_size=batch_size, output=output, quantized=quantized, decoder=decoder, labels=labels)
+    if m.preprocessing_guessed:
+        p = m.preprocessing
+        size = f"{p.size[0]}x{p.size[1]}" if p.size else "the input's size"
+        _note(f"note: no preprocessing in {model.with_suffix('.json').name} or the model's metadata; guessed: "
+              f"resize to {size}, pixels times {p.scale:.6g}, mean {list(p.mean)}, std {list(p.std)}, "
+              f"{p.channel_order} (give --preset or --mean/--std/--scale if the model was trained otherwise)")
+    return m
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _note(line: str) -> None:
+    """A note or warning for stderr, held until the command's checks have passed (`_flush_notes`): a refused
+    command says one line, its error."""
+    click.get_current_context().meta.setdefault("notes", []).append(line)
+
+
+def _flush_notes() -> None:
+    for line in click.get_current_context().meta.pop("notes", []):
+        click.echo(line, err=True)
+
+
+class _Group(click.Group):
+    """The command group, keeping the arguments it was given (for the run manifest)."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta["argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="onnxplain")
 def cli():
     """Explain image classifiers from their exported ONNX file."""
+
+
+@cli.result_callback()
+def _done(*args, **kwargs):
+    _flush_notes()
 
 
 @cli.command()
@@ -132,11 +177,17 @@ def cli():
 @PREPROCESSING
 @OUTPUT
 @QUANTIZED
-def inspect(model, **pre):
+@LABELS
+@JSON
+def inspect(model, as_json, **pre):
     """Show inputs, outputs, preprocessing, CAM layers and ops without a gradient rule."""
     m = _load(model, pre)
+    d = _described(m)
+    if as_json:
+        click.echo(json.dumps(d, ensure_ascii=False))
+        return
     p = m.preprocessing
-    click.echo(f"model      {model}  (opset {opset_of(m.proto)}, {len(m.proto.graph.node)} nodes)")
+    click.echo(f"model      {model}  (opset {d['opset']}, {d['nodes']} nodes)")
     size = f"{p.size[0]}x{p.size[1]}" if p.size else "any size"
     click.echo(f"input      {m.input}  {m.layout}  {size}" + ("" if m.fixed_size else "  (height and width dynamic)"))
     if m.head is None:
@@ -148,63 +199,119 @@ def inspect(model, **pre):
         click.echo("outputs    (choose another with --output NAME, or a target with -t)")
         for name, shape, guess in targets.guesses(m):
             click.echo(f"  {name}{list(shape)}  {guess}")
-    click.echo(f"labels     {'%d names' % len(m.labels) if m.labels else 'none'}")
+    click.echo(f"labels     {'%d names (%s)' % (len(m.labels), m.labels_from) if m.labels else 'none'}")
     for name, note in m.normalised:  # what the load passes did
         click.echo(f"{name:<10} {note}")
     click.echo(f"preprocess resize {p.resize or 'direct'} -> {size} {p.interpolation}, "
-               f"scale {p.scale:.6g}, mean {list(p.mean)}, std {list(p.std)}, {p.channel_order}")
+               f"scale {p.scale:.6g}, mean {list(p.mean)}, std {list(p.std)}, {p.channel_order} "
+               f"({m.preprocessing_from})")
     if p.size is None:
         click.echo("CAM layers: give the input size (--size H W) to list them")
     else:
         if m.shapes_note:
             click.echo(f"shapes     {m.shapes_note}")
-        default = cam_layer(m, None)
         click.echo("CAM layers (block ends; * = default):")
-        for name in dict.fromkeys(candidate_layers(m) + [default]):
-            click.echo(f"  {'*' if name == default else ' '} {name}")
+        for name in d["cam_layers"]:
+            click.echo(f"  {'*' if name == d['default_layer'] else ' '} {name}")
     if m.quantisers:
         click.echo(f"quantised  {m.quantisers} quantisers: " + (
             "gradients pass straight through each within its range (straight-through estimator; --quantized exact "
             "refuses)" if m.straight_through else "exact gradients (zero through each quantiser)"))
-    missing = unsupported_ops(m.proto, m.input, m.score, m.straight_through)
-    if missing:
+    if d["ops_without_rule"]:
         click.echo("ops between input and score without a gradient rule (white-box methods fail; black-box methods "
                    "work):")
-        for op, nodes in missing.items():
+        for op, nodes in d["ops_without_rule"].items():
             click.echo(f"    {op}: {len(nodes)} node(s), e.g. '{nodes[0]}'")
     else:
         click.echo("gradient rules: every op between input and score has one")
 
 
+def _described(m) -> dict:
+    """What `inspect` shows, as JSON data."""
+    default = cam_layer(m, None) if m.preprocessing.size else None
+    return {"model": run_manifest.model_record(m), "opset": opset_of(m.proto), "nodes": len(m.proto.graph.node),
+            "layout": m.layout, "size": list(m.preprocessing.size) if m.preprocessing.size else None,
+            "size_dynamic": not m.fixed_size, "score_why": m.score_why,
+            "output": m.output or None, "score": m.score or None, "classes": m.num_classes,
+            "head": None if m.head is None else type(m.head).__name__,
+            "outputs": [{"name": o.name, "shape": [d or None for d in _dims(o)]}
+                        for o in (m.bare or m.proto).graph.output],
+            "output_guesses": [{"name": name, "shape": list(shape), "guess": guess} for name, shape, guess in
+                               targets.guesses(m)] if len(m.proto.graph.output) > 1 or m.head is not None else [],
+            "labels": m.labels, "load_passes": dict(m.normalised), "shapes": m.shapes_note if default else None,
+            "cam_layers": list(dict.fromkeys(candidate_layers(m) + [default])) if default else [],
+            "default_layer": default, "quantisers": m.quantisers, "straight_through": m.straight_through,
+            "ops_without_rule": unsupported_ops(m.proto, m.input, m.score, m.straight_through)}
+
+
 @cli.command()
-def methods():
-    """List the explanation methods, grouped by what they use."""
-    width = max(len(name) for name in method_registry.METHODS)
+@click.argument("names", nargs=-1)
+@click.option("--size", type=int, nargs=2, metavar="H W", default=(224, 224), show_default=True,
+              help="Input size the model passes per image are counted at.")
+@JSON
+def methods(names, size, as_json):
+    """List the explanation methods (or the NAMES given), grouped by what they use, with their parameters and
+    defaults and the model passes one image costs."""
+    for name in names:
+        method_registry.get(name)  # unknown names refused in one line
+    chosen = [c for c in method_registry.METHODS.values() if not names or c.name in names]
+    described = [_method(c, tuple(size)) for c in chosen]
+    if as_json:
+        click.echo(json.dumps(described, ensure_ascii=False))
+        return
+    width = max(len(d["name"]) for d in described)
     for group, title in method_registry.GROUPS.items():
-        members = [c for c in method_registry.METHODS.values() if c.group == group]
+        members = [d for d in described if d["group"] == group]
         if members:
             click.echo(f"{title}:")
-            for c in members:
-                click.echo(f"  {c.name:<{width}}  {c.summary}{'' if c.one_graph else '  (several passes)'}"
-                           f"{'' if c.targets == 'any' else f'  [{method_registry.TARGET_KINDS[c.targets]}]'}")
+        for d in members:
+            kind = "" if d["targets"] == "any" else f"  [{method_registry.TARGET_KINDS[d['targets']]}]"
+            click.echo(f"  {d['name']:<{width}}  {d['summary']}{'' if d['one_graph'] else '  (several passes)'}{kind}")
+            params = "  ".join(f"{k}={v!r}" for k, v in d["parameters"].items())
+            passes = d["model_passes"]
+            cost = (f"{passes:,} model pass{'es' if passes > 1 else ''} per image at {size[0]}x{size[1]}"
+                    if passes is not None else "model passes per image: one per channel of the layer(s)")
+            click.echo(f"  {'':<{width}}  {cost}" + (f"  (slow: over {SLOW:,})" if d["slow"] else ""))
+            if params:
+                click.echo(f"  {'':<{width}}  {params}")
     click.echo(f"\nEvery method not marked explains {method_registry.TARGET_KINDS['any']} (-t; see `onnxplain "
                f"explain --help`).")
 
 
+def _method(cls, size) -> dict:
+    """A method as data: name, group, summary, parameters with their defaults (from the class), passes per image."""
+    from dataclasses import MISSING, fields
+    defaults = cls()
+    passes = defaults.model_passes(size)
+    return {"name": cls.name, "group": cls.group, "summary": cls.summary, "one_graph": cls.one_graph,
+            "at_layer": cls.at_layer, "targets": cls.targets,
+            "parameters": {f.name: run_manifest.jsonable(getattr(defaults, f.name)) for f in fields(cls)
+                           if f.init and f.name != "progress" and (f.default is not MISSING or
+                                                                  f.default_factory is not MISSING)},
+            "model_passes": passes, "slow": passes is not None and passes > SLOW}
+
+
+SLOW = 50_000  # model passes per image above which a method is called slow (minutes to hours per image on a CPU)
+
+
 @cli.command()
 @MODEL
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-m", "--method", "methods", multiple=True, default=("gradcam",), show_default=True,
+@IMAGES
+@click.option("-m", "--method", "methods", multiple=True, default=(DEFAULT_METHOD,), show_default=True,
               help="See `onnxplain methods`; repeatable (each writes its files; --grid shows them side by side).")
 @click.option("-t", "--target", multiple=True, metavar="CLASS[,CLASS...]|TARGET",
-              help="Class to explain: once for all images or once per image (default: each image's top-1); "
-                   "several comma-separated classes explain each of them (one batched pass, one file per class). "
-                   "Or a target: box:K (K-th detection), [class:C@]box:x1,y1,x2,y2 (best overlap), class:C@box "
-                   "(top box of class C), region:C[@mask.png], output:NAME[:i,j,...].")
+              help="Class to explain, by number or name (case-insensitive, or the start of one name): once for all "
+                   "images or once per image (default: each image's top-1); several comma-separated classes explain "
+                   "each of them (one batched pass, one file per class). Or a target: box:K (K-th detection), "
+                   "[class:C@]box:x1,y1,x2,y2 (best overlap), class:C@box (top box of class C), "
+                   "region:C[@mask.png], output:NAME[:i,j,...].")
 @click.option("--layer", default=None, help="Tensor for CAM methods (default: last spatial tensor).")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out"),
               show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("--skip-existing", is_flag=True,
+              help="Skip the images whose output files all exist (to finish an interrupted run); images with only "
+                   "some of them still need --force.")
 @click.option("-k", "--top-k", type=click.IntRange(0), default=3, show_default=True, help="Classes to print per image.")
 @click.option("--view", type=click.Choice(VIEWS), default="original", show_default=True,
               help="Overlay on the whole photo (the area outside the model's crop dimmed) or on the crop it saw.")
@@ -215,59 +322,90 @@ def methods():
                    "min-max (percentile for gradient methods).")
 @click.option("--grid", is_flag=True, help="Also write IMAGE.grid.png per image: the photo, then every method's and "
                                            "class's overlay side by side.")
+@JSON
 @BATCH
 @DEVICE
 @PREPROCESSING
 @OUTPUT
 @QUANTIZED
+@LABELS
 @PROBS
 @PARAM
-def explain(model, images, methods, target, layer, out_dir, force, top_k, view, colour_scale, grid, batch_size,
-            device, probabilities, params, **pre):
-    """Explain MODEL on IMAGES: writes an overlay PNG (title, colorbar, metadata) and the raw map (.npy) per image,
-    method (and class) to OUT. -p KEY=VALUE goes to every method that has that parameter."""
+def explain(model, images, methods, target, layer, out_dir, force, skip_existing, top_k, view, colour_scale, grid,
+            as_json, batch_size, device, probabilities, params, **pre):
+    """Explain MODEL on IMAGES (files, folders of images, glob patterns): writes an overlay PNG (title, colorbar,
+    metadata) and the raw map (.npy) per image, method (and class) to OUT, and records the run in
+    OUT/onnxplain-run.json. -p KEY=VALUE goes to every method that has that parameter."""
     if colour_scale is not None:
         colour_scale_of(np.zeros(1), colour_scale)  # a bad scale fails before any work
     methods = tuple(dict.fromkeys(methods))
     per_method = _per_method(methods, _params(params))
-    classes = _classes(target, len(images))  # per image: a list of classes, or None for its top-1
-    several = any(c is not None and len(c) > 1 for c in classes)
-    outputs = [{method: file_names(out_dir, p.stem, method, cs if several else None) for method in methods}
-               for p, cs in zip(images, classes)]
-    grids = [out_dir / f"{p.stem}.grid.png" for p in images] if grid else []
-    files = [f for per_image in outputs for per_method_ in per_image.values() for per_class in per_method_
-             for pair in per_class for f in pair] + grids
-    if len(set(files)) != len(files):
-        raise OnnxplainError("two outputs share a file name (images with the same name, or a class given twice); "
-                             "explain them into different --out folders")
-    check_writable(files, force)
+    images = _images(images)
     m = _load(model, pre, device, probabilities, batch_size)
-    tgt = None if classes[0] is None else [c if several else c[0] for c in classes]
+    for method in methods:  # images are read at the input size: refused here when it is unknown
+        passes = method_registry.get(method, **per_method[method]).model_passes(m.input_size)
+        if passes is not None and passes > SLOW:
+            _note(f"warning: {method} with these parameters runs {passes:,} model passes per image (hours per image "
+                  f"on a CPU); `onnxplain methods {method}` shows the parameters that set the count")
+    classes = _classes(m, target, len(images))  # per image: a list of classes, or None for its top-1
+    several = any(c is not None and len(c) > 1 for c in classes)
+    stems = output_stems(images)
+    outputs = [{method: file_names(out_dir, stem, method, cs if several else None) for method in methods}
+               for stem, cs in zip(stems, classes)]
+    grids = [out_dir / f"{stem}.grid.png" for stem in stems] if grid else []
+    files = [[f for per_class in per_image.values() for f in _files(per_class)] + grids[i:i + 1]
+             for i, per_image in enumerate(outputs)]
+    if len({f for fs in files for f in fs}) != sum(map(len, files)):
+        raise OnnxplainError("two outputs share a file name (a class given twice); give each class once")
+    runs = run_manifest.read(out_dir, force)
+    record = {**run_manifest.versions(), "command": ["onnxplain", *click.get_current_context().meta["argv"]],
+              "model": run_manifest.model_record(m), "device": device, "devices_used": [], "methods": list(methods),
+              "parameters": {method: run_manifest.parameters(method_registry.get(method, **per_method[method]))
+                             for method in methods},
+              "layer": layer, "targets": list(target) or None, "view": view, "colour_scale": colour_scale,
+              "out": str(out_dir), "images": [None] * len(images)}
+    todo = _to_do(images, files, runs, record, force, skip_existing)
+    check_writable([f for i in todo for f in files[i]], force)
+    _flush_notes()  # the checks have passed: what was guessed or skipped is said before the long part
+    say = (lambda *a: None) if as_json else click.echo
     chosen = [method_registry.get(method, **_with_progress(method, per_method[method])) for method in methods]
-    explained = onnxplain.explain_images(m, images, chosen, target=tgt, layer=layer)
 
     def write(first, found):
+        """One batch's files, manifest entries and report, on the writer thread; then the manifest (an interrupted
+        run keeps its record)."""
         for j in range(len(found[0].maps)):
-            i = first + j
-            for n, e in enumerate(found):
+            i = todo[first + j]
+            entry = {"image": str(images[i]), "skipped": False, "top": _top(m, found[0].logits[j], top_k),
+                     "explained": []}
+            for e in found:
                 for k, per_class in enumerate(outputs[i][e.method]):
                     save(e, j, k, per_class, view, colour_scale)
-                    _report(m, images[i], e, j, k if several else None, top_k if k == n == 0 else 0,
-                            per_class[0][0])
+                    entry["explained"].append(_explained(m, e, j, k if several else None, _files([per_class])))
             if grid:
                 save_png(grids[i], *grid_of(found, j, view, colour_scale))
-                click.echo(f"{images[i]}: grid -> {grids[i]}")
+                entry["grid"] = str(grids[i])
+            record["images"][i] = entry
+            _say(say, entry)
+        record.update(layers_used={e.method: e.layer for e in found}, devices_used=m.devices_used())
+        run_manifest.write(out_dir, runs + [record])
 
-    # a batch's files are written on another thread while the next batch runs; one batch at most waits its turn
-    with click.progressbar(explained, length=-(-len(images) // batch_size), label="explaining", file=sys.stderr,
-                           hidden=len(images) <= batch_size) as bar, ThreadPoolExecutor(max_workers=1) as writer:
-        waiting = deque()
-        for n, (_, found) in enumerate(bar):
-            waiting.append(writer.submit(write, n * batch_size, found))
-            if len(waiting) > 1:
-                waiting.popleft().result()
-        for done in waiting:
-            done.result()
+    if todo:
+        tgt = None if classes[todo[0]] is None else [classes[i] if several else classes[i][0] for i in todo]
+        explained = onnxplain.explain_images(m, [images[i] for i in todo], chosen, target=tgt, layer=layer)
+        # a batch's files are written on another thread while the next batch runs; one batch at most waits its turn
+        with click.progressbar(explained, length=-(-len(todo) // batch_size), label="explaining", file=sys.stderr,
+                               hidden=len(todo) <= batch_size) as bar, ThreadPoolExecutor(max_workers=1) as writer:
+            waiting = deque()
+            for n, (_, found) in enumerate(bar):
+                waiting.append(writer.submit(write, n * batch_size, found))
+                if len(waiting) > 1:
+                    waiting.popleft().result()
+            for done in waiting:
+                done.result()
+    elif files:
+        run_manifest.write(out_dir, runs + [record])
+    if as_json:
+        click.echo(json.dumps(record, ensure_ascii=False))
 
 
 def _per_method(methods, params: dict) -> dict[str, dict]:
@@ -285,8 +423,64 @@ def _per_method(methods, params: dict) -> dict[str, dict]:
     return per_method
 
 
-def _classes(target: tuple[str, ...], n: int) -> list[list[int] | None]:
-    """-t values as a class list per image: one value for all images or one per image; commas give several."""
+def _files(per_class: list) -> list[Path]:
+    """The files of a method's outputs for an image (per class, per part: PNG and .npy), in order."""
+    return [f for parts in per_class for pair in parts for f in pair]
+
+
+def _images(args) -> list[Path]:
+    """IMAGES as image paths (folders and glob patterns expanded), with a note per folder on stderr."""
+    images, notes = image_paths(args)
+    for note in notes:
+        _note(f"note: {note}")
+    return images
+
+
+def _to_do(images, files, runs, record, force, skip_existing) -> list[int]:
+    """The images to explain: all, or with --skip-existing those whose output files are not all there. A skipped
+    image keeps the entries of the runs that made its files, where the manifest has them; it is refused (without
+    --force; with it, recomputed) when such a run had another model, method parameters, layer or preprocessing."""
+    if not skip_existing:
+        return list(range(len(images)))
+    made = {f: (run, entry, item) for run in runs for entry in run.get("images") or [] if isinstance(entry, dict)
+            for item in entry.get("explained") or [] for f in item.get("files") or []}
+    todo = []
+    for i, fs in enumerate(files):
+        there = [os.path.lexists(f) for f in fs]
+        if any(there) and not all(there) and not force:
+            raise OnnxplainError(f"{fs[there.index(True)]} exists but {fs[there.index(False)]} does not (an "
+                                 f"interrupted run?); use --force with --skip-existing to recompute that image")
+        known = [made[str(f)] for f in fs if str(f) in made]
+        other = next((str(f) for f in fs if str(f) in made and
+                      _made_by(made[str(f)][0], made[str(f)][2].get("method")) !=
+                      _made_by(record, made[str(f)][2].get("method"))), None)
+        if other is not None and not force:
+            raise OnnxplainError(f"{other} was made by another run (other model, method parameters, layer or "
+                                 f"preprocessing); use --force to recompute it")
+        if not all(there) or other is not None:
+            todo.append(i)
+            continue
+        items = list({id(item): item for _, _, item in known}.values())
+        record["images"][i] = {"image": str(images[i]), "skipped": True,
+                               "top": known[0][1].get("top", []) if known else [],
+                               "explained": items or [{"files": list(map(str, fs))}]}
+    return todo
+
+
+def _made_by(run: dict, method: str | None) -> tuple:
+    """What a run's files of `method` depend on: the model file, its score, the preprocessing, the method's
+    parameters and the layer."""
+    model = run.get("model") or {}
+    pre = {k: v for k, v in (model.get("preprocessing") or {}).items() if k not in ("from", "guessed")}
+    params = (run.get("parameters") or {}).get(method) or {}
+    return (model.get("sha256"), model.get("score"), json.dumps(pre, sort_keys=True), method,
+            json.dumps({k: v for k, v in params.items() if k != "checkpoint"}, sort_keys=True), run.get("layer"))
+
+
+def _classes(m, target: tuple[str, ...], n: int) -> list[list[int] | None]:
+    """-t values as a class list per image: one value for all images or one per image; commas give several. A
+    class is a number or a name of the model's labels (a whole -t value is taken as one name when it is one); a
+    target object (box:, region:, output:, see `targets.parse`) is one per image."""
     if not target:
         return [None] * n
     if len(target) not in (1, n):
@@ -296,26 +490,44 @@ def _classes(target: tuple[str, ...], n: int) -> list[list[int] | None]:
         if not all(objects):
             raise OnnxplainError(f"give every image a target of the same kind: {' '.join(target)}")
         return [[o] for o in objects] * (n if len(objects) == 1 else 1)
-    try:
-        lists = [[int(c) for c in t.split(",")] for t in target]
-    except ValueError:
-        raise OnnxplainError(f"target must be class indices, comma-separated for several: {' '.join(target)}") from None
+    names = {s.casefold() for s in m.labels or ()}
+    lists = [[resolve(t, m.labels)] if t.strip().casefold() in names else [resolve(c, m.labels) for c in t.split(",")]
+             for t in target]
     if len({len(c) for c in lists}) > 1:
         raise OnnxplainError("give every image the same number of comma-separated classes")
-    return lists * n if len(lists) == 1 else lists
+    lists = lists * n if len(lists) == 1 else lists
+    as_targets(m, lists, n)  # classes out of range are refused here, before anything is said
+    return lists
 
 
-def _report(m, image, e, j, k, top_k, png):
-    """One line per explained class (k: its index among several per image, else None), then the top-k."""
-    probs = m.probabilities(e.logits[j].astype(np.float64))
+def _top(m, logits, top_k: int) -> list[dict]:
+    """The top-k classes of an image: number, label and probability."""
+    probs = m.probabilities(logits.astype(np.float64))
+    return [{"class": int(c), "label": m.label(int(c)), "p": float(probs[c])} for c in np.argsort(-probs)[:top_k]]
+
+
+def _explained(m, e, j, k, files) -> dict:
+    """Image j's explained class (k: its index among several per image, else None) by method e: number, label,
+    score (the differentiated one), files written and the method's short by-products."""
     c, score = (e.targets[j], e.scores[j]) if k is None else (e.targets[j, k], e.scores[j, k])
-    click.echo(f"{image}: explained {m.label(int(c))} [{int(c)}] (score {score:.3f}) -> {png}")
     items = {name: np.asarray(v[j] if k is None else v[j, k]) for name, v in e.info.items()}
-    shown = {name: v for name, v in items.items() if v.size <= 8}  # numbers and short lists; images stay in e.info
-    if shown:  # a method's by-products for this image and class, e.g. IG's completeness gap
-        click.echo("  " + ", ".join(f"{name.replace('_', ' ')} {_value(v)}" for name, v in shown.items()))
-    for rank, k in enumerate(np.argsort(-probs)[:top_k], 1):
-        click.echo(f"  {rank}. {m.label(int(k)):<30} [{int(k)}]  p={probs[k]:.3f}")
+    return {"method": e.method, "class": int(c), "label": m.label(int(c)), "score": float(score),
+            "files": [str(f) for f in files],
+            "by_products": {name: run_manifest.jsonable(v) for name, v in items.items() if v.size <= 8}}
+
+
+def _say(say, entry: dict) -> None:
+    """An image's result as text: one line per explained class and its by-products, then the top-k."""
+    for item in entry["explained"]:
+        say(f"{entry['image']}: explained {item['label']} [{item['class']}] (score {item['score']:.3f}) -> "
+            f"{item['files'][0]}")
+        if item["by_products"]:  # numbers and short lists; images stay in e.info
+            say("  " + ", ".join(f"{name.replace('_', ' ')} {_value(np.asarray(v))}"
+                                 for name, v in item["by_products"].items()))
+    for rank, top in enumerate(entry["top"], 1):
+        say(f"  {rank}. {top['label']:<30} [{top['class']}]  p={top['p']:.3f}")
+    if "grid" in entry:
+        say(f"{entry['image']}: grid -> {entry['grid']}")
 
 
 def _value(v: np.ndarray) -> str:
@@ -326,51 +538,63 @@ def _value(v: np.ndarray) -> str:
 
 @cli.command()
 @MODEL
-@click.option("-m", "--method", default="gradcam", show_default=True)
+@click.option("-m", "--method", default=DEFAULT_METHOD, show_default=True)
 @click.option("--layer", default=None)
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True)
+@JSON
 @PREPROCESSING
 @OUTPUT
 @QUANTIZED
 @PROBS
 @PARAM
-def export(model, method, layer, out, force, probabilities, params, **pre):
+def export(model, method, layer, out, force, as_json, probabilities, params, **pre):
     """Write the explanation as a standalone ONNX graph (image in; outputs, map and class out)."""
     params = _params(params)
     method_registry.get(method, **params)
     check_writable([out], force)
     m = _load(model, pre, probabilities=probabilities)
     export_graph(m, method, out, layer=layer, **params)
+    outputs = [o.name for o in m.proto.graph.output] + ["attributions", "maps", "target_used"]
+    if as_json:
+        click.echo(json.dumps({"out": str(out), "sha256": sha256(out), "method": method, "layer": layer,
+                               "parameters": run_manifest.parameters(method_registry.get(method, **params)),
+                               "inputs": [m.input, "target"], "outputs": outputs,
+                               "model": run_manifest.model_record(m)}, ensure_ascii=False))
+        return
     click.echo(f"wrote {out}: inputs {m.input}, target (optional, int64 per image; default top-1); "
-               f"outputs {', '.join(o.name for o in m.proto.graph.output)}, attributions, maps, target_used")
+               f"outputs {', '.join(outputs)}")
 
 
 @cli.command()
 @MODEL
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@IMAGES
 @click.option("-m", "--method", "methods", multiple=True, required=True, help="Method to evaluate, repeatable.")
-@click.option("-t", "--target", type=int, multiple=True,
-              help="Class to explain: once for all images or once per image (default: each image's top-1).")
+@click.option("-t", "--target", multiple=True, metavar="CLASS",
+              help="Class to explain, by number or name: once for all images or once per image (default: each "
+                   "image's top-1).")
 @click.option("--metric", "metrics", multiple=True, type=click.Choice(["deletion", "insertion", "drop", "increase"]),
               help="Metric, repeatable (default: all).")
 @click.option("--step", type=click.IntRange(1), default=None,
               help="Pixels per deletion/insertion step (default H*W/224).")
 @click.option("--deletion-baseline", type=click.Choice(["zero", "blur", "mean"]), default="zero", show_default=True)
 @click.option("--insertion-baseline", type=click.Choice(["zero", "blur", "mean"]), default="blur", show_default=True)
+@JSON
 @BATCH
 @DEVICE
 @PREPROCESSING
 @OUTPUT
 @QUANTIZED
+@LABELS
 @PROBS
 @PARAM
-def evaluate(model, images, methods, target, metrics, step, deletion_baseline, insertion_baseline, batch_size, device,
-             probabilities, params, **pre):
+def evaluate(model, images, methods, target, metrics, step, deletion_baseline, insertion_baseline, as_json, batch_size,
+             device, probabilities, params, **pre):
     """Score methods' maps on IMAGES: deletion/insertion AUC (Petsiuk 2018), average drop/increase in confidence
     (Chattopadhay 2018); one table per method. -p KEY=VALUE goes to every method that has that parameter."""
     from onnxplain.metrics import BETTER, METRICS
     per_method = _per_method(methods, _params(params))
+    images = _images(images)
     if target and len(target) not in (1, len(images)):
         raise OnnxplainError(f"{len(target)} targets for {len(images)} images: give one, or one per image")
     metrics = list(metrics) or list(METRICS)
@@ -382,6 +606,16 @@ def evaluate(model, images, methods, target, metrics, step, deletion_baseline, i
                                      batch_size=batch_size, params=per_method, progress=bar)
     finally:
         bar.close()
+    if as_json:
+        click.echo(json.dumps({
+            "model": run_manifest.model_record(m), "metrics": metrics, "better": {k: BETTER[k] for k in metrics},
+            "methods": {method: {"parameters": run_manifest.parameters(method_registry.get(method,
+                                                                                           **per_method[method])),
+                                 "images": [{"image": str(image), **{k: float(row[k][i]) for k in metrics}}
+                                            for i, image in enumerate(images)],
+                                 "mean": {k: float(row[k].mean()) for k in metrics}}
+                        for method, row in results.items()}}, ensure_ascii=False))
+        return
     width = max(12, *(len(p.name) for p in images))
     for method, row in results.items():
         click.echo(f"\n{method}")

@@ -11,6 +11,7 @@ import numpy as np
 
 from . import methods
 from .errors import OnnxplainError
+from .labels import resolve as class_number
 from .limits import check_memory, whole
 from .methods.base import TARGET_KINDS
 from .model import Model
@@ -173,10 +174,12 @@ def check_finite(a: np.ndarray, what: str, hint: str = "") -> None:
 def as_targets(model: Model, target, n: int) -> np.ndarray:
     """Classes per image: N (one each) or N×K (K each); -1 means the model's top-1 class (chosen inside the graph).
 
-    target: None (top-1), a class, one class per image, or a list of K-class lists (one per image, or one for all).
+    target: None (top-1), a class, one class per image, or a list of K-class lists (one per image, or one for all);
+    a class is its number or its name (case-insensitive, or the start of one name: `labels.resolve`).
     """
     if target is None:
         return np.full(n, -1, np.int64)
+    target = _by_number(target, model.labels)
     try:
         t = np.asarray(target)
         t = t.astype(np.float64) if t.dtype == object else t
@@ -205,7 +208,16 @@ def as_targets(model: Model, target, n: int) -> np.ndarray:
     return t
 
 
-def explain(model: Model, x, method: str = "saliency", target=None, layer: str | None = None,
+def _by_number(target, labels):
+    """`target` with every class name replaced by its class number."""
+    if isinstance(target, str):
+        return class_number(target, labels)
+    if isinstance(target, (list, tuple)):
+        return [_by_number(t, labels) for t in target]
+    return target
+
+
+def explain(model: Model, x, method: str = methods.DEFAULT, target=None, layer: str | None = None,
             batch_size: int | None = None, **params) -> Explanation:
     """Explain `model` on `x`: a preprocessed float32 batch in the model's layout (see `prepare_images`), or images
     (paths, Pillow images, uint8 H×W×C arrays), resized and cropped as the model needs.

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import reprlib
@@ -19,6 +18,9 @@ from google.protobuf.message import DecodeError
 from . import detection, targets
 from .detection import DECODERS
 from .errors import OnnxplainError, first_line
+from .files import sha256 as file_sha256
+from .labels import as_list, from_metadata
+from .labels import read as read_labels
 from .limits import whole
 from .passes import normalise
 from .passes.probe import SIDE
@@ -58,6 +60,8 @@ class Model:
     bare: onnx.ModelProto | None = field(default=None, repr=False)  # the model without a head (None: proto)
     _shapes: dict | None = field(default=None, repr=False)  # every output's shape for one image (a probe run)
     _heads: SessionCache = field(default_factory=SessionCache, repr=False)  # head -> Model with that head
+    labels_from: str = ""           # where the labels were read ("sidecar labels", "metadata 'names'", ...)
+    preprocessing_from: str = ""    # where the preprocessing came from; "guessed" when nothing said it
     _sessions: SessionCache = field(default_factory=SessionCache, repr=False)  # (request, input size) -> Session
     _layers: SessionCache = field(default_factory=SessionCache, repr=False)  # input size -> (spatial tensors, tokens)
     _sized: SessionCache = field(default_factory=SessionCache, repr=False)   # input size -> (graph, note on shapes)
@@ -76,6 +80,11 @@ class Model:
                           f"instead)", stacklevel=6)
         return Session(build(self.graph, request, self.straight_through), self.device,
                        1 if self.batch_coupled else None)
+
+    def devices_used(self) -> list[str]:
+        """The devices ("cuda", "cpu") of the sessions built so far (onnxruntime falls back to the CPU where CUDA
+        cannot start)."""
+        return sorted({s.device for s in self._sessions.values()})
 
     @property
     def quantisers(self) -> int:
@@ -219,13 +228,8 @@ class Model:
     @cached_property
     def sha256(self) -> str | None:
         """The SHA-256 of the model file (None for a model given as a ModelProto)."""
-        if self.path is None:
-            return None
-        digest = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return None if self.path is None else file_sha256(self.path)
+
     @property
     def output_shapes(self) -> dict[str, tuple]:
         """Every output's shape for one image at the input size (from a run of the model without its head)."""
@@ -246,10 +250,22 @@ class Model:
         return self._heads.get((head, self.preprocessing.size),
                                lambda: _headed(self, head, head.describe(self.output_shapes)))
 
+    @property
+    def preprocessing_guessed(self) -> bool:
+        """Whether no sidecar, metadata or caller said how images become inputs (the defaults were taken)."""
+        return self.preprocessing_from == "guessed"
+
+    def __repr__(self) -> str:
+        size = "x".join(map(str, self.preprocessing.size)) if self.preprocessing.size else "any size"
+        labels = f"{len(self.labels)} labels" if self.labels else "no labels"
+        return (f"Model({str(self.path) if self.path else '<ModelProto>'!r}, input {self.input!r} {self.layout} "
+                f"{size}, output {self.output!r}: {self.num_classes} classes, {labels}, device {self.device!r})")
+
 
 def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict | Preprocessing | None = None,
          probabilities: bool = False, output: str | None = None, device: str = "auto", batch_size: int = 16,
-         labels: list[str] | None = None, quantized: str = "ste", decoder: str | None = None) -> Model:
+         labels: list[str] | dict | str | os.PathLike | None = None, quantized: str = "ste",
+         decoder: str | None = None) -> Model:
     """Load an ONNX image classifier (a path or a ModelProto).
 
     preprocessing: a preset name (see `onnxplain.preprocess.PRESETS`), a dict of fields (optionally with "preset",
@@ -259,6 +275,9 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     output: the output holding the class scores, for a model with several; for a model that is no classifier, the
     output its default target reads (see `onnxplain.targets`).
     decoder: a detector's raw-head layout (`onnxplain.detection.DECODERS`), when it is not told by the shapes.
+    labels: class names (a list, a dict {index: name}, or a labels file: one name per line, or JSON); by default read
+    from the sidecar (`labels`, `labels_file`), else from the model's metadata (keys `labels`, `classes`, `names`
+    as Ultralytics writes it, `character` as PaddleClas writes it) where they name every class.
     quantized: "ste" differentiates quantised activations by the straight-through estimator (the gradient passes
     each quantiser within its range); "exact" keeps their exact gradient, zero, so gradient methods refuse. The
     black-box methods run the quantised model as it is either way.
@@ -270,8 +289,14 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     whole("batch_size", batch_size)
     if quantized not in ("ste", "exact"):
         raise OnnxplainError(f"quantized must be 'ste' or 'exact', not {quantized!r}")
-    if labels is not None:
+    labels_from = ""
+    if isinstance(labels, (str, os.PathLike)):
+        labels, labels_from = read_labels(labels), f"labels file {labels}"
+    elif isinstance(labels, dict):
+        labels, labels_from = as_list(labels, "labels"), "given"
+    elif labels is not None:
         _check_labels("labels", labels)
+        labels_from = "given"
     if not (preprocessing is None or isinstance(preprocessing, (str, dict, Preprocessing))):
         raise OnnxplainError(f"preprocessing must be a preset name, a dict of fields or a Preprocessing, "
                              f"not {preprocessing!r}")
@@ -295,7 +320,7 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
         warnings.warn(f"onnxplain: weight '{bad}' of {_where(model_path)} holds NaN or infinite values; the scores it "
                       f"reaches cannot be explained", stacklevel=2)
     inp = _image_input(proto, model_path)
-    sidecar = _sidecar(proto, model_path)
+    sidecar, sidecar_from = _sidecar(proto, model_path)
     pre = _preprocessing(inp, sidecar, preprocessing, pixels.get(inp.name))
     if not decoder:  # (a detector's outputs are read by its decoder as they are)
         proto, note = classifier_at_size(proto, inp.name, (1, 2) if pre.layout == "NHWC" else (2, 3), pre.size)
@@ -305,8 +330,6 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     probe = functools.cache(lambda: _probe(proto, inp, pre))
     wanted = output or sidecar.get("output")
     chosen = None if decoder else _score_output(proto, wanted, probabilities, probe)
-    if labels is None:
-        labels = _labels(sidecar, model_path)
     classes = chosen.num_classes if chosen else None
     shapes = probe()[0] if probe.cache_info().currsize else None
     if chosen is None:
@@ -314,12 +337,16 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
         head = _default_head(proto, wanted, decoder, shapes)
         classes = head.decoder.classes if isinstance(head, targets.DetectionScores) else (
             head.size(shapes) if isinstance(head, targets.RegionSum) else None)
+    if labels is None:
+        labels, labels_from = _labels(sidecar, model_path, proto, classes)
     if labels is not None and classes is not None and len(labels) != classes:
-        raise OnnxplainError(f"the model scores {classes} classes but {len(labels)} labels were given")
+        raise OnnxplainError(f"the model scores {classes} classes but {len(labels)} labels were given "
+                             f"({labels_from})")
     model = Model(model_path, dynamic_batch(proto, inp.name), inp.name, *(chosen and (
         chosen.output, chosen.score, chosen.num_classes, chosen.activation) or ("", "", 0, None)), pre, labels, device,
         batch_size, normalised, chosen.why if chosen else "", quantized, pixels.get(inp.name, "float32"),
-        _shapes=shapes)
+        _shapes=shapes, labels_from=labels_from,
+        preprocessing_from=_preprocessing_from(sidecar, sidecar_from, preprocessing))
     return model if chosen else model.with_head(head)
 
 
@@ -555,7 +582,8 @@ def _headed(model: Model, head, why: str) -> Model:
 
 
 # -- sidecar, metadata and labels ------------------------------------------------------------------------------------
-def _sidecar(proto: onnx.ModelProto, path: Path | None) -> dict:
+def _sidecar(proto: onnx.ModelProto, path: Path | None) -> tuple[dict, str]:
+    """The sidecar's fields (MODEL.json beside the file, else the model's metadata key), and where they were read."""
     text, origin = None, None
     if path is not None and path.with_suffix(".json").is_file():
         origin = path.with_suffix(".json")
@@ -565,7 +593,7 @@ def _sidecar(proto: onnx.ModelProto, path: Path | None) -> dict:
         if SIDECAR_KEY in meta:
             text, origin = meta[SIDECAR_KEY], f"metadata '{SIDECAR_KEY}' of {_where(path)}"
     if text is None:
-        return {}
+        return {}, ""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -576,7 +604,7 @@ def _sidecar(proto: onnx.ModelProto, path: Path | None) -> dict:
         _check_sidecar(data)
     except OnnxplainError as exc:
         raise OnnxplainError(f"{origin}: {exc}") from None
-    return data
+    return data, str(origin)
 
 
 SIDECAR_TEXT = ("name", "source", "input", "output", "labels_file")  # fields holding a string
@@ -601,13 +629,25 @@ def _check_labels(name: str, labels) -> None:
             raise OnnxplainError(f"{name} must be a list of strings (one class name each); one is {reprlib.repr(s)}")
 
 
-def _labels(sidecar: dict, path: Path | None) -> list[str] | None:
+def _labels(sidecar: dict, path: Path | None, proto: onnx.ModelProto,
+            classes: int | None) -> tuple[list[str] | None, str]:
+    """(labels, where they were read): the sidecar's list, its labels file, or metadata naming every class."""
     if "labels" in sidecar:
-        return list(sidecar["labels"])
-    if "labels_file" not in sidecar or path is None:
-        return None
-    folder = path.parent.resolve()
-    target = (folder / sidecar["labels_file"]).resolve()
-    if not target.is_relative_to(folder) or not target.is_file():
-        raise OnnxplainError(f"labels_file '{sidecar['labels_file']}' is missing or outside the model's folder")
-    return [line.strip() for line in target.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return list(sidecar["labels"]), "sidecar labels"
+    if "labels_file" in sidecar and path is not None:
+        folder = path.parent.resolve()
+        target = (folder / sidecar["labels_file"]).resolve()
+        if not target.is_relative_to(folder) or not target.is_file():
+            raise OnnxplainError(f"labels_file '{sidecar['labels_file']}' is missing or outside the model's folder")
+        return read_labels(target), f"labels file {sidecar['labels_file']}"
+    found = from_metadata({p.key: p.value for p in proto.metadata_props}, classes)
+    return (found[0], f"metadata '{found[1]}'") if found else (None, "")
+
+
+def _preprocessing_from(sidecar: dict, origin: str, requested) -> str:
+    """Where the preprocessing came from: the caller, the sidecar or metadata, or "guessed" (the defaults)."""
+    if requested is not None:
+        return f"preset {requested}" if isinstance(requested, str) else "given"
+    if "preprocessing" in sidecar:
+        return origin
+    return "guessed"

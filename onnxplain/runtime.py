@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import io
+import os
 import threading
 import warnings
 from collections import OrderedDict, deque
@@ -44,6 +46,19 @@ def cuda_libraries() -> None:
             pass
 
 
+@functools.cache
+def gpu_visible() -> bool:
+    """Whether this machine shows the process an NVIDIA GPU (without initialising CUDA, which would break CUDA in
+    forked children): CUDA_VISIBLE_DEVICES not emptied, and a GPU device node (Linux: /dev/nvidiaN, or WSL2's
+    /dev/dxg) or the driver (Windows)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "x").strip() in ("", "-1"):
+        return False
+    if os.name == "nt":
+        import ctypes.util
+        return ctypes.util.find_library("nvcuda") is not None
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/dxg")
+
+
 class Session:
     """An onnxruntime session on the requested device, run in batches along axis 0 of every feed."""
 
@@ -54,7 +69,7 @@ class Session:
         options.graph_optimization_level = OPTIMIZATION
         options.log_severity_level = 4  # failures are raised, and reported in one line, not logged too
         self.session = None
-        if device in ("auto", "cuda") and CUDA in ort.get_available_providers():
+        if (device == "cuda" or device == "auto" and gpu_visible()) and CUDA in ort.get_available_providers():
             cuda_libraries()
             providers = [(CUDA, dict(CUDA_OPTIONS)), CPU]
             with quiet_onnxruntime():  # a failed CUDA start is reported below in one line, not ORT's five
@@ -62,9 +77,9 @@ class Session:
             fell_back = self.session is None or self.session.get_providers()[0] != CUDA
             if fell_back and device == "cuda":
                 self.session = None
-            if fell_back and device == "auto":  # ORT's own CPU fallback session is kept: no second graph build
-                warnings.warn("onnxplain: the CUDA provider could not start (no usable GPU or CUDA libraries); "
-                              "running on the CPU", stacklevel=3)
+            if fell_back and device == "auto":  # a GPU is there: ORT's CPU fallback session is kept, with a warning
+                warnings.warn("onnxplain: the CUDA provider could not start on this machine's GPU (CUDA or cuDNN "
+                              "libraries missing?); running on the CPU", stacklevel=3)
         if self.session is None and device == "cuda":
             raise OnnxplainError("device 'cuda' was asked for but onnxruntime's CUDA provider is not usable here "
                                  f"(available: {', '.join(ort.get_available_providers())}); use --device cpu")
@@ -259,6 +274,11 @@ class SessionCache:
                 while len(self._sessions) > self.size:
                     self._sessions.popitem(last=False)
             return session
+
+    def values(self) -> list:
+        """The cached values, least recently used first (a copy)."""
+        with self._lock:
+            return list(self._sessions.values())
 
     def keys(self) -> list[Hashable]:
         """The cached keys, least recently used first (a copy: other threads may add and evict meanwhile)."""

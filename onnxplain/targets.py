@@ -25,6 +25,7 @@ import onnx_graphsurgeon as gs
 
 from .detection import Decoder, detections, iou
 from .errors import OnnxplainError
+from .labels import resolve as class_number
 from .rewrite.builder import Builder
 
 SCORE = "onnxplain_score"  # the output holding the head's N×K scores
@@ -282,16 +283,12 @@ def detection_boxes(model, inputs: np.ndarray, used: np.ndarray) -> np.ndarray:
 
 
 def class_of(model, cls) -> int | None:
-    """A class index from an index or a label name."""
+    """A class index from an index or a label name (as `labels.resolve` reads names: case-insensitive, or the start
+    of one name)."""
     if cls is None or isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
         return None if cls is None else int(cls)
     if isinstance(cls, str):
-        if cls.isdigit():
-            return int(cls)
-        if model.labels and cls in model.labels:
-            return model.labels.index(cls)
-        raise OnnxplainError(f"class '{cls}' is not a label of this model" + (
-            "" if model.labels else " (it has no labels; give a class index)"))
+        return class_number(cls, model.labels)
     raise OnnxplainError(f"a class must be an index or a label, not {reprlib.repr(cls)}")
 
 

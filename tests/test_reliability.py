@@ -216,7 +216,14 @@ def test_links_at_output_paths_are_refused_and_never_written_through(model, caps
     assert not png.is_symlink() and Image.open(png).width == 224  # the link replaced (8×8 enlarged 28×)
     assert np.load(out / "img.saliency.npy").shape == (8, 8) and not (out / "img.saliency.npy").is_symlink()
     assert (outside / "kept.npy").read_bytes() == b"not to be touched" and not (outside / "new.png").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["img.saliency.npy", "img.saliency.png"]  # no temporary left
+    assert sorted(p.name for p in out.iterdir()) == ["img.saliency.npy", "img.saliency.png",
+                                                     "onnxplain-run.json"]  # no temporary left
+    manifest = out / "onnxplain-run.json"
+    manifest.unlink()
+    manifest.symlink_to(outside / "kept.npy")  # the run record is no output to write through either
+    assert "onnxplain-run.json exists and is not" in _cli_fails(capsys, args + ["--skip-existing"])
+    main([str(a) for a in args + ["--skip-existing", "--force"]])
+    assert not manifest.is_symlink() and (outside / "kept.npy").read_bytes() == b"not to be touched"
 
 
 def test_an_interrupted_write_leaves_the_old_file_and_no_partial_one(tmp_path):

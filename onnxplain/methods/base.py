@@ -19,6 +19,7 @@ from ..rewrite.builder import Builder
 from ..rewrite.graph import TARGET, Request
 
 METHODS: dict[str, type["Method"]] = {}
+DEFAULT = "gradcam"  # the method `explain` runs when none is named, in Python and on the command line
 TARGET_KINDS = {  # Method.targets → what `onnxplain methods` says
     "any": "any target: class, output element, region, box",
     "classes": "classes of a softmax classifier only",
@@ -71,6 +72,11 @@ class Method:
     def accepts(cls, param: str) -> bool:
         """Whether `param` is one of the method's parameters."""
         return any(f.name == param for f in fields(cls))
+
+    def model_passes(self, size: tuple[int, int]) -> int | None:
+        """About how many model passes (a forward, or a forward and backward) one image costs at input height and
+        width `size` with these parameters; None where it depends on the model (a layer's channel count)."""
+        return 1
 
     def rules(self, model):
         """The Composite of modified backward rules this method differentiates `model` with; None for the plain

@@ -314,6 +314,9 @@ class PassesCAM(CAM):
     uses_gradient = False
     one_graph = False
 
+    def model_passes(self, size):
+        return None  # one per channel of the layer
+
     def passes(self, model, layer, x, a, batch_size) -> np.ndarray:
         raise NotImplementedError
 
@@ -364,6 +367,9 @@ class ScoreCAM(PassesCAM):
     def __post_init__(self):
         if self.channels is not None and (not isinstance(self.channels, int) or self.channels < 1):
             raise OnnxplainError("scorecam: channels must be a whole number, at least 1")
+
+    def model_passes(self, size):
+        return None if self.channels is None else self.channels + 1
 
     def passes(self, model, layer, x, a, batch_size):
         maps = np.moveaxis(a[0], model.channel_axis_of(layer) - 1, 0)                  # K×h×w

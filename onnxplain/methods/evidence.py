@@ -136,6 +136,9 @@ class HiddenEvidence(_Evidence):
     samples: int = 10
     seed: int = 0
 
+    def model_passes(self, size):
+        return None  # windows of the layer times samples, through the graph above the layer
+
     def run(self, model, inputs, targets, layer, batch_size):
         h, w = to_chw(inputs, model.layout).shape[2:]
         self.check((h, w))

@@ -66,6 +66,9 @@ class FGVis(Method):
     slack: float = 0.1
     reference: object = field(default="zero", compare=False)
 
+    def model_passes(self, size):
+        return self.iterations + 1
+
     def __post_init__(self):
         if self.game not in GAMES:
             raise OnnxplainError(f"fgvis's game must be deletion or preservation, not {self.game!r}")

@@ -69,6 +69,9 @@ class IntegratedGradients(Method):
     baseline: str | float | np.ndarray = "zero"
     internal_batch_size: int | None = None
 
+    def model_passes(self, size):
+        return self.steps + 2  # the steps, and the forwards of the image and its baseline
+
     def __post_init__(self):
         if self.rule not in RULES:
             raise OnnxplainError(f"ig: rule must be one of {', '.join(RULES)}, not {self.rule!r}")

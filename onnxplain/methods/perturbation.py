@@ -40,6 +40,13 @@ class Perturbation(Method):
         its finish() returns (attribution, map)."""
         raise NotImplementedError
 
+    def model_passes(self, size):
+        return self.perturbations(size) + 1  # and the unperturbed image
+
+    def perturbations(self, size: tuple[int, int]) -> int:
+        """The perturbed inputs one image needs at input height and width `size`."""
+        raise NotImplementedError
+
     def run(self, model, inputs, targets, layer, batch_size):
         images = to_chw(inputs, model.layout)
         detector = isinstance(model.head, DetectionScores)
@@ -110,6 +117,9 @@ class Occlusion(Perturbation):
     stride: int = 8
     baseline: str | float = "zero"
 
+    def perturbations(self, size):
+        return len(_starts(size[0], self.window, self.stride)) * len(_starts(size[1], self.window, self.stride))
+
     def plan(self, model, x, base, c, index):
         _, h, w = x.shape
         k = self.window
@@ -152,6 +162,9 @@ class RISE(Perturbation):
     cells: int = 7
     p: float = 0.5
     baseline: str | float = "zero"
+
+    def perturbations(self, size):
+        return self.masks
 
     def plan(self, model, x, base, c, index):
         _, h, w = x.shape
@@ -207,6 +220,9 @@ class _Superpixels(Perturbation):
     segments: int = 8
     segmentation: str = "grid"
     baseline: str | float = "zero"
+
+    def perturbations(self, size):
+        return self.samples  # at most: KernelSHAP enumerates fewer coalitions when they are all it needs
 
     def coalitions(self, d: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(rows of z, their regression weights)."""
@@ -340,6 +356,10 @@ class PDA(Perturbation):
     classes: tuple = ()
     laplace_n: int = 100_000   # training-set size N of the Laplace correction (the authors' code: 100 000)
     reference: str | None = None
+
+    def perturbations(self, size):
+        return len(_whole(size[0], self.window, self.stride)) * len(_whole(size[1], self.window, self.stride)) * \
+            self.samples
 
     def plan(self, model, x, base, c, index):
         _, h, w = x.shape

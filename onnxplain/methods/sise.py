@@ -55,6 +55,9 @@ class SISE(Method):
         if isinstance(self.bins, bool) or not isinstance(self.bins, int) or self.bins < 2:
             raise OnnxplainError(f"sise: bins must be a whole number, at least 2, not {self.bins!r}")
 
+    def model_passes(self, size):
+        return None  # one per selected channel of each layer
+
     def run(self, model, inputs, targets, layer, batch_size):
         layers = self.layers or tuple(block_ends(model.layers(), model.layout_of))
         spatial = dict(model.layers())

@@ -45,6 +45,10 @@ class NoiseTunnel(Method):
             raise OnnxplainError(f"{self.name}: sigma must be a number ≥ 0, not {self.sigma!r}")
         check_batch_size(self)
 
+    def model_passes(self, size):
+        inner = self.wrapped.model_passes(size)
+        return None if inner is None else self.samples * inner + 1
+
     @property
     def wrapped(self) -> Method:
         return self.of if isinstance(self.of, Method) else get(self.of)

@@ -63,6 +63,9 @@ class Undesirable(Perturbation):
     ring: int = 2
     reference: str | None = None
 
+    def perturbations(self, size):
+        return self.evidence().perturbations(size)  # shared by the target and its competitors
+
     def evidence(self) -> Perturbation:
         """The method measuring the evidence of one class; its inputs are the same whatever the class."""
         if self.sampling == "occlusion":
