@@ -375,8 +375,8 @@ def explain(model, images, methods, target, layer, out_dir, force, skip_existing
         run keeps its record)."""
         for j in range(len(found[0].maps)):
             i = todo[first + j]
-            entry = {"image": str(images[i]), "skipped": False, "top": _top(m, found[0].logits[j], top_k),
-                     "explained": []}
+            entry = {"image": str(images[i]), "target": _target_of(target, i), "skipped": False,
+                     "top": _top(m, found[0].logits[j], top_k), "explained": []}
             for e in found:
                 for k, per_class in enumerate(outputs[i][e.method]):
                     save(e, j, k, per_class, view, colour_scale)
@@ -439,7 +439,8 @@ def _images(args) -> list[Path]:
 def _to_do(images, files, runs, record, force, skip_existing) -> list[int]:
     """The images to explain: all, or with --skip-existing those whose output files are not all there. A skipped
     image keeps the entries of the runs that made its files, where the manifest has them; it is refused (without
-    --force; with it, recomputed) when such a run had another model, method parameters, layer or preprocessing."""
+    --force; with it, recomputed) when such a run had another model, target, method parameters, layer or
+    preprocessing."""
     if not skip_existing:
         return list(range(len(images)))
     made = {f: (run, entry, item) for run in runs for entry in run.get("images") or [] if isinstance(entry, dict)
@@ -451,20 +452,26 @@ def _to_do(images, files, runs, record, force, skip_existing) -> list[int]:
             raise OnnxplainError(f"{fs[there.index(True)]} exists but {fs[there.index(False)]} does not (an "
                                  f"interrupted run?); use --force with --skip-existing to recompute that image")
         known = [made[str(f)] for f in fs if str(f) in made]
-        other = next((str(f) for f in fs if str(f) in made and
+        wanted = _target_of(record["targets"] or (), i)
+        other = next((str(f) for f in fs if str(f) in made and (made[str(f)][1].get("target") != wanted or
                       _made_by(made[str(f)][0], made[str(f)][2].get("method")) !=
-                      _made_by(record, made[str(f)][2].get("method"))), None)
+                      _made_by(record, made[str(f)][2].get("method")))), None)
         if other is not None and not force:
-            raise OnnxplainError(f"{other} was made by another run (other model, method parameters, layer or "
-                                 f"preprocessing); use --force to recompute it")
+            raise OnnxplainError(f"{other} was made by another run (other model, target, method parameters, layer "
+                                 f"or preprocessing); use --force to recompute it")
         if not all(there) or other is not None:
             todo.append(i)
             continue
         items = list({id(item): item for _, _, item in known}.values())
-        record["images"][i] = {"image": str(images[i]), "skipped": True,
+        record["images"][i] = {"image": str(images[i]), "target": wanted, "skipped": True,
                                "top": known[0][1].get("top", []) if known else [],
                                "explained": items or [{"files": list(map(str, fs))}]}
     return todo
+
+
+def _target_of(target, i: int) -> str | None:
+    """Image i's -t value as given (one for all images, or one each), None for its top-1 class."""
+    return None if not target else target[0] if len(target) == 1 else target[i]
 
 
 def _made_by(run: dict, method: str | None) -> tuple:

@@ -181,6 +181,8 @@ def test_skip_existing_computes_only_the_missing_images(tmp_path, capsys, monkey
     assert explained == [[folder / "2.png"]]
     assert "made by another run" in fail(capsys, "explain", MOBILENET, folder, "-m", "saliency", "-o", out,
                                          "--skip-existing", "--mean", "0", "0", "0")
+    assert "made by another run" in fail(capsys, "explain", MOBILENET, folder, "-m", "saliency", "-o", out,
+                                         "--skip-existing", "-t", "tabby")  # same file names, another class
 
 
 def test_a_failed_run_leaves_no_folder(tmp_path, capsys):
