@@ -166,8 +166,9 @@ def test_skip_existing_computes_only_the_missing_images(tmp_path, capsys, monkey
     (out / "1.saliency.npy").unlink()  # as if the run had stopped before image 1
     kept = {p.name: p.stat().st_mtime_ns for p in out.glob("[02].*")}
     explained = []
-    real = onnxplain.explain
-    monkeypatch.setattr(onnxplain, "explain", lambda m, x, **kw: explained.append(list(x)) or real(m, x, **kw))
+    real = onnxplain.explain_images
+    monkeypatch.setattr(onnxplain, "explain_images",
+                        lambda m, x, methods, **kw: explained.append(list(x)) or real(m, x, methods, **kw))
     doc = json.loads(run("explain", MOBILENET, folder, "-m", "saliency", "-o", out, "--skip-existing", "--json")[0])
     assert explained == [[folder / "1.png"]] and [i["skipped"] for i in doc["images"]] == [True, False, True]
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("[02].*")} == kept  # untouched
