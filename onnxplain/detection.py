@@ -15,6 +15,9 @@ Layouts (`--decoder NAME`; chosen from the output shapes when not given):
 - `split`: two outputs N×A×4 (boxes x1, y1, x2, y2; divided by the input size when all lie in [0, 1]) and N×A×C
   (class scores): SSD, RetinaNet and face-detector heads.
 - `end2end`: one output N×D×6 (x1, y1, x2, y2, score, class): detectors with NMS inside (ultralytics end-to-end).
+- `picodet`: one pair of outputs per scale, class scores N×A_l×C and box distributions N×A_l×4(R+1) (GFL's DFL:
+  each side's distance is the expectation of a softmax over R+1 bins, times the stride, from the cell centre), the
+  stride of a scale read from its anchor count (PaddleDetection PicoDet exported without post-processing).
 """
 from __future__ import annotations
 
@@ -24,14 +27,14 @@ import numpy as np
 
 from .errors import OnnxplainError
 
-DECODERS = ("yolov8", "yolox", "yolox-raw", "split", "end2end")
+DECODERS = ("yolov8", "yolox", "yolox-raw", "split", "end2end", "picodet")
 
 
 @dataclass(frozen=True)
 class Decoder:
     layout: str
-    outputs: tuple[str, ...]  # the outputs read: one, or (boxes, scores) for `split`
-    classes: int
+    outputs: tuple[str, ...]  # the outputs read: one, (boxes, scores) for `split`, the scores then the boxes of
+    classes: int              # each scale for `picodet`
 
     def scores(self, g, tensors: dict):
         """N×A×C nodes: each anchor's class scores, times its objectness where the layout has one."""
@@ -42,6 +45,8 @@ class Decoder:
             return g.Mul(g.slice(y, [4], [5], [2]), g.slice(y, [5], [5 + self.classes], [2]))
         if self.layout == "end2end":
             return g.slice(y, [4], [5], [2])
+        if self.layout == "picodet":
+            return g.Concat(*(tensors[n] for n in self.outputs[:len(self.outputs) // 2]), axis=1)
         return tensors[self.outputs[1]]
 
     def decode(self, out: dict, size: tuple[int, int]):
@@ -61,6 +66,12 @@ class Decoder:
             probs = np.zeros((n, d, int(labels.max(initial=0)) + 1))
             np.put_along_axis(probs, labels[..., None], 1.0, axis=2)
             return y[..., :4], y[..., 4:5], probs, y[..., 4]
+        if self.layout == "picodet":
+            levels = len(self.outputs) // 2
+            probs = np.concatenate([out[n].astype(np.float64) for n in self.outputs[:levels]], axis=1)
+            boxes = np.concatenate([_distributions(out[n].astype(np.float64), size)
+                                    for n in self.outputs[levels:]], axis=1)
+            return boxes, probs, probs, probs.max(axis=-1)
         boxes, probs = y, out[self.outputs[1]].astype(np.float64)
         if boxes.size and np.abs(boxes).max() <= 1.0:
             boxes = boxes * np.array([size[1], size[0], size[1], size[0]])
@@ -86,6 +97,43 @@ def _grid(raw: np.ndarray, size: tuple[int, int], strides=(8, 16, 32)) -> np.nda
     return np.concatenate([(raw[..., :2] + cells) * steps, np.exp(np.clip(raw[..., 2:4], None, 30)) * steps], -1)
 
 
+def _distributions(d: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """PicoDet's boxes of one scale from N×A×4(R+1) distributions: the stride is the power of two whose grid over
+    the input (sides rounded up) has A cells, centres at (cell + ½)·stride."""
+    n, a, bins = d.shape[0], d.shape[1], d.shape[2] // 4
+    stride = next((s for s in (2 ** k for k in range(1, 9)) if -(-size[0] // s) * -(-size[1] // s) == a), None)
+    if stride is None:
+        raise OnnxplainError(f"decoder picodet: no stride puts {a} anchors on a {size[0]}x{size[1]} input")
+    gy, gx = np.meshgrid(np.arange(-(-size[0] // stride)), np.arange(-(-size[1] // stride)), indexing="ij")
+    centres = (np.stack([gx, gy, gx, gy], -1).reshape(-1, 4) + 0.5) * stride
+    z = d.reshape(n, a, 4, bins)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    distance = (p / p.sum(-1, keepdims=True)) @ np.arange(bins) * stride
+    return centres + distance * np.array([-1, -1, 1, 1])
+
+
+def _scales(shapes: dict[str, tuple]) -> Decoder | None:
+    """PicoDet-style outputs: two rank-3 outputs per anchor count (≥ 2 scales), class scores of one width C and
+    box distributions of one width 4(R+1) ≥ 20 (of two such widths, the smaller), scales ordered finest first."""
+    by_anchors: dict[int, list[str]] = {}
+    for name, shape in shapes.items():
+        if len(shape) == 3:
+            by_anchors.setdefault(shape[1], []).append(name)
+    if len(by_anchors) < 2 or any(len(names) != 2 for names in by_anchors.values()):
+        return None
+    scores, boxes = [], []
+    for a in sorted(by_anchors, reverse=True):
+        pair = sorted(by_anchors[a], key=lambda n: shapes[n][2])
+        fits = [n for n in pair if shapes[n][2] % 4 == 0 and shapes[n][2] >= 20]
+        if not fits:
+            return None
+        boxes.append(fits[0])
+        scores.append(next(n for n in pair if n != fits[0]))
+    if len({shapes[n][2] for n in scores}) != 1 or len({shapes[n][2] for n in boxes}) != 1:
+        return None
+    return Decoder("picodet", (*scores, *boxes), shapes[scores[0]][2])
+
+
 def candidates(shapes: dict[str, tuple]) -> list[Decoder]:
     """Every reading of outputs of these shapes (name → shape of one image's run, batch first) as a raw head."""
     found = []
@@ -103,15 +151,17 @@ def candidates(shapes: dict[str, tuple]) -> list[Decoder]:
         scores = [n for n, s in shapes.items() if len(s) == 3 and n != box and s[1] == shape[1]]
         if len(shape) == 3 and shape[2] == 4 and len(scores) == 1:
             found.append(Decoder("split", (box, scores[0]), shapes[scores[0]][2]))
-    return found
+    scales = _scales(shapes)
+    return found + ([scales] if scales else [])
 
 
 END2END_MOST = 1000  # an N×D×6 output with D up to this is read as end-to-end detections, a longer one as YOLOX
 
 
 def choose(shapes: dict[str, tuple], wanted: str | None = None, output: str | None = None) -> Decoder | None:
-    """The decoder for outputs of these shapes: layout `wanted` if given, else the one layout they fit (an N×D×6
-    output: end-to-end when D ≤ END2END_MOST, else YOLOX with one class); None when none fits. `output`: only
+    """The decoder for outputs of these shapes: layout `wanted` if given, else PicoDet's pairs of outputs per scale
+    where they fit, else the one layout they fit (an N×D×6 output: end-to-end when D ≤ END2END_MOST, else YOLOX
+    with one class); None when none fits. `output`: only
     layouts reading that output."""
     if wanted is not None and wanted not in DECODERS:
         raise OnnxplainError(f"unknown decoder '{wanted}' (known: {', '.join(DECODERS)})")
@@ -126,7 +176,8 @@ def choose(shapes: dict[str, tuple], wanted: str | None = None, output: str | No
     found = [d for d in found if d.layout != "yolox-raw" and not (
         d.layout == "end2end" and shapes[d.outputs[0]][1] > END2END_MOST or
         d.layout == "yolox" and shapes[d.outputs[0]][2] == 6 and shapes[d.outputs[0]][1] <= END2END_MOST)]
-    return found[0] if len(found) == 1 else None
+    scales = [d for d in found if d.layout == "picodet"]  # pairs of outputs per scale: the most specific reading
+    return scales[0] if scales else found[0] if len(found) == 1 else None
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

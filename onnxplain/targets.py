@@ -94,8 +94,11 @@ class DetectionScores:
         return self.anchors(shapes) * self.decoder.classes
 
     def anchors(self, shapes: dict) -> int:
-        shape = shapes[self.decoder.outputs[0]]
-        return shape[2] if self.decoder.layout == "yolov8" else shape[1]
+        d = self.decoder
+        if d.layout == "picodet":
+            return sum(shapes[n][1] for n in d.outputs[:len(d.outputs) // 2])
+        shape = shapes[d.outputs[0]]
+        return shape[2] if d.layout == "yolov8" else shape[1]
 
     def describe(self, shapes: dict) -> str:
         d = self.decoder

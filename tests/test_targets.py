@@ -336,3 +336,52 @@ def test_a_heads_default_cam_layer_is_on_every_path_to_it(exported):
     ends = block_ends(m.layers(), m.layout_of)
     assert ends[-1] != relu and on_every_path(m.graph, m.input, m.score, ends) == [relu]
     assert cam_layer(m, None) == relu
+
+
+class PicoDet(nn.Module):
+    """Two scales (strides 4 and 8 on 32×32) of sigmoid class scores N×A×3 and DFL box distributions N×A×32 (8
+    bins a side), as PaddleDetection's PicoDet exports them without post-processing."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Conv2d(3, 8, 3, padding=1)
+        self.heads = nn.ModuleList(nn.Conv2d(8, 3 + 32, s, stride=s) for s in (4, 8))
+
+    def forward(self, x):
+        f = torch.relu(self.features(x))
+        outs = [h(f).flatten(2).transpose(1, 2) for h in self.heads]
+        return (*(torch.sigmoid(o[..., :3]) for o in outs), *(o[..., 3:] for o in outs))
+
+
+def picodet_boxes(raw, stride, side=SIDE):
+    """PaddleDetection's picodet_postprocess decode of one scale: centres (cell + 0.5)·stride, distances the
+    expectation of a softmax over 8 bins, times the stride."""
+    cells = side // stride
+    ww, hh = np.meshgrid(np.arange(cells), np.arange(cells))
+    ct_row, ct_col = (hh.flatten() + 0.5) * stride, (ww.flatten() + 0.5) * stride
+    center = np.stack((ct_col, ct_row, ct_col, ct_row), axis=1)
+    d = np.exp(raw.reshape(-1, 8) - raw.reshape(-1, 8).max(1, keepdims=True))
+    distance = ((d / d.sum(1, keepdims=True)) * np.arange(8)).sum(1).reshape(-1, 4) * stride
+    return center + np.array([-1, -1, 1, 1]) * distance
+
+
+def test_picodet_scales_decode_as_paddledetection_and_differentiate_as_autograd(tmp_path):
+    torch.manual_seed(12)
+    net = PicoDet().eval()
+    path = export(net, tmp_path / "pico.onnx", ["s0", "s1", "b0", "b1"])
+    m = onnxplain.load(path, device="cpu", preprocessing="unit")
+    d = m.head.decoder
+    assert (d.layout, d.outputs, d.classes, m.num_classes) == ("picodet", ("s0", "s1", "b0", "b1"), 3, 80 * 3)
+    x = np.random.default_rng(13).uniform(0, 1, (2, 3, SIDE, SIDE)).astype(np.float32)
+    with torch.no_grad():
+        s0, s1, b0, b1 = (t.numpy() for t in net(torch.from_numpy(x)))
+    for i in range(2):
+        boxes = np.concatenate([picodet_boxes(b0[i], 4), picodet_boxes(b1[i], 8)])
+        got = d.decode({"s0": s0[i:i + 1], "s1": s1[i:i + 1], "b0": b0[i:i + 1], "b1": b1[i:i + 1]}, (SIDE, SIDE))
+        assert np.allclose(got[0][0], boxes, atol=1e-5)
+    e = onnxplain.explain(m, x, "gradxinput", target=targets.Box(cls=2))
+    for i in range(2):
+        a = e.targets[i] // 3
+        assert e.targets[i] % 3 == 2 and a == np.argmax(np.concatenate([s0[i, :, 2], s1[i, :, 2]]))
+        pick = (lambda y: y[0][i, a, 2]) if a < 64 else (lambda y: y[1][i, a - 64, 2])
+        assert rel_err(e.attributions[i], (x * autograd(net, x, pick))[i]) <= 1e-4
