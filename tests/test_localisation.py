@@ -144,3 +144,16 @@ def test_founding_methods_run_from_the_command_line_on_the_ground_truth_model(tm
             flipped = [line for line in out.splitlines() if line.startswith("  score ")]
             assert len(flipped) == 2 and "explanation" not in out
             assert all(f"deleted fraction {e.info['deleted_fraction'][i]:.4g}" in flipped[i] for i in range(2))
+
+
+def test_the_registry_runs_a_metric_on_a_case_and_names_missing_ground_truth():
+    from dataclasses import replace
+
+    from onnxplain.metrics import REGISTRY, Case
+    maps = np.random.default_rng(0).normal(size=(3, 6, 6))
+    masks = np.zeros((3, 6, 6)); masks[:, 2:4, 1:5] = 1
+    case = Case(model=None, inputs=None, maps=maps, targets=np.zeros(3, int))
+    with pytest.raises(OnnxplainError, match="pointing_game needs masks"):
+        REGISTRY["pointing_game"](case)
+    np.testing.assert_array_equal(REGISTRY["pointing_game"](replace(case, masks=masks)), pointing_game(maps, masks))
+    assert REGISTRY["energy_pointing_game"].better == "higher" and REGISTRY["deletion"].better == "lower"

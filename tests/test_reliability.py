@@ -243,7 +243,8 @@ def test_a_failed_run_leaves_no_output_folder(model, capsys):
 
 
 def test_evaluate_reads_a_long_list_of_images_one_batch_at_a_time(model, monkeypatch):
-    import onnxplain.metrics as metrics
+    import onnxplain.metrics.evaluation as evaluation
+    import onnxplain.metrics.faithfulness as faithfulness
     paths = []
     for i in range(5):
         paths.append(model.parent / f"img{i}.png")
@@ -251,7 +252,8 @@ def test_evaluate_reads_a_long_list_of_images_one_batch_at_a_time(model, monkeyp
     m = onnxplain.load(model, device="cpu")
     whole = onnxplain.evaluate(m, paths, "saliency", metrics=("deletion", "drop"), step=8, batch_size=16)
     read = []
-    monkeypatch.setattr(metrics, "as_batch", lambda model, x: (read.append(len(x)), as_batch(model, x))[1])
+    for module in (evaluation, faithfulness):
+        monkeypatch.setattr(module, "as_batch", lambda model, x: (read.append(len(x)), as_batch(model, x))[1])
     batched = onnxplain.evaluate(m, paths, "saliency", metrics=("deletion", "drop"), step=8, batch_size=2)
     assert max(read) == 2 and sum(read) == 5 * 3  # the images of evaluate, deletion and confidence: 2, 2, 1 each
     for name in ("deletion", "drop"):

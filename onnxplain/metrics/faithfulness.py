@@ -1,4 +1,5 @@
-"""Metrics on any saliency map, from forward passes through the black-box engine.
+"""Faithfulness: does removing what the map calls relevant change the model's score? Forward passes only,
+batched through the black-box engine.
 
 - Deletion and insertion (Petsiuk et al. 2018): pixels are removed from the image (deletion, towards a zero
   baseline by default) or inserted into a baseline (insertion, a blurred image by default) `step` at a time in
@@ -7,23 +8,19 @@
 - Average drop and increase in confidence (Chattopadhay et al. 2018): the explanation image x ⊙ m (+ baseline
   ⊙ (1 − m)), m the map min-max normalised to [0, 1]; drop = max(0, Y − O)/Y·100 and increase = 100·[O > Y],
   Y and O the class probability of the image and of the explanation, averaged over images.
-- Pointing game (Zhang et al. 2016) and energy-based pointing game (Wang et al. 2020): where a map puts its maximum
-  and its positive mass relative to a ground-truth mask; maps only, no model calls.
-
-`evaluate(model, x, methods)` explains with each method (or takes given maps) and returns every metric per image.
+- Undesirable-pixel removal (Kang et al. 2019): removing a map's top pixels against removing random ones.
 """
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
-from .errors import OnnxplainError
-from .explain import as_batch, as_targets, check_finite, explain
-from .limits import whole
-from .perturb import Plan, Scorer, baseline, stream, to_chw, top1
+from ..errors import OnnxplainError
+from ..explain import as_batch, as_targets, check_finite
+from ..limits import whole
+from ..perturb import Plan, Scorer, baseline, stream, to_chw, top1
+from .base import Metric, register
 
 METRICS = ("deletion", "insertion", "drop", "increase")
 BETTER = {"deletion": "lower", "insertion": "higher", "drop": "lower", "increase": "higher"}
@@ -110,106 +107,6 @@ def confidence(model, x, maps, target=None, *, baseline_kind: str | float = "zer
     return drop, (o > y) * 100.0
 
 
-def evaluate(model, x, methods=("rise",), target=None, *, metrics=METRICS, step: int | None = None,
-             deletion_baseline: str | float = "zero", insertion_baseline: str | float = "blur",
-             score="probability", batch_size: int | None = None, params: Mapping | None = None,
-             progress=None) -> dict[str, dict[str, np.ndarray]]:
-    """Explain `x` with each method and score its maps: {method: {metric: value per image}}.
-
-    methods: method names, or a mapping {label: maps N×H×W} to score maps made elsewhere.
-    params: {method: {parameter: value}} passed to `explain`.
-    progress: progress(done, total) for every stream of model calls (explanations and metrics).
-    """
-    listed = isinstance(metrics, (list, tuple))
-    if not listed or any(m not in METRICS for m in metrics):
-        unknown = next(m for m in metrics if m not in METRICS) if listed else metrics
-        raise OnnxplainError(f"unknown metric {reprlib.repr(unknown)} (metrics is a list of: {', '.join(METRICS)})")
-    if isinstance(methods, str):
-        methods = [methods]
-    if not isinstance(methods, (list, tuple, Mapping)):
-        raise OnnxplainError(f"methods must be method names or a mapping of maps, not {reprlib.repr(methods)}")
-    if not (params is None or isinstance(params, Mapping) and all(isinstance(v, Mapping) for v in params.values())):
-        raise OnnxplainError(f"params must map each method to its parameters, not {reprlib.repr(params)}")
-    size = model.batch_size if batch_size is None else whole("batch_size", batch_size)
-    if isinstance(x, (list, tuple)) and len(x) > size and all(isinstance(p, (str, Path)) for p in x):
-        return _in_batches(model, x, methods, as_targets(model, target, len(x)), size, metrics=metrics, step=step,
-                           deletion_baseline=deletion_baseline, insertion_baseline=insertion_baseline,
-                           score=score, params=params, progress=progress)
-    inputs, _ = as_batch(model, x)
-    targets = as_targets(model, target, len(inputs))
-    given = dict(methods) if isinstance(methods, Mapping) else None
-    options = dict(step=step, score=score, batch_size=batch_size, progress=progress)
-    results = {}
-    for method in (given or methods):
-        if given is not None:
-            maps = given[method]
-        else:
-            extra = dict((params or {}).get(method, {}))
-            from .methods import METHODS
-            if progress is not None and method in METHODS and METHODS[method].accepts("progress"):
-                extra.setdefault("progress", progress)
-            e = explain(model, inputs, method, target=targets, batch_size=batch_size, **extra)
-            maps, targets_used = e.maps, e.targets
-        t = targets if given is not None else targets_used
-        row = {}
-        if "deletion" in metrics:
-            row["deletion"] = deletion(model, inputs, maps, t, baseline_kind=deletion_baseline, **options)
-        if "insertion" in metrics:
-            row["insertion"] = insertion(model, inputs, maps, t, baseline_kind=insertion_baseline, **options)
-        if "drop" in metrics or "increase" in metrics:
-            drop, increase = confidence(model, inputs, maps, t, score=score, batch_size=batch_size)
-            row.update({k: v for k, v in (("drop", drop), ("increase", increase)) if k in metrics})
-        results[method] = row
-    return results
-
-
-def _in_batches(model, paths, methods, targets, size, **options) -> dict[str, dict[str, np.ndarray]]:
-    """`evaluate` on a long list of image files, `size` images read and scored at a time: memory holds one batch of
-    images, whatever the length of the list. Maps given for the images are split alike."""
-    parts = []
-    for a in range(0, len(paths), size):
-        chunk = {k: np.asarray(v)[a:a + size] for k, v in methods.items()} if isinstance(methods, Mapping) else methods
-        parts.append(evaluate(model, paths[a:a + size], chunk, targets[a:a + size], batch_size=size, **options))
-    return {method: {name: np.concatenate([p[method][name] for p in parts]) for name in row}
-            for method, row in parts[0].items()}
-
-
-def _maps_and_masks(maps, masks) -> tuple[np.ndarray, np.ndarray]:
-    maps, masks = np.asarray(maps, np.float64), np.asarray(masks) != 0
-    maps, masks = (maps[None] if maps.ndim == 2 else maps), (masks[None] if masks.ndim == 2 else masks)
-    if maps.ndim != 3 or maps.shape != masks.shape:
-        raise OnnxplainError(f"maps {maps.shape} and masks {masks.shape} must have the same shape, N×H×W or H×W")
-    return maps, masks
-
-
-def pointing_game(maps, masks, tolerance: float = 0) -> np.ndarray:
-    """Pointing game (Zhang et al. 2016) per image: 1.0 when the map's maximum lies within `tolerance` pixels
-    (Euclidean distance between pixel centres) of a pixel of the ground-truth mask, else 0.0.
-
-    maps: N×H×W (or H×W); masks: the same shape, non-zero on the object. Among equal maxima the first in row-major
-    order counts (numpy's argmax). An empty mask scores 0.0. Zhang et al. use a tolerance of 15 pixels at ~224².
-    """
-    if not (isinstance(tolerance, (int, float, np.number)) and tolerance >= 0):
-        raise OnnxplainError(f"tolerance must be a distance in pixels, at least 0, not {tolerance}")
-    maps, masks = _maps_and_masks(maps, masks)
-    hits = np.zeros(len(maps))
-    for i, (m, gt) in enumerate(zip(maps, masks)):
-        y, x = np.unravel_index(np.argmax(m), m.shape)
-        ys, xs = np.nonzero(gt)
-        hits[i] = float(ys.size > 0 and ((ys - y) ** 2 + (xs - x) ** 2).min() <= tolerance ** 2)
-    return hits
-
-
-def energy_pointing_game(maps, masks) -> np.ndarray:
-    """Energy-based pointing game (Wang et al. 2020, Score-CAM) per image: Σ_{p ∈ mask} m⁺(p) / Σ_p m⁺(p), the share
-    of the map's positive part m⁺ = max(m, 0) that falls on the ground-truth mask; 0.0 for a map with no positive
-    value. Shapes as `pointing_game`."""
-    maps, masks = _maps_and_masks(maps, masks)
-    pos = np.maximum(maps, 0)
-    total = pos.sum(axis=(1, 2))
-    return np.where(total > 0, (pos * masks).sum(axis=(1, 2)) / np.where(total > 0, total, 1), 0.0)
-
-
 def undesirable_removal(model, x, maps, target=None, *, q=(1, 5, 10), repeats: int = 5, seed: int = 0,
                         baseline_kind: str | float = "zero", score="probability",
                         batch_size: int | None = None) -> dict[str, np.ndarray]:
@@ -261,14 +158,11 @@ def undesirable_removal(model, x, maps, target=None, *, q=(1, 5, 10), repeats: i
     return out
 
 
-def spearman(a, b) -> float:
-    """Spearman's rank correlation of two maps (all their entries), ties given their mean rank as
-    scipy.stats.spearmanr does: how far two methods order the pixels alike."""
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape:
-        raise OnnxplainError(f"spearman needs two maps of the same shape, not {a.shape} and {b.shape}")
-
-    def ranks(v):
-        _, inverse, counts = np.unique(v.ravel(), return_inverse=True, return_counts=True)
-        return (np.cumsum(counts) - counts + (counts - 1) / 2)[inverse]
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+register(Metric("deletion", "faithfulness", "lower", "Petsiuk et al. 2018 (RISE)",
+                lambda c, **o: deletion(c.model, c.inputs, c.maps, c.targets, **o)))
+register(Metric("insertion", "faithfulness", "higher", "Petsiuk et al. 2018 (RISE)",
+                lambda c, **o: insertion(c.model, c.inputs, c.maps, c.targets, **o)))
+register(Metric("drop", "faithfulness", "lower", "Chattopadhay et al. 2018 (Grad-CAM++)",
+                lambda c, **o: confidence(c.model, c.inputs, c.maps, c.targets, **o)[0]))
+register(Metric("increase", "faithfulness", "higher", "Chattopadhay et al. 2018 (Grad-CAM++)",
+                lambda c, **o: confidence(c.model, c.inputs, c.maps, c.targets, **o)[1]))

@@ -1,0 +1,10 @@
+"""Metrics beside methods, grouped as Quantus groups them; `REGISTRY` lists every metric an audit can run."""
+from .base import GROUPS, REGISTRY, Case, Metric, register
+from .evaluation import evaluate
+from .faithfulness import BETTER, METRICS, auc, confidence, curves, deletion, insertion, undesirable_removal
+from .localisation import energy_pointing_game, pointing_game
+from .similarity import spearman
+
+__all__ = ["GROUPS", "REGISTRY", "BETTER", "METRICS", "Case", "Metric", "register", "evaluate", "auc", "confidence",
+           "curves", "deletion", "insertion", "undesirable_removal", "energy_pointing_game", "pointing_game",
+           "spearman"]

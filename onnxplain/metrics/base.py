@@ -1,0 +1,63 @@
+"""The metric registry: every metric an audit can run, one record each, grouped as Quantus groups them
+(faithfulness, randomisation, localisation, complexity, robustness) and named as Quantus names them where it has
+them, so results can be compared.
+
+A metric's `compute(case, **options)` returns one value per image of the case. What a case holds is all a metric
+may use: the model, its input batch, the maps under test, the targets they explain, ground-truth masks when the
+data has them, and a way to explain again (for checks that change the model or the input and compare maps).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import OnnxplainError
+
+GROUPS = ("faithfulness", "randomisation", "localisation", "complexity", "robustness")
+
+
+@dataclass(frozen=True)
+class Case:
+    """A batch of N images under audit for one method.
+
+    inputs: the model's input batch; maps: N×H×W; targets: N class indices (or the targets `explain` took);
+    masks: N×H×W ground truth (non-zero on the object) or None; explain(model, inputs, targets) -> N×H×W maps of
+    the same method with the same parameters, or None.
+    """
+    model: object
+    inputs: np.ndarray
+    maps: np.ndarray
+    targets: np.ndarray
+    masks: np.ndarray | None = None
+    explain: Callable | None = None
+
+
+@dataclass(frozen=True)
+class Metric:
+    """name: Quantus-style snake_case; better: "higher" or "lower"; paper: who defined it; needs: "masks" and/or
+    "explain", what a case must carry; compute(case, **options) -> N values."""
+    name: str
+    group: str
+    better: str
+    paper: str
+    compute: Callable[..., np.ndarray]
+    needs: tuple[str, ...] = ()
+
+    def __call__(self, case: Case, **options) -> np.ndarray:
+        missing = [n for n in self.needs if getattr(case, n) is None]
+        if missing:
+            raise OnnxplainError(f"metric {self.name} needs {' and '.join(missing)}"
+                                 + (" (ground-truth boxes or masks in the data)" if "masks" in missing else ""))
+        return np.asarray(self.compute(case, **options), np.float64)
+
+
+REGISTRY: dict[str, Metric] = {}
+
+
+def register(metric: Metric) -> Metric:
+    if metric.group not in GROUPS or metric.better not in ("higher", "lower"):
+        raise ValueError(f"metric {metric.name}: group {metric.group!r} or direction {metric.better!r} unknown")
+    REGISTRY[metric.name] = metric
+    return metric
