@@ -41,7 +41,8 @@ _PREPROCESSING = [
     click.option("--size", type=int, nargs=2, metavar="H W", help="Model input height and width."),
     click.option("--resize", type=int, help="Shorter side before a center crop (default: resize to --size)."),
     click.option("--scale", type=float, help="Multiplier from 0..255 pixel values (default 1/255)."),
-    click.option("--mean", type=float, nargs=3, metavar="R G B", help="Subtracted after scaling."),
+    click.option("--mean", type=float, nargs=3, metavar="R G B",
+                 help="Subtracted after scaling (a one-channel model: three equal values)."),
     click.option("--std", type=float, nargs=3, metavar="R G B", help="Divided by after the mean."),
     click.option("--channel-order", type=click.Choice(["RGB", "BGR"])),
     click.option("--layout", type=click.Choice(["NCHW", "NHWC"])),
@@ -251,7 +252,7 @@ def _described(m) -> dict:
 @JSON
 def methods(names, size, as_json):
     """List the explanation methods (or the NAMES given), grouped by what they use, with their parameters and
-    defaults and the model passes one image costs."""
+    defaults (and what each means, for the NAMES given) and the model passes one image costs."""
     for name in names:
         method_registry.get(name)  # unknown names refused in one line
     chosen = [c for c in method_registry.METHODS.values() if not names or c.name in names]
@@ -267,7 +268,8 @@ def methods(names, size, as_json):
         for d in members:
             kind = "" if d["targets"] == "any" else f"  [{method_registry.TARGET_KINDS[d['targets']]}]"
             click.echo(f"  {d['name']:<{width}}  {d['summary']}{'' if d['one_graph'] else '  (several passes)'}{kind}")
-            params = "  ".join(f"{k}={v!r}" for k, v in d["parameters"].items())
+            params = (f"\n  {'':<{width}}  ".join(f"{k}={v!r}: {d['meanings'][k]}" for k, v in d["parameters"].items())
+                      if names else "  ".join(f"{k}={v!r}" for k, v in d["parameters"].items()))
             passes = d["model_passes"]
             cost = (f"{passes:,} model pass{'es' if passes > 1 else ''} per image at {size[0]}x{size[1]}"
                     if passes is not None else "model passes per image: one per channel of the layer(s)")
@@ -281,13 +283,15 @@ def methods(names, size, as_json):
 def _method(cls, size) -> dict:
     """A method as data: name, group, summary, parameters with their defaults (from the class), passes per image."""
     from dataclasses import MISSING, fields
+
+    from onnxplain.methods.parameters import meaning
     defaults = cls()
     passes = defaults.model_passes(size)
+    parameters = {f.name: run_manifest.jsonable(getattr(defaults, f.name)) for f in fields(cls)
+                  if f.init and f.name != "progress" and (f.default is not MISSING or f.default_factory is not MISSING)}
     return {"name": cls.name, "group": cls.group, "summary": cls.summary, "one_graph": cls.one_graph,
-            "at_layer": cls.at_layer, "targets": cls.targets,
-            "parameters": {f.name: run_manifest.jsonable(getattr(defaults, f.name)) for f in fields(cls)
-                           if f.init and f.name != "progress" and (f.default is not MISSING or
-                                                                  f.default_factory is not MISSING)},
+            "at_layer": cls.at_layer, "targets": cls.targets, "parameters": parameters,
+            "meanings": {k: meaning(cls.name, k) for k in parameters},
             "model_passes": passes, "slow": passes is not None and passes > SLOW}
 
 

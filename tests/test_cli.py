@@ -1,4 +1,5 @@
 """The command line through Click's runner, one real subprocess, and the exported explanation graph."""
+import json
 import subprocess
 import sys
 
@@ -31,6 +32,15 @@ def fail(capsys, *args):
 def test_methods_lists_groups():
     out = run("methods")
     assert "gradients of the score:" in out and "saliency" in out and "gradcam" in out
+
+
+def test_methods_names_say_what_every_parameter_of_every_method_means():
+    described = json.loads(run("methods", "--json"))
+    unexplained = [f"{d['name']}.{k}" for d in described for k, v in d["meanings"].items() if not v]
+    assert not unexplained and sum(len(d["meanings"]) for d in described) > 100, unexplained
+    out = run("methods", "lrp")
+    assert "gamma=0.25: γ of the γ rule" in out and "composite='epsilon_plus_flat': rule set" in out
+    assert "γ of the tanh" in run("methods", "layercam")  # a name meaning something else in another method
 
 
 def test_inspect_shows_layers_and_preprocessing():
