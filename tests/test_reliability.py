@@ -279,3 +279,14 @@ def test_a_batch_larger_than_memory_is_refused_before_it_is_allocated(model, mon
     assert "batch_size 256 (256 inputs of 3×8×8 floats per model run" in str(e.value) and "0.000197 GB" in str(e.value)
     assert onnxplain.explain(m, X, "occlusion", window=4, stride=4, batch_size=64).maps.shape == (1, 8, 8)
     assert onnxplain.explain(m, X, "saliency", batch_size=256).maps.shape == (1, 8, 8)  # one image: one row a run
+
+
+def test_every_package_folder_is_listed_for_the_wheel():
+    """pyproject lists the packages (the CLI's folder is renamed); a folder missing there installs editable but
+    not from a wheel."""
+    import tomllib
+
+    from conftest import ROOT
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "onnxplain").rglob("__init__.py")}
+    assert folders - listed == set() and "onnxplain_cli" in listed
