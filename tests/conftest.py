@@ -52,3 +52,15 @@ def exposed(m, x, layers, targets):
 def mobilenet():
     import onnxplain
     return onnxplain.load(MOBILENET, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def audited(tmp_path_factory, mobilenet):
+    """An audit folder with its report (tests/audit_fixture.py), and its results."""
+    from audit_fixture import make_audit
+
+    from onnxplain.report import write_report
+    out = tmp_path_factory.mktemp("audit")
+    results = make_audit(out, mobilenet)
+    write_report(out)
+    return out, results
