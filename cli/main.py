@@ -1,4 +1,4 @@
-"""onnxplain command line: inspect, explain, methods, export."""
+"""onnxplain command line: inspect, explain, methods, export, evaluate, audit."""
 from __future__ import annotations
 
 import json
@@ -78,6 +78,14 @@ LABELS = click.option("--labels", "labels", type=click.Path(dir_okay=False, path
                            "sidecar's, else the model's metadata (labels, classes, names, character).")
 PARAM = click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
                      help="Method parameter, repeatable (e.g. -p masks=2000 -p baseline=blur); see the method's docs.")
+
+
+def RUNS(command):
+    """The options of the commands that run methods on images: --json, --batch-size, --device, the preprocessing
+    options, --output and --decoder, --quantized, --labels, --probabilities and -p."""
+    for option in reversed((JSON, BATCH, DEVICE, PREPROCESSING, OUTPUT, QUANTIZED, LABELS, PROBS, PARAM)):
+        command = option(command)
+    return command
 
 
 def _params(pairs) -> dict:
@@ -326,15 +334,7 @@ SLOW = 50_000  # model passes per image above which a method is called slow (min
                    "min-max (percentile for gradient methods).")
 @click.option("--grid", is_flag=True, help="Also write IMAGE.grid.png per image: the photo, then every method's and "
                                            "class's overlay side by side.")
-@JSON
-@BATCH
-@DEVICE
-@PREPROCESSING
-@OUTPUT
-@QUANTIZED
-@LABELS
-@PROBS
-@PARAM
+@RUNS
 def explain(model, images, methods, target, layer, out_dir, force, skip_existing, top_k, view, colour_scale, grid,
             as_json, batch_size, device, probabilities, params, **pre):
     """Explain MODEL on IMAGES (files, folders of images, glob patterns): writes an overlay PNG (title, colorbar,
@@ -590,15 +590,7 @@ def export(model, method, layer, out, force, as_json, probabilities, params, **p
               help="Pixels per deletion/insertion step (default H*W/224).")
 @click.option("--deletion-baseline", type=click.Choice(["zero", "blur", "mean"]), default="zero", show_default=True)
 @click.option("--insertion-baseline", type=click.Choice(["zero", "blur", "mean"]), default="blur", show_default=True)
-@JSON
-@BATCH
-@DEVICE
-@PREPROCESSING
-@OUTPUT
-@QUANTIZED
-@LABELS
-@PROBS
-@PARAM
+@RUNS
 def evaluate(model, images, methods, target, metrics, step, deletion_baseline, insertion_baseline, as_json, batch_size,
              device, probabilities, params, **pre):
     """Score methods' maps on IMAGES: deletion/insertion AUC (Petsiuk 2018), average drop/increase in confidence
@@ -636,6 +628,79 @@ def evaluate(model, images, methods, target, metrics, step, deletion_baseline, i
             click.echo(f"  {image.name:<{width}}" + "".join(f"{row[name][i]:>13.4f}" for name in metrics))
         click.echo(f"  {'mean':<{width}}" + "".join(f"{row[name].mean():>13.4f}" for name in metrics))
         click.echo(f"  {'better':<{width}}" + "".join(f"{BETTER[name]:>13}" for name in metrics))
+
+
+@cli.command()
+@MODEL
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("-m", "--method", "methods", multiple=True, required=True, help="Method to audit, repeatable.")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for results.json, per_image.jsonl/.csv and maps/ (refused when it holds files, unless "
+                   "--resume or --force).")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME",
+              help="Metric, repeatable (default: every registered metric the data allows; see `onnxplain.metrics."
+                   "REGISTRY`).")
+@click.option("-q", "--metric-option", "metric_options", multiple=True, metavar="METRIC.KEY=VALUE",
+              help="A metric's option, repeatable (e.g. -q deletion.step=448).")
+@click.option("--target", type=click.Choice(["label", "top1"]), default="label", show_default=True,
+              help="Explain each image's label where the data gives one (else its top-1 class), or its top-1 class.")
+@click.option("--resume", is_flag=True, help="Go on with the audit in OUT, skipping the images it has done.")
+@click.option("--force", is_flag=True, help="Start again in OUT, replacing an audit's files there.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap intervals.")
+@RUNS
+def audit(model, data, methods, out_dir, metrics, metric_options, target, resume, force, seed, as_json, batch_size,
+          device, probabilities, params, **pre):
+    """Audit METHODS of MODEL on DATA (a folder of images, a folder of class folders named by the model's labels,
+    or a CSV path,label[,x1,y1,x2,y2][,mask]): every metric per image and method, streamed in batches and stored as
+    they finish (--resume goes on after an interruption), then results.json with means, 95 % bootstrap intervals,
+    rankings, per-class means and galleries. -p KEY=VALUE goes to every method that has that parameter."""
+    methods = tuple(dict.fromkeys(methods))
+    per_method = _per_method(methods, _params(params))
+    options: dict[str, dict] = {}
+    for pair in metric_options:
+        name, dot, rest = pair.partition(".")
+        if not dot:
+            raise OnnxplainError(f"metric option '{pair}' is not METRIC.KEY=VALUE")
+        options.setdefault(name, {}).update(_params([rest]))
+    m = _load(model, pre, device, probabilities, batch_size)
+    bar = _Progress("auditing")
+
+    def progress(done, total):  # first called once the audit's checks have passed
+        _flush_notes()
+        bar(done, total)
+    try:
+        results = onnxplain.audit(m, data, methods, out_dir, metrics=list(metrics) or None, target=target,
+                                  resume=resume, force=force, params=per_method, options=options,
+                                  batch_size=batch_size, seed=seed, progress=progress,
+                                  command=" ".join(["onnxplain", *click.get_current_context().meta["argv"]]))
+    except KeyboardInterrupt:
+        bar.close()
+        click.echo("interrupted; rerun with --resume", err=True)
+        sys.exit(130)
+    finally:
+        bar.close()
+    if as_json:
+        click.echo(json.dumps(results, ensure_ascii=False))
+        return
+    _say_audit(results, out_dir)
+
+
+def _say_audit(results: dict, out_dir: Path) -> None:
+    """An audit's summary as text: data, accuracy, failed methods, then each metric's ranking with means and
+    intervals."""
+    d = results["data"]
+    click.echo(f"{d['images']} images ({d['kind']}: {d['labelled']} labelled, {d['with_masks']} with ground truth, "
+               f"{len(d['failed'])} unreadable)" + ("" if results["accuracy"] is None else
+                                                    f"; top-1 accuracy {results['accuracy']['top1']:.3f}"))
+    for method, info in results["methods"].items():
+        if info["status"] != "ok" or info["reason"]:
+            click.echo(f"{method}: {info['status']}: {info['reason']}")
+    for metric, order in results["ranking"].items():
+        better = results["metrics"][metric]["better"]
+        click.echo(f"{metric} ({better} is better): " + ", ".join(
+            f"{method} {s['mean']:.4g} [{s['low']:.4g}, {s['high']:.4g}]"
+            for method in order for s in [results["summary"][method][metric]]))
+    click.echo(f"wrote {out_dir / 'results.json'}, {out_dir / 'per_image.csv'}")
 
 
 def _warn(message, category, filename, lineno, file=None, line=None):

@@ -6,11 +6,12 @@
     e.save("out")  # overlays on the photos (PNG, with title, colorbar and metadata) and the maps (.npy)
 """
 from . import targets
+from .audit import audit
 from .errors import OnnxplainError, UnsupportedOpError
 from .explain import Explanation, explain, explain_images, prepare_images
 from .methods import METHODS
 from .metrics import evaluate
 from .model import Model, load
 
-__all__ = ["METHODS", "Explanation", "Model", "OnnxplainError", "UnsupportedOpError", "evaluate", "explain",
+__all__ = ["METHODS", "Explanation", "Model", "OnnxplainError", "UnsupportedOpError", "audit", "evaluate", "explain",
            "explain_images", "load", "prepare_images", "targets"]

@@ -204,13 +204,12 @@ def figure(e, i: int = 0, k: int = 0, part: str | None = None, view: str = "orig
     and the PNG text metadata that goes with it. `view`: over the whole photo (the map carried back through the
     resize and crop, the area outside the crop dimmed), or over the crop the model saw (also what an input given as
     an array shows). `scale`: see `colour_scale` (default: `default_scale`)."""
-    from .methods import METHODS
     if view not in VIEWS:
         raise OnnxplainError(f"unknown view {view!r} (known: {', '.join(VIEWS)})")
     m = e.map(i, k, part)
     at = (i, k) if e.targets.ndim == 2 else (i,)
     c, score = int(e.targets[at]), float(e.scores[at])
-    s = colour_scale(m, scale or default_scale(m, METHODS[e.method].group in ("gradients", "modified")))
+    s = _scale_of(e, m, scale)
     photo = e.photos[i] if e.photos and view == "original" else None
     box = e.info.get("box")  # a detection's box, in the model input's pixels: outlined in white
     outline = None if box is None else box_outline(m.shape, box[at])
@@ -237,6 +236,33 @@ def figure(e, i: int = 0, k: int = 0, part: str | None = None, view: str = "orig
     if model is not None and model.sha256:
         text["model_sha256"] = model.sha256
     return panel(picture, s, title), text
+
+
+def _scale_of(e, m: np.ndarray, scale: str | None) -> Scale:
+    """The colour scale of explanation `e`'s map `m`: `scale` when given, else the method's default."""
+    from .methods import METHODS
+    return colour_scale(m, scale or default_scale(m, METHODS[e.method].group in ("gradients", "modified")))
+
+
+def small(e, i: int = 0, side: int = 256, scale: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Image i of explanation `e` and its map's overlay, small, for galleries and reports: (photo, overlay), uint8
+    with the long side at most `side` pixels, without title or colorbar. The overlay is drawn as `figure` draws it over
+    the whole photo (the map carried back through the resize and crop, the area outside the crop dimmed), or over the
+    view the model saw for an input given as an array."""
+    from PIL import Image
+    m = e.map(i)
+    photo = e.photos[i] if e.photos else None
+    picture = rgb(photo.photo if photo is not None else e.views[i])
+    h, w = picture.shape[:2]
+    f = min(1.0, side / max(h, w))
+    shape = (max(1, round(h * f)), max(1, round(w * f)))
+    if shape != (h, w):
+        picture = np.asarray(Image.fromarray(picture).resize(shape[::-1], Image.BILINEAR))
+    if photo is None:
+        shown, inside = np.asarray(Image.fromarray(m.astype(np.float32), "F").resize(shape[::-1], Image.BILINEAR)), None
+    else:
+        shown, inside = photo.geometry.to_photo(m, shape)
+    return picture, overlay(picture, shown, _scale_of(e, m, scale), inside)
 
 
 def grid(explanations: list, i: int = 0, view: str = "original", scale: str | None = None) -> tuple[np.ndarray, dict]:

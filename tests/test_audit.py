@@ -1,0 +1,255 @@
+"""Audits: data layouts and ground truth, the per-batch function against the metrics called directly, resume,
+bootstrap intervals, results.json, one-line errors."""
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+from test_cli import fail, main, run
+from test_load import _quantised, tiny_cnn
+
+import onnxplain
+from onnxplain.audit import Plan, audit_batch, read_data
+from onnxplain.audit import batch as audit_batch_module
+from onnxplain.audit import run as audit_run
+from onnxplain.audit.data import ground_truth
+from onnxplain.audit.results import bootstrap, read_rows
+from onnxplain.errors import OnnxplainError
+from onnxplain.explain import forward
+from onnxplain.metrics import REGISTRY, Case
+from onnxplain.preprocess import prepare
+
+LABELS = ["tabby cat", "golden retriever"] + [f"class{i}" for i in range(2, 10)]
+METRICS = ["deletion", "insertion", "drop", "increase"]
+
+
+def _model(folder, proto=None, **sidecar):
+    path = folder / "m.onnx"
+    onnx.save(proto or tiny_cnn(), path)
+    path.with_suffix(".json").write_text(json.dumps({"preprocessing": {"scale": 1 / 255}, "labels": LABELS,
+                                                     **sidecar}))
+    return path
+
+
+def _image(path, seed, size=(8, 8)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def classes(tmp_path):
+    """The tiny CNN with labels, and 5 images in class folders named as its labels (case, underscores) or by number."""
+    data = tmp_path / "data"
+    for i, (folder, name) in enumerate([("Tabby_Cat", "a.png"), ("Tabby_Cat", "b.png"), ("golden retriever", "c.png"),
+                                        ("3", "d.png"), ("3", "e.png")]):
+        _image(data / folder / name, i)
+    return _model(tmp_path), data
+
+
+def _strip(rows):
+    return sorted(({k: v for k, v in r.items() if k != "seconds"} for r in rows), key=lambda r: (r["id"], r["method"]))
+
+
+def test_class_folders_are_matched_to_the_labels_by_name_or_number(classes):
+    model, data = classes
+    found = read_data(onnxplain.load(model, device="cpu"), data)
+    assert found.kind == "classes"
+    assert [(r.id, r.path, r.label, r.label_name) for r in found.records] == [
+        ("3__d.png", "3/d.png", 3, "class3"), ("3__e.png", "3/e.png", 3, "class3"),
+        ("Tabby_Cat__a.png", "Tabby_Cat/a.png", 0, "tabby cat"), ("Tabby_Cat__b.png", "Tabby_Cat/b.png", 0, "tabby cat"),
+        ("golden retriever__c.png", "golden retriever/c.png", 1, "golden retriever")]
+
+
+def test_audit_rows_equal_the_metrics_called_on_the_same_maps(classes, tmp_path):
+    model, data = classes
+    m = onnxplain.load(model, device="cpu")
+    results = onnxplain.audit(m, data, ["saliency", "gradcam"], tmp_path / "out", metrics=METRICS, batch_size=2,
+                              options={"deletion": {"step": 4}})
+    rows = read_rows(tmp_path / "out")
+    records = read_data(m, data).records
+    paths, labels = [r.file for r in records], np.array([r.label for r in records])
+    x = onnxplain.prepare_images(m, paths)
+    for method in ("saliency", "gradcam"):
+        e = onnxplain.explain(m, x, method, target=labels)
+        case = Case(m, x, e.maps, e.targets)
+        own = [r for r in rows if r["method"] == method]
+        assert [r["id"] for r in own] == [r.id for r in records] and [r["target"] for r in own] == list(labels)
+        for name in METRICS:
+            direct = REGISTRY[name](case, **({"step": 4} if name == "deletion" else {}))
+            np.testing.assert_allclose([r["metrics"][name] for r in own], direct, rtol=1e-6, atol=1e-9)
+            assert results["summary"][method][name]["mean"] == pytest.approx(direct.mean(), rel=1e-6, abs=1e-9)
+        for r, want in zip(own, e.maps):  # the maps stored are the maps scored (float16)
+            np.testing.assert_allclose(np.load(tmp_path / "out" / (r["map"][:-4] + ".npy")), want,
+                                       rtol=1e-3, atol=1e-3 * np.abs(want).max())
+    predicted = forward(m, x).argmax(axis=1)
+    assert results["accuracy"] == {"top1": pytest.approx(float(np.mean(predicted == labels))), "n": 5}
+    per_class = {name: entry["accuracy"] for name, entry in results["per_class"].items()}
+    assert per_class["class3"] == pytest.approx(np.mean(predicted[:2] == 3))
+    assert results["data"]["classes"] == {"class3": 2, "tabby cat": 2, "golden retriever": 1}
+    for metric, order in results["ranking"].items():
+        means = [results["summary"][method][metric]["mean"] for method in order]
+        assert means == sorted(means, reverse=REGISTRY[metric].better == "higher")
+
+
+def test_the_bootstrap_interval_is_the_percentiles_of_resampled_means():
+    values = np.random.default_rng(3).standard_normal(37) * 2 + 5
+    rng = np.random.default_rng(11)
+    means = [values[rng.integers(0, len(values), len(values))].mean() for _ in range(1000)]
+    assert bootstrap(values, 11) == pytest.approx((values.mean(), np.percentile(means, 2.5),
+                                                   np.percentile(means, 97.5)), rel=1e-12)
+    assert bootstrap(values, 11) == bootstrap(list(values), 11)
+    _, low, high = bootstrap(values, 0)  # about mean ± 1.96 standard errors for a sample of normal values
+    assert (high - low) / 2 == pytest.approx(1.96 * values.std() / np.sqrt(len(values)), rel=0.15)
+
+
+def test_resume_after_an_interruption_gives_the_rows_of_an_uninterrupted_run(classes, tmp_path):
+    model, data = classes
+    m = onnxplain.load(model, device="cpu")
+    whole = onnxplain.audit(m, data, ["saliency", "occlusion"], tmp_path / "whole", metrics=["drop", "deletion"],
+                            batch_size=2, params={"occlusion": {"window": 4, "stride": 4}})
+
+    def stop(done, total):
+        if done >= 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        onnxplain.audit(m, data, ["saliency", "occlusion"], tmp_path / "cut", metrics=["drop", "deletion"],
+                        batch_size=2, params={"occlusion": {"window": 4, "stride": 4}}, progress=stop)
+    assert len(read_rows(tmp_path / "cut")) == 4 and not (tmp_path / "cut" / "results.json").exists()
+    with open(tmp_path / "cut" / "per_image.jsonl", "a") as f:  # a row cut short by the interruption
+        f.write('{"id": "3__e.png", "path": "3/e.pn')
+    resumed = onnxplain.audit(m, data, ["saliency", "occlusion"], tmp_path / "cut", metrics=["drop", "deletion"],
+                              batch_size=2, params={"occlusion": {"window": 4, "stride": 4}}, resume=True)
+    rows = read_rows(tmp_path / "cut")
+    assert len(rows) == 10 and len({(r["id"], r["method"]) for r in rows}) == 10
+    assert _strip(rows) == _strip(read_rows(tmp_path / "whole"))
+    for key in ("summary", "ranking", "accuracy", "per_class", "gallery", "grid", "images"):
+        assert resumed[key] == whole[key]
+    again = onnxplain.audit(m, data, ["saliency", "occlusion"], tmp_path / "cut", metrics=["drop", "deletion"],
+                            batch_size=2, params={"occlusion": {"window": 4, "stride": 4}}, resume=True)
+    assert len(read_rows(tmp_path / "cut")) == 10 and again["summary"] == whole["summary"]
+    with pytest.raises(OnnxplainError, match="holds an audit of other methods, metrics or target"):
+        onnxplain.audit(m, data, ["saliency"], tmp_path / "cut", metrics=["drop"], resume=True)
+
+
+def test_ctrl_c_keeps_the_finished_batches_and_says_how_to_go_on(classes, tmp_path, capsys, monkeypatch):
+    model, data = classes
+    args = ["audit", str(model), str(data), "-m", "saliency", "--metric", "drop", "--device", "cpu", "--batch-size", "2",
+            "-o", str(tmp_path / "out")]
+    real = audit_run.score
+
+    def second_interrupted(model_, batch, plan):
+        if read_rows(tmp_path / "out"):
+            raise KeyboardInterrupt
+        return real(model_, batch, plan)
+    monkeypatch.setattr(audit_run, "score", second_interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 130 and capsys.readouterr().err.strip() == "interrupted; rerun with --resume"
+    assert [r["id"] for r in read_rows(tmp_path / "out")] == ["3__d.png", "3__e.png"]
+    monkeypatch.undo()
+    assert "5 images (classes: 5 labelled" in run(*args, "--resume")
+    assert len(read_rows(tmp_path / "out")) == 5
+
+
+def test_the_driver_holds_one_batch_of_images_at_a_time(classes, tmp_path, monkeypatch):
+    model, data = classes
+    m = onnxplain.load(model, device="cpu")
+    sizes, alive = [], []
+    real = audit_run.read
+
+    def counted(model_, records):
+        sizes.append(len(records))
+        batch = real(model_, records)
+        alive.append(batch)
+        return batch
+
+    def scored(model_, batch, plan):
+        live = [b for b in alive if b is not batch]
+        assert len(live) <= 1  # the batch being scored, and at most the next one read ahead
+        rows = audit_batch_module.score(model_, batch, plan)
+        alive.remove(batch)
+        return rows
+    monkeypatch.setattr(audit_run, "read", counted)
+    monkeypatch.setattr(audit_run, "score", scored)
+    onnxplain.audit(m, data, ["saliency"], tmp_path / "out", metrics=["drop"], batch_size=2)
+    assert sizes == [2, 2, 1]
+
+
+def test_boxes_and_mask_images_become_masks_as_the_pixels_are_resized_and_cropped(tmp_path):
+    model = _model(tmp_path, preprocessing={"scale": 1 / 255, "resize": 8})  # shorter side to 8, centre crop 8×8
+    m = onnxplain.load(model, device="cpu")
+    data = tmp_path / "data"
+    _image(data / "wide.png", 0, size=(16, 20))  # 20×16 → 10×8, crop from column 1
+    Image.fromarray(np.pad(np.full((16, 8), 255, np.uint8), ((0, 0), (2, 10)))).save(data / "wide_mask.png")
+    _image(data / "plain.png", 1)
+    (data / "sub").mkdir()
+    (data / "gt.csv").write_text("path,label,x1,y1,x2,y2,mask\nwide.png,tabby_cat,2,0,10,16,\n"
+                                 "wide.png,tabby_cat,0,4,20,8,\nplain.png,,,,,,\nsub/../wide.png,tabby_cat,,,,,x.png\n")
+    with pytest.raises(OnnxplainError, match="line 5: file not found: x.png"):
+        read_data(m, data / "gt.csv")
+    (data / "gt.csv").write_text("path,label,x1,y1,x2,y2,mask\nwide.png,tabby_cat,2,0,10,16,\n"
+                                 "wide.png,tabby_cat,0,4,20,8,\nsub/../wide.png,0,,,,,\n")
+    with pytest.raises(OnnxplainError, match="line 4: sub/../wide.png was given another label or mask on .* line 2"):
+        read_data(m, data / "gt.csv")
+    (data / "gt.csv").write_text("path,label,x1,y1,x2,y2,mask\nwide.png,tabby_cat,2,0,10,16,\n"
+                                 "plain.png,,,,,,\nwide_mask.png,0,,,,,wide_mask.png\n")
+    records = read_data(m, data / "gt.csv").records
+    assert [(r.id, r.label, r.boxes) for r in records] == [("wide.png", 0, ((2.0, 0.0, 10.0, 16.0),)),
+                                                          ("plain.png", None, ()), ("wide_mask.png", 0, ())]
+    photo = prepare(data / "wide.png", m.preprocessing)
+    want = np.zeros((8, 8), bool)
+    want[:, :4] = True  # box columns 2..9 of 20 → 1..4 of the 10 resized → 0..3 after the crop from column 1
+    assert (ground_truth(records[0], photo, m.preprocessing) == want).all()
+    assert (ground_truth(records[2], photo, m.preprocessing) == want).all()  # the same pixels as a mask image
+    assert ground_truth(records[1], photo, m.preprocessing) is None
+    rows = audit_batch(m, records, Plan({"saliency": {}}, {"pointing_game": {}, "energy_pointing_game": {}}))
+    e = onnxplain.explain(m, [data / "wide.png"], "saliency", target=0)
+    assert rows[0]["metrics"]["energy_pointing_game"] == pytest.approx(
+        REGISTRY["energy_pointing_game"](Case(m, None, e.maps, e.targets, want[None]))[0], rel=1e-6)
+    assert rows[1]["metrics"] == {"pointing_game": None, "energy_pointing_game": None}
+
+
+def test_unreadable_images_and_failing_methods_are_recorded_in_one_line(tmp_path):
+    model = tmp_path / "q.onnx"
+    onnx.save(_quantised(tiny_cnn(), activations=True), model)
+    model.with_suffix(".json").write_text(json.dumps({"preprocessing": {"scale": 1 / 255}}))
+    data = tmp_path / "data"
+    _image(data / "a.png", 0)
+    (data / "broken.png").write_bytes(b"not a png")
+    _image(data / "c.png", 1)
+    out = run("audit", model, data, "-m", "saliency", "-m", "occlusion", "-p", "window=4", "-p", "stride=4",
+              "--metric", "drop", "-o", tmp_path / "out", "--quantized", "exact", "--device", "cpu")
+    assert "saliency: failed: " in out
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["data"]["failed"] == [{"path": "broken.png", "reason": results["data"]["failed"][0]["reason"]}]
+    assert "cannot read image" in results["data"]["failed"][0]["reason"]
+    assert results["methods"]["saliency"]["status"] == "failed" and "\n" not in results["methods"]["saliency"]["reason"]
+    assert results["methods"]["occlusion"]["status"] == "ok" and results["summary"]["occlusion"]["drop"]["n"] == 2
+    assert "saliency" not in results["ranking"]["drop"]
+
+
+def test_existing_outputs_and_bad_data_are_refused_in_one_line(classes, tmp_path, capsys):
+    model, data = classes
+    args = ("audit", model, data, "-m", "saliency", "--metric", "drop", "--device", "cpu", "-o")
+    run(*args, tmp_path / "out")
+    assert "holds files; use --resume" in fail(capsys, *args, tmp_path / "out")
+    os.symlink(tmp_path / "out", tmp_path / "link")
+    assert "is a link" in fail(capsys, *args, tmp_path / "link")
+    run(*args, tmp_path / "link", "--force")
+    assert (tmp_path / "link").is_dir() and not (tmp_path / "link").is_symlink()
+    assert "needs ground truth" in fail(capsys, "audit", model, data, "-m", "saliency", "--metric", "pointing_game",
+                                        "-o", tmp_path / "o4")
+    (data / "cats").mkdir()
+    _image(data / "cats" / "x.png", 9)
+    assert "class folder 'cats' names no class of the model" in fail(capsys, *args, tmp_path / "o2")
+    for text, message in (("d.png,0,1,2\n", "line 1: 4 fields"), ("path,label\nnot_there.png,0\n", "file not found"),
+                          ("path,label\n../m.onnx,0\n", "outside the CSV's folder"),
+                          ("path,label,x1,y1,x2,y2\nd.png,0,5,0,1,4\n", "must have x1 < x2"),
+                          ("path,label\nd.png,dog\n", "label 'dog' names no class of the model")):
+        _image(tmp_path / "csvdir" / "d.png", 0)
+        csv = tmp_path / "csvdir" / "d.csv"
+        csv.write_text(text)
+        assert message in fail(capsys, "audit", model, csv, "-m", "saliency", "-o", tmp_path / "o3")
