@@ -53,6 +53,17 @@ def read_data(model, data) -> Data:
     or a folder of class sub-folders (labelled by their names, matched to the model's labels: case and underscores
     ignored, or class numbers). Refused in one line: a bad row, a missing file, a name the model has no class for."""
     path = Path(data)
+    found = _records(model, path)
+    ids: dict[str, str] = {}
+    for r in found.records:
+        if r.id.casefold() in ids:  # casefold: folders of macOS and Windows ignore case
+            raise OnnxplainError(f"{r.path} and {ids[r.id.casefold()]} would share the id {r.id} (its path with '/' "
+                                 f"written '__'); rename one")
+        ids[r.id.casefold()] = r.path
+    return found
+
+
+def _records(model, path: Path) -> Data:
     if path.is_file() and path.suffix.lower() == ".csv":
         return Data(str(path), "csv", _csv(model, path))
     if not path.is_dir():
@@ -62,14 +73,15 @@ def read_data(model, data) -> Data:
     entries = sorted(path.iterdir())
     images = [p for p in entries if p.is_file() and p.suffix.lower() in extensions]
     if images:
-        return Data(str(path), "folder", [Record(p.name, p.name, str(p)) for p in images])
+        return Data(str(path), "folder", [Record(p.name, p.name, str(p.absolute())) for p in images])
     folders = [p for p in entries if p.is_dir()]
     found = {f: sorted(p for p in f.iterdir() if p.is_file() and p.suffix.lower() in extensions) for f in folders}
     found = {f: files for f, files in found.items() if files}
     if not found:
         raise OnnxplainError(f"data folder {path} holds no images, neither directly nor in class folders")
     classes = _classes(model, [f.name for f in found], "class folder")
-    return Data(str(path), "classes", [Record(f"{f.name}__{p.name}", f"{f.name}/{p.name}", str(p), classes[f.name],
+    return Data(str(path), "classes", [Record(f"{f.name}__{p.name}", f"{f.name}/{p.name}", str(p.absolute()),
+                                              classes[f.name],
                                               _name(model, classes[f.name], f.name))
                                        for f, files in found.items() for p in files])
 

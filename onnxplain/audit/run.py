@@ -68,7 +68,7 @@ def audit(model, data, methods, out, *, metrics=None, target: str = "label", res
     plan = Plan({m: dict(params.get(m, {})) for m in methods}, {m: dict(options.get(m, {})) for m in chosen},
                 target, seed, size)
     record = {**run_manifest.versions(), "command": command, "kind": "audit", "model": run_manifest.model_record(model),
-              "data": found.source, "batch_size": size,
+              "data": str(Path(found.source).absolute()), "batch_size": size,
               "plan": run_manifest.jsonable({k: getattr(plan, k) for k in ("methods", "metrics", "target", "seed")})}
     runs = _prepare_folder(out, record, resume, force)
     done_rows = read_rows(out, repair=True)
