@@ -700,7 +700,7 @@ def _say_audit(results: dict, out_dir: Path) -> None:
         click.echo(f"{metric} ({better} is better): " + ", ".join(
             f"{method} {s['mean']:.4g} [{s['low']:.4g}, {s['high']:.4g}]"
             for method in order for s in [results["summary"][method][metric]]))
-    click.echo(f"wrote {out_dir / 'results.json'}, {out_dir / 'per_image.csv'}")
+    click.echo(f"wrote {out_dir / 'report.html'}, {out_dir / 'results.json'}, {out_dir / 'per_image.csv'}")
 
 
 def _warn(message, category, filename, lineno, file=None, line=None):

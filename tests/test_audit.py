@@ -2,6 +2,7 @@
 bootstrap intervals, results.json, one-line errors."""
 import json
 import os
+from html import escape
 
 import numpy as np
 import onnx
@@ -59,7 +60,8 @@ def test_class_folders_are_matched_to_the_labels_by_name_or_number(classes):
     assert found.kind == "classes"
     assert [(r.id, r.path, r.label, r.label_name) for r in found.records] == [
         ("3__d.png", "3/d.png", 3, "class3"), ("3__e.png", "3/e.png", 3, "class3"),
-        ("Tabby_Cat__a.png", "Tabby_Cat/a.png", 0, "tabby cat"), ("Tabby_Cat__b.png", "Tabby_Cat/b.png", 0, "tabby cat"),
+        ("Tabby_Cat__a.png", "Tabby_Cat/a.png", 0, "tabby cat"),
+        ("Tabby_Cat__b.png", "Tabby_Cat/b.png", 0, "tabby cat"),
         ("golden retriever__c.png", "golden retriever/c.png", 1, "golden retriever")]
 
 
@@ -84,6 +86,8 @@ def test_audit_rows_equal_the_metrics_called_on_the_same_maps(classes, tmp_path)
         for r, want in zip(own, e.maps):  # the maps stored are the maps scored (float16)
             np.testing.assert_allclose(np.load(tmp_path / "out" / (r["map"][:-4] + ".npy")), want,
                                        rtol=1e-3, atol=1e-3 * np.abs(want).max())
+    shown = escape(json.dumps(["accuracy", "top1"])), escape(json.dumps(results["accuracy"]["top1"]))
+    assert 'data-path="%s" data-value="%s"' % shown in (tmp_path / "out" / "report.html").read_text()
     predicted = forward(m, x).argmax(axis=1)
     assert results["accuracy"] == {"top1": pytest.approx(float(np.mean(predicted == labels))), "n": 5}
     per_class = {name: entry["accuracy"] for name, entry in results["per_class"].items()}
@@ -136,8 +140,8 @@ def test_resume_after_an_interruption_gives_the_rows_of_an_uninterrupted_run(cla
 
 def test_ctrl_c_keeps_the_finished_batches_and_says_how_to_go_on(classes, tmp_path, capsys, monkeypatch):
     model, data = classes
-    args = ["audit", str(model), str(data), "-m", "saliency", "--metric", "drop", "--device", "cpu", "--batch-size", "2",
-            "-o", str(tmp_path / "out")]
+    args = ["audit", str(model), str(data), "-m", "saliency", "--metric", "drop", "--device", "cpu",
+            "--batch-size", "2", "-o", str(tmp_path / "out")]
     real = audit_run.score
 
     def second_interrupted(model_, batch, plan):

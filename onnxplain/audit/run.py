@@ -16,12 +16,14 @@ from ..errors import OnnxplainError
 from ..limits import whole
 from ..metrics import REGISTRY
 from ..rewrite.graph import opset_of
+from ..report import NAME as REPORT
+from ..report import write_report
 from ..runtime import prefetched
 from .batch import TARGETS, Plan, read, score
 from .data import Data, read_data
 from .results import ROWS, read_rows, summarise, write_csv, write_json, write_rows
 
-OWN = ("results.json", "per_image.csv", ROWS, run_manifest.NAME, "maps")  # what an audit writes in its folder
+OWN = ("results.json", "per_image.csv", ROWS, REPORT, run_manifest.NAME, "maps")  # what an audit writes in its folder
 
 
 def audit(model, data, methods, out, *, metrics=None, target: str = "label", resume: bool = False,
@@ -29,8 +31,8 @@ def audit(model, data, methods, out, *, metrics=None, target: str = "label", res
           batch_size: int | None = None, seed: int = 0, progress=None, command: str | None = None) -> dict:
     """Audit explanation `methods` of `model` (a Model or a path) on `data` (a folder of images, a folder of class
     folders, or a CSV `path,label[,x1,y1,x2,y2][,mask]`; see `read_data`), writing to the folder `out`:
-    per_image.jsonl (a row per image and method, appended as each batch finishes), maps/<id>/, per_image.csv and
-    results.json, whose contents this returns.
+    per_image.jsonl (a row per image and method, appended as each batch finishes), maps/<id>/, per_image.csv,
+    results.json (whose contents this returns) and from it report.html (`onnxplain.report.write_report`).
 
     metrics: names from `onnxplain.metrics.REGISTRY` (default: every registered metric the data allows: those
     needing ground truth only when it has boxes or masks); options: {metric: {option: value}}; params: {method:
@@ -85,15 +87,18 @@ def audit(model, data, methods, out, *, metrics=None, target: str = "label", res
             finished += len(batch.records) + len(batch.failed)
             if progress is not None:
                 progress(finished, total)
-    return finish(out, model, found, plan, command)
+    results = finish(out, model, found, plan, command)
+    write_report(out)
+    return results
 
 
 def _prepare_folder(out: Path, record: dict, resume: bool, force: bool) -> list[dict]:
     """Check (and with `force`, clear) the output folder; the runs its manifest records."""
     if os.path.lexists(out) and (out.is_symlink() or not out.is_dir()):
         if not force or not out.is_symlink():
-            raise OnnxplainError(f"{out} exists and is {'a link' if out.is_symlink() else 'not a folder'}; give "
-                                 f"another folder" + (" or use --force to replace the link" if out.is_symlink() else ""))
+            link = out.is_symlink()
+            raise OnnxplainError(f"{out} exists and is {'a link' if link else 'not a folder'}; give another folder"
+                                 + (" or use --force to replace the link" if link else ""))
         out.unlink()
     holds = out.is_dir() and any(out.iterdir())
     if force:
