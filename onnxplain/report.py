@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 
@@ -110,14 +111,23 @@ class _Page:
                 f'<header><h1>Explanation audit of <code>{escape(name)}</code></h1>'
                 f'<p class="lead">{len(self.ok)} of {len(self.methods)} methods ran on '
                 f'{_num(_dig(self.r, "data", "images"), "data", "images")} images; '
-                f"made {escape(str(self.r.get('created', '')))}.</p>"
+                f"made {escape(self.created())}.</p>"
                 f'<nav aria-label="Sections"><ul>{nav}</ul></nav></header><main>{body}</main>'
                 f"{self.footer()}</body></html>\n")
 
     def footer(self) -> str:
         return (f'<footer><p>Made by onnxplain {escape(str(self.r.get("onnxplain", "unknown")))} on '
-                f'{escape(str(self.r.get("created", "")))}, with:</p>'
-                f'<pre><code>{escape(str(self.r.get("command", "")))}</code></pre></footer>')
+                f'{escape(self.created())}, with:</p>'
+                f'<pre><code>{escape(str(self.r.get("command") or "a call from Python"))}</code></pre></footer>')
+
+    def created(self) -> str:
+        """When the audit was made, to the minute in UTC (as written where it is no ISO-8601 time)."""
+        text = str(self.r.get("created") or "")
+        try:
+            return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc).strftime(
+                "%Y-%m-%d %H:%M UTC")
+        except ValueError:
+            return text
 
     # ---- model and data -------------------------------------------------------------------------------------------
     def model_card(self) -> str:
@@ -161,7 +171,8 @@ class _Page:
                 ("With boxes or masks", _num(d.get("with_masks"), "data", "with_masks")),
                 ("Classes", f"{len(classes)}" + (f": {listed}{more}" if classes else "")),
                 ("Could not be read", f'{len(_list(d.get("failed")))} (listed under Failures)'),
-                ("Explained class", "the label" if self.r.get("target") == "label" else "the top-1 prediction"),
+                ("Explained class", "the label (the top-1 prediction where an image has none)"
+                 if self.r.get("target") == "label" else "the top-1 prediction"),
                 ("Model accuracy", accuracy)]
         return _facts(rows, "The data set")
 
@@ -169,7 +180,9 @@ class _Page:
     def ranking(self) -> str:
         if not self.ok or not self.metrics:
             return '<p class="empty">No method produced metrics.</p>'
-        head = "".join(f'<th scope="col">{escape(m)}</th>' for m in self.ok)
+        head = "".join(f'<th scope="col" title="{escape(json.dumps(_dig(self.methods, m, "params")))}">{escape(m)}'
+                       f'<span class="time">{_num(_dig(self.methods, m, "seconds"), "methods", m, "seconds")} s'
+                       "</span></th>" for m in self.ok)
         groups: dict[str, list[str]] = {}
         for name, info in self.metrics.items():
             groups.setdefault(str(_dict(info).get("group", "other")), []).append(name)
@@ -216,7 +229,8 @@ class _Page:
                             f'<td>{escape(str(v.get("reason") or ""))}</td>'
                             f'<td>{_curve(v, ("sanity", method, check))}</td></tr>')
         if not rows:
-            return '<p class="empty">No sanity check was run.</p>'
+            note = str(self.r.get("sanity_note") or "no sanity check was run").rstrip(".")
+            return f'<p class="empty">{escape(note[:1].upper() + note[1:])}.</p>'
         return ('<p>A method whose maps stay similar when the model\'s weights (or the explained class) are '
                 'randomised does not depend on what the model learned: it fails.</p>'
                 '<div class="scroll"><table><caption>Randomisation sanity checks</caption><thead><tr>'
@@ -415,7 +429,7 @@ tbody tr:nth-child(even) td{background:#fafbfc}
 tr.group th{background:#fff;color:var(--blue);text-transform:capitalize;padding-top:14px;border-bottom:1px solid
 var(--blue)}
 .metric{display:block;font-weight:600}.paper{display:block;font-size:12px;color:var(--muted);font-weight:400}
-.ci{display:block;font-size:12px;color:var(--muted)}
+.ci,.time{display:block;font-size:12px;color:var(--muted)}.time{font-weight:400}
 td.best{background:var(--best)!important;font-weight:650}.star{color:var(--blue)}
 .best-key{background:var(--best);padding:1px 6px;border-radius:4px}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:13px;background:var(--soft);
