@@ -332,14 +332,16 @@ class _Page:
                 "</div>")
 
     def failures(self) -> str:
-        failed = [(m, _dict(v)) for m, v in self.methods.items() if _dict(v).get("status") != "ok"]
+        failed = [(m, _dict(v)) for m, v in self.methods.items()
+                  if _dict(v).get("status") != "ok" or _dict(v).get("reason")]  # ok with a reason: on some images
         parts = []
         if failed:
-            rows = "".join(f'<tr><th scope="row">{escape(m)}</th><td>{escape(str(v.get("reason") or "failed"))}</td>'
-                           "</tr>" for m, v in failed)
+            rows = "".join(f'<tr><th scope="row">{escape(m)}</th>'
+                           f'<td>{"failed" if v.get("status") != "ok" else "ran on the other images"}</td>'
+                           f'<td>{escape(str(v.get("reason") or "failed"))}</td></tr>' for m, v in failed)
             parts.append('<table><caption>Methods that failed on this model</caption><thead><tr>'
-                         f'<th scope="col">Method</th><th scope="col">Reason</th></tr></thead><tbody>{rows}</tbody>'
-                         "</table>")
+                         '<th scope="col">Method</th><th scope="col">Status</th><th scope="col">Reason</th></tr>'
+                         f'</thead><tbody>{rows}</tbody></table>')
         images = [_dict(f) for f in _list(_dig(self.r, "data", "failed"))]
         if images:
             rows = "".join(f'<tr><td><code>{escape(str(f.get("path", "")))}</code></td>'

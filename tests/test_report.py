@@ -86,6 +86,16 @@ def test_text_from_the_files_cannot_inject_markup(audited):
     assert tags.all("b") == []
 
 
+def test_failed_methods_and_images_are_listed_with_their_reasons(audited):
+    out, results = audited
+    _, tags = report_of(out)
+    text = "".join(tags.text)
+    assert f"limefailed{results['methods']['lime']['reason']}" in text
+    assert "saliencyran on the other imagesfailed on 1 of 3 images: too dark" in text
+    assert "gradcamran on" not in text
+    assert f"models/images/broken.pngnot an image {HOSTILE}" in text
+
+
 def test_pictures_outside_the_folder_or_not_png_are_shown_missing(audited, tmp_path):
     source, results = audited
     out = tmp_path / "audit"
