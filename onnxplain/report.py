@@ -440,12 +440,11 @@ border:1px solid var(--line)}
 .badge.fail{background:#fbe6da;border-color:var(--red);color:#8a3500}
 .badge.warn{background:#fdf1d6;border-color:var(--orange);color:#7a5200}
 .scroll{overflow-x:auto}
-.strip{display:flex;flex-wrap:wrap;gap:12px}
-.pair{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:8px 32px}
+.strip{display:flex;flex-wrap:wrap;gap:12px}.pair{display:flex;flex-wrap:wrap;gap:0 48px}.strip figure{max-width:200px}.strip img{max-width:200px}
 figure{margin:0;max-width:260px}figure img,td img{display:block;max-width:256px;height:auto;border-radius:4px}
 figcaption,.value{font-size:12px;color:var(--muted);margin-top:4px}.value{display:block}
 .id{display:block;color:var(--ink);word-break:break-all}
-.grid td,.grid th{vertical-align:middle}.grid tbody th{font-weight:400}
+.grid td,.grid th{vertical-align:middle}.grid tbody th{font-weight:400}.grid img{max-width:200px}.grid figure{max-width:200px}
 .missing{width:160px;height:120px;display:flex;align-items:center;justify-content:center;background:var(--soft);
 color:var(--muted);font-size:12px;border:1px dashed var(--line)}
 .curve text{font-size:10px;fill:var(--muted)}.curve .axis{stroke:#9aa3af;stroke-width:1}

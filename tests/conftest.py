@@ -55,12 +55,10 @@ def mobilenet():
 
 
 @pytest.fixture(scope="session")
-def audited(tmp_path_factory, mobilenet):
-    """An audit folder with its report (tests/audit_fixture.py), and its results."""
-    from audit_fixture import make_audit
+def audited(tmp_path_factory):
+    """A real audit's folder (tests/audit_fixture.py), report included, and its results."""
+    import json
 
-    from onnxplain.report import write_report
-    out = tmp_path_factory.mktemp("audit")
-    results = make_audit(out, mobilenet)
-    write_report(out)
-    return out, results
+    from audit_fixture import make_audit
+    out = make_audit(tmp_path_factory.mktemp("audit"))
+    return out, json.loads((out / "results.json").read_text(encoding="utf-8"))

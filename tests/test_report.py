@@ -9,7 +9,7 @@ from html import escape
 from html.parser import HTMLParser
 
 import pytest
-from audit_fixture import HOSTILE, at, pictures, shown_paths, text_of
+from audit_fixture import HOSTILE, SANITY, at, changed, pictures, shown_paths, text_of
 
 from onnxplain import OnnxplainError
 from onnxplain.report import CLASSES, FAILED, GALLERY, GRID, write_report
@@ -71,7 +71,7 @@ def test_every_number_shown_is_the_one_in_results_json(audited):
         path = json.loads(path)
         assert json.loads(value) == at(results, path) and shown in (None, text_of(at(results, path))), path
         seen.add(tuple(path))
-    assert shown_paths(results) - seen == set()
+    assert shown_paths(results, GALLERY) - seen == set()
     ranking = "".join(tags.text)
     for metric, order in results["ranking"].items():  # the ranking line of each metric, best first
         assert " › ".join(order) in ranking
@@ -86,14 +86,36 @@ def test_text_from_the_files_cannot_inject_markup(audited):
     assert tags.all("b") == []
 
 
-def test_failed_methods_and_images_are_listed_with_their_reasons(audited):
-    out, results = audited
-    _, tags = report_of(out)
+def test_failed_methods_and_images_are_listed_with_their_reasons(audited, tmp_path):
+    source, results = audited
+    _, tags = report_of(source)
     text = "".join(tags.text)
-    assert f"limefailed{results['methods']['lime']['reason']}" in text
-    assert "saliencyran on the other imagesfailed on 1 of 3 images: too dark" in text
-    assert "gradcamran on" not in text
-    assert f"models/images/broken.pngnot an image {HOSTILE}" in text
+    assert f"occlusionfailed{results['methods']['occlusion']['reason']}" in text
+    assert f"285/broken.png{results['data']['failed'][0]['reason']}" in text and "cannot read image" in text
+    assert "gradcamran on" not in text and "saliencyran on" not in text
+
+    def partly(r):
+        r["methods"]["saliency"]["reason"] = "failed on 1 of 3 images: too dark"
+    out, _ = changed(source, tmp_path / "audit", partly)
+    assert "saliencyran on the other imagesfailed on 1 of 3 images: too dark" in "".join(report_of(out)[1].text)
+
+
+def test_sanity_verdicts_with_their_curves(audited, tmp_path):
+    source, results = audited
+    assert results["sanity"] == {} and results["sanity_note"]  # this audit ran no randomisation metric: said so
+    assert results["sanity_note"][1:] in "".join(report_of(source)[1].text)
+    out, results = changed(source, tmp_path / "audit", lambda r: r.update(sanity=SANITY))
+    page, tags = report_of(out)
+    points = [json.loads(a["data-path"]) for t, a in tags.tags if t == "circle"]
+    assert points == [["sanity", m, "mprt", series, i] for m in ("gradcam", "saliency")
+                      for series, n in (("spearman", 3), ("ssim", 2)) for i in range(n)]
+    curves = [a for t, a in tags.tags if t == "svg"]
+    assert len(curves) == 2 and all(a["role"] == "img" and "spearman: " in a["aria-label"] for a in curves)
+    text = "".join(tags.text)
+    assert "gradcammprt✗ fail" in text and "saliencympr✓ pass" not in text and "saliencymprt✓ pass" in text
+    assert text.count("spearman 0.125") == 2  # one value: a number, not a curve
+    for path, value, shown in tags.numbers:
+        assert json.loads(value) == at(results, json.loads(path)) and shown in (None, text_of(json.loads(value)))
 
 
 def test_pictures_outside_the_folder_or_not_png_are_shown_missing(audited, tmp_path):
@@ -101,19 +123,19 @@ def test_pictures_outside_the_folder_or_not_png_are_shown_missing(audited, tmp_p
     out = tmp_path / "audit"
     shutil.copytree(source, out)
     secret = tmp_path / "secret.png"
-    shutil.copy(source / "maps" / "chelsea" / "gradcam.png", secret)  # a real PNG, but outside the folder
     (out / "maps" / "link.png").symlink_to(secret)
     (out / "maps" / "text.png").write_text("not a picture")
     results = copy.deepcopy(results)
-    maps = results["images"]["chelsea"]["maps"]
-    maps.update(gradcam="../secret.png", saliency="maps/link.png")
-    results["images"]["chelsea"]["thumbnail"] = "maps/text.png"
+    chelsea = results["images"]["285__chelsea.png"]
+    shutil.copy(out / chelsea["maps"]["gradcam"], secret)  # a real PNG, but outside the folder
+    chelsea["maps"].update(gradcam="../secret.png", saliency="maps/link.png")
+    chelsea["thumbnail"] = "maps/text.png"
     (out / "results.json").write_text(json.dumps(results))
     page, tags = report_of(out)
     assert base64.b64encode(secret.read_bytes()[:300])[:200].decode() not in page
     missing = [a for t, a in tags.tags if t == "div" and a.get("class") == "missing"]
-    chelsea = pictures(results, GALLERY, GRID).count
-    assert len(missing) == chelsea("../secret.png") + chelsea("maps/link.png") + chelsea("maps/text.png") == 5
+    shown = pictures(results, GALLERY, GRID)  # the cat: best and worst of both methods, and its grid row
+    assert len(missing) == sum(shown.count(p) for p in ("../secret.png", "maps/link.png", "maps/text.png")) == 7
     assert all(a["role"] == "img" and a["aria-label"].endswith("(missing)") for a in missing)
 
 
@@ -125,11 +147,11 @@ def test_a_large_data_set_gives_a_bounded_report(audited, tmp_path):
     shutil.copytree(source, out)
     results = copy.deepcopy(small)
     ids = [f"class_{i % 1000}__img_{i}.jpg" for i in range(10_000)]
-    first = small["images"]["chelsea"]
+    first = small["images"][small["grid"][0]]
     results["images"] = {i: {**first, "label_name": i.split("__")[0]} for i in ids}
     results["grid"] = ids
     results["gallery"].update({m: {"best": ids[:500], "worst": ids[-500:]} for m in ("gradcam", "saliency")})
-    row = small["per_class"]["espresso"]
+    row = small["per_class"]["espresso"]  # the other class is named HOSTILE
     results["per_class"] = {f"class_{c}": {**row, "n": 10 + c % 7} for c in range(1000)}
     results["data"]["classes"] = {f"class_{c}": 10 for c in range(1000)}
     results["data"]["failed"] = [{"path": f"bad_{i}.jpg", "reason": "not an image"} for i in range(5000)]

@@ -6,7 +6,7 @@ import io
 import json
 
 import pytest
-from audit_fixture import HOSTILE, at, pictures, shown_paths, text_of
+from audit_fixture import HOSTILE, SANITY, at, changed, pictures, shown_paths, text_of
 from browser import Browser, find
 from PIL import Image
 
@@ -15,14 +15,14 @@ from onnxplain.report import GALLERY, GRID
 pytestmark = pytest.mark.skipif(find() is None, reason="no Chromium binary (chromium, chromium-browser, "
                                                        "google-chrome) on PATH")
 
-TABLES = ["The model", "The data set", "Every metric, every method", "Randomisation sanity checks",
-          "Mean of each metric by class: gradcam", "Mean of each metric by class: saliency",
-          "Each image explained by each method", "Methods that failed on this model",
-          "Images that could not be read"]
+TABLES = ["The model", "The data set", "Every metric, every method", "Mean of each metric by class: gradcam",
+          "Mean of each metric by class: saliency", "Each image explained by each method",
+          "Methods that failed on this model", "Images that could not be read"]
 
 
 def test_the_report_loads_offline_without_errors_and_shows_every_table_picture_and_number(audited, tmp_path):
     out, results = audited
+    sanity, _ = changed(out, tmp_path / "sanity", lambda r: r.update(sanity=SANITY))
     with Browser() as browser:
         page = browser.open(out / "report.html")
         assert page.evaluate("document.readyState") == "complete"
@@ -35,10 +35,14 @@ def test_the_report_loads_offline_without_errors_and_shows_every_table_picture_a
         text = page.evaluate("document.body.innerText")
         shot = Image.open(io.BytesIO(page.screenshot()))
         problems = page.problems
+        other = browser.open(sanity / "report.html")  # with sanity checks: their curves drawn
+        curves = other.evaluate("[...document.querySelectorAll('svg.curve')].map(s => [s.getBBox().width, "
+                                "s.querySelectorAll('polyline').length, s.querySelectorAll('circle').length])")
+        problems += other.problems
     assert problems == []
     assert captions == TABLES
     expected = pictures(results, GALLERY, GRID)
-    assert len(images) == len(expected) == 2 * 2 + 2 * 3
+    assert len(images) == len(expected) == 2 * (2 + 2) + 2 * (1 + 2)  # galleries of 2 images, grid of 2
     for (complete, w, h, src, alt, width), rel in zip(images, expected):
         assert src.startswith("data:image/png;base64,") and alt and width > 0
         assert complete and (w, h) == Image.open(out / rel).size  # decoded, at the file's own size
@@ -49,7 +53,8 @@ def test_the_report_loads_offline_without_errors_and_shows_every_table_picture_a
         if tag == "SPAN":
             assert shown == text_of(at(results, path)), path
         seen.add(tuple(path))
-    assert shown_paths(results) <= seen
+    assert shown_paths(results, GALLERY) <= seen
+    assert len(curves) == 2 and all(w > 100 and lines == 2 and points == 5 for w, lines, points in curves)
     assert scripts == 0 and HOSTILE in text  # labels, reasons and the command shown as text, not run
     assert shot.width == 1280 and shot.height > 3000  # the whole page, not the window
     colours = shot.convert("RGB").getcolors(1 << 20)
