@@ -222,6 +222,11 @@ def inspect(model, as_json, **pre):
         click.echo("CAM layers (block ends; * = default):")
         for name in d["cam_layers"]:
             click.echo(f"  {'*' if name == d['default_layer'] else ' '} {name}")
+        if d["scale_layers"]:
+            click.echo("CAM layers of the detector's scales (the default for a box at that scale, from its first "
+                       "anchor):")
+            for name, first in d["scale_layers"]:
+                click.echo(f"    {name}  (anchors from {first})")
     if m.quantisers:
         click.echo(f"quantised  {m.quantisers} quantisers: " + (
             "gradients pass straight through each within its range (straight-through estimator; --quantized exact "
@@ -238,6 +243,7 @@ def inspect(model, as_json, **pre):
 def _described(m) -> dict:
     """What `inspect` shows, as JSON data."""
     default = cam_layer(m, None) if m.preprocessing.size else None
+    scales = m.scales() if default else None
     return {"model": run_manifest.model_record(m), "opset": opset_of(m.proto), "nodes": len(m.proto.graph.node),
             "layout": m.layout, "size": list(m.preprocessing.size) if m.preprocessing.size else None,
             "size_dynamic": not m.fixed_size, "score_why": m.score_why,
@@ -249,7 +255,8 @@ def _described(m) -> dict:
                                targets.guesses(m)] if len(m.proto.graph.output) > 1 or m.head is not None else [],
             "labels": m.labels, "load_passes": dict(m.normalised), "shapes": m.shapes_note if default else None,
             "cam_layers": list(dict.fromkeys(candidate_layers(m) + [default])) if default else [],
-            "default_layer": default, "quantisers": m.quantisers, "straight_through": m.straight_through,
+            "default_layer": default, "scale_layers": [[n, int(a)] for n, a in zip(*scales)] if scales else [],
+            "quantisers": m.quantisers, "straight_through": m.straight_through,
             "ops_without_rule": unsupported_ops(m.proto, m.input, m.score, m.straight_through)}
 
 
@@ -581,9 +588,10 @@ def export(model, method, layer, out, force, as_json, probabilities, params, **p
 @MODEL
 @IMAGES
 @click.option("-m", "--method", "methods", multiple=True, required=True, help="Method to evaluate, repeatable.")
-@click.option("-t", "--target", multiple=True, metavar="CLASS",
-              help="Class to explain, by number or name: once for all images or once per image (default: each "
-                   "image's top-1).")
+@click.option("-t", "--target", multiple=True, metavar="TARGET",
+              help="Target to explain, as explain's -t (a class by number or name, box:K, class:C@box:x1,y1,x2,y2, "
+                   "region:C@MASK, output:NAME:i): once for all images or once per image (default: each image's "
+                   "top-1).")
 @click.option("--metric", "metrics", multiple=True, type=click.Choice(["deletion", "insertion", "drop", "increase"]),
               help="Metric, repeatable (default: all).")
 @click.option("--step", type=click.IntRange(1), default=None,
@@ -598,13 +606,15 @@ def evaluate(model, images, methods, target, metrics, step, deletion_baseline, i
     from onnxplain.metrics import BETTER, METRICS
     per_method = _per_method(methods, _params(params))
     images = _images(images)
-    if target and len(target) not in (1, len(images)):
-        raise OnnxplainError(f"{len(target)} targets for {len(images)} images: give one, or one per image")
     metrics = list(metrics) or list(METRICS)
     m = _load(model, pre, device, probabilities, batch_size)
+    classes = _classes(m, target, len(images))
+    if any(c is not None and len(c) > 1 for c in classes):
+        raise OnnxplainError("evaluate scores one target per image; give one class each (no comma lists)")
     bar = _Progress("evaluating")
     try:
-        results = onnxplain.evaluate(m, list(images), methods, list(target) or None, metrics=metrics, step=step,
+        results = onnxplain.evaluate(m, list(images), methods, [c[0] for c in classes] if target else None,
+                                     metrics=metrics, step=step,
                                      deletion_baseline=deletion_baseline, insertion_baseline=insertion_baseline,
                                      batch_size=batch_size, params=per_method, progress=bar)
     finally:

@@ -103,6 +103,37 @@ def cam_layer(model: Model, layer: str | None) -> str:
     return layer
 
 
+def scale_layers(model: Model, inputs: np.ndarray, targets: np.ndarray, batch_size: int | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(the detections explained, anchor·C + class per row, the top one for -1; the layer of each: the last spatial
+    tensor of the branch of its anchor's scale, `Model.scales`)."""
+    if (targets < 0).any():
+        targets = np.where(targets < 0, forward(model, inputs, batch_size).argmax(axis=1), targets)
+    layers, starts = model.scales()
+    scale = np.searchsorted(starts, targets // model.head.decoder.classes, side="right") - 1
+    return targets, np.array(layers)[scale]
+
+
+def _by_layer(m: methods.Method, model: Model, inputs, targets, layers: np.ndarray, batch_size):
+    """m.run of the rows of each layer, put back in row order. Attributions at layers of different resolutions
+    (CAM methods') are replaced by the maps, at the input's."""
+    groups = [np.flatnonzero(layers == name) for name in dict.fromkeys(layers)]
+    if len(groups) == 1:
+        return m.run(model, inputs, targets, layers[0], batch_size)
+    parts = [m.run(model, inputs[rows], targets[rows], layers[rows[0]], batch_size) for rows in groups]
+    if len({p[0].shape[1:] for p in parts}) > 1:
+        parts = [(p[1], *p[1:]) for p in parts]
+
+    def merged(values: list[np.ndarray]) -> np.ndarray:
+        out = np.empty((len(targets), *values[0].shape[1:]), values[0].dtype)
+        for rows, v in zip(groups, values):
+            out[rows] = v
+        return out
+
+    found = [merged([p[i] for p in parts]) for i in range(4)]
+    return found + ([{key: merged([p[4][key] for p in parts]) for key in parts[0][4]}] if len(parts[0]) > 4 else [])
+
+
 def candidate_layers(model: Model) -> list[str]:
     """Block ends, and a vision transformer's token tensors that LayerNorms give (laid out on the patch grid)."""
     tokens = model.tokens()
@@ -276,15 +307,21 @@ def _explain(model: Model, inputs: np.ndarray, photos, m: methods.Method, target
         raise OnnxplainError(f"{method} explains {TARGET_KINDS[m.targets]}; this model's scores are "
                              f"{model.score_why or 'class scores'}: use another method (see `onnxplain methods`)")
     targets = as_targets(model, target, len(inputs))
-    layer = cam_layer(model, layer) if m.at_layer else None
     n, k = len(inputs), targets.shape[1] if targets.ndim == 2 else 1
     if k > 1 or targets.ndim == 2:
         inputs = np.repeat(inputs, k, axis=0)
     rows = min(batch_size, len(inputs)) if m.one_graph else batch_size  # multi-pass methods fill every batch
     check_memory(f"batch_size {batch_size} ({rows} inputs of {'×'.join(map(str, inputs.shape[1:]))} floats per model "
                  f"run, before the model's own activations)", rows * inputs[0].nbytes, "lower the batch size")
-    attributions, maps, logits, used, *extra = m.run(model, inputs, targets.reshape(-1), layer, batch_size)
-    info = extra[0] if extra else {}
+    scaled = m.at_layer and layer is None and model.scales() is not None
+    if scaled:  # a detector's default layer: the end of the branch of the scale each detection's anchor is on
+        used, layers = scale_layers(model, inputs, targets.reshape(-1), batch_size)
+        attributions, maps, logits, used, *extra = _by_layer(m, model, inputs, used, layers, batch_size)
+        layer = ",".join(dict.fromkeys(layers))
+    else:
+        layer = cam_layer(model, layer) if m.at_layer else None
+        attributions, maps, logits, used, *extra = m.run(model, inputs, targets.reshape(-1), layer, batch_size)
+    info = {**(extra[0] if extra else {}), **({"layer": layers} if scaled else {})}
     if isinstance(model.head, DetectionScores):  # the explained detection's box, for the overlay and the report
         info = {**info, "box": detection_boxes(model, inputs, used)}
     scores = logits[np.arange(len(used)), used]

@@ -29,7 +29,7 @@ from .passes.precision import PROMOTED
 from .passes.size import classifier_at_size
 from .preprocess import MODES, Preprocessing, preset
 from .rewrite.graph import Request, build, dynamic_batch, opset_of
-from .rewrite.layers import Tokens, channel_first, find_layers
+from .rewrite.layers import Tokens, channel_first, features_before, find_layers, scale_merges
 from .rewrite.rules.quant import QUANTISERS
 from .rewrite.shapes import at_size
 from .runtime import Session, SessionCache
@@ -64,7 +64,8 @@ class Model:
     preprocessing_from: str = ""    # where the preprocessing came from; "guessed" when nothing said it
     _sessions: SessionCache = field(default_factory=SessionCache, repr=False)  # (request, input size) -> Session
     _layers: SessionCache = field(default_factory=SessionCache, repr=False)  # input size -> (spatial tensors, tokens)
-    _sized: SessionCache = field(default_factory=SessionCache, repr=False)   # input size -> (graph, note on shapes)
+    _sized: SessionCache = field(default_factory=SessionCache, repr=False)   # input size -> (graph, note on shapes),
+    #                                                                          ("outputs", size) -> output shapes
     _channel_first: frozenset | None = field(default=None, repr=False)  # tensors that are NCHW whatever the input
 
     def session(self, request: Request) -> Session:
@@ -122,6 +123,24 @@ class Model:
         return self._layers.get(self.input_size,
                                 lambda: find_layers(self.graph, self.input, self.score, self.layout_of))
 
+    def scales(self) -> tuple[tuple[str, ...], np.ndarray] | None:
+        """A detector head's scales: the features each scale's branch predicts from (the last tensor every path to
+        the branch's end passes through that a convolution reads: `rewrite.layers.features_before`) and the head's
+        first anchor of each scale, from the concatenation of the scales' anchors (`rewrite.layers.scale_merges`);
+        None for other heads, or where no concatenation in the graph covers the head's anchors (one scale, NMS
+        inside the model)."""
+        return self._layers.get(("scales", self.input_size), self._scales)
+
+    def _scales(self):
+        if not isinstance(self.head, targets.DetectionScores):
+            return None
+        anchors = self.head.anchors(self.output_shapes)
+        for layers, lengths in scale_merges(self.graph, self.layers()):
+            if None not in lengths and sum(lengths) == anchors:
+                return (tuple(features_before(self.graph, self.input, self.layers(), end) for end in layers),
+                        np.cumsum((0,) + lengths[:-1]))
+        return None
+
     def grid_of(self, layer: str | None) -> tuple[int, int] | None:
         """The patch grid that token tensor `layer` is laid out on for CAM methods, None for other tensors."""
         tokens = self.tokens()
@@ -150,7 +169,8 @@ class Model:
         if self.fixed_size:
             raise OnnxplainError(f"input '{self.input}' takes {self.input_size[0]}x{self.input_size[1]} images, "
                                  f"not {size[0]}x{size[1]}")
-        return replace(self, preprocessing=replace(self.preprocessing, size=size), _shapes=None)
+        sized = replace(self, preprocessing=replace(self.preprocessing, size=size), _shapes=None)
+        return sized if self.head is None else replace(sized, num_classes=self.head.size(sized.output_shapes))
 
     def for_batch(self, inputs: np.ndarray) -> "Model":
         """This model at the height and width of a batch in its layout."""
@@ -236,7 +256,8 @@ class Model:
         if self._shapes is None:
             bare = self.bare or self.proto
             inp = next(i for i in bare.graph.input if i.name == self.input)
-            self._shapes = _probe(bare, inp, self.preprocessing, grow=False)[0]
+            self._shapes = self._sized.get(("outputs", self.preprocessing.size),
+                                           lambda: _probe(bare, inp, self.preprocessing, grow=False)[0])
         return self._shapes
 
     @property

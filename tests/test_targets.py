@@ -2,10 +2,11 @@
 method differentiates for a box, region, tag or output-element target equals torch autograd of the same scalar; the
 decoders choose the boxes a numpy reference decode and NMS choose; D-RISE finds the object of a toy detector."""
 import dataclasses
+import json
 
 import numpy as np
 import pytest
-from conftest import rel_err
+from conftest import IMAGES, MOBILENET, rel_err
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -385,3 +386,157 @@ def test_picodet_scales_decode_as_paddledetection_and_differentiate_as_autograd(
         assert e.targets[i] % 3 == 2 and a == np.argmax(np.concatenate([s0[i, :, 2], s1[i, :, 2]]))
         pick = (lambda y: y[0][i, a, 2]) if a < 64 else (lambda y: y[1][i, a - 64, 2])
         assert rel_err(e.attributions[i], (x * autograd(net, x, pick))[i]) <= 1e-4
+
+
+class TwoScales(nn.Module):
+    """A YOLOv8-layout detector (N×(4+1)×A) on 64×64 with scales of stride 8 and 16 and hand-set weights: features
+    f = the grey pixel; each scale's stem ReLU(cell mean of f − ½), then a 1×1 prediction conv: boxes the cells,
+    the class logit 4·stem − 2 (stride 8) or 8·stem − 2 (stride 16). A bright 16×16 square on a stride-16 cell is
+    detected best at stride 16; a dimmer background is in f but in no stem."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Conv2d(3, 2, 1)
+        self.stems = nn.ModuleList(nn.Conv2d(2, 2, s, stride=s) for s in (8, 16))
+        self.preds = nn.ModuleList(nn.Conv2d(2, 5, 1) for _ in (8, 16))
+        with torch.no_grad():
+            for p in self.parameters():
+                p.zero_()
+            self.features.weight[0, :, 0, 0] = 1 / 3
+            for s, stem, pred, k in zip((8, 16), self.stems, self.preds, (4.0, 8.0)):
+                stem.weight[0, 0] = 1 / s ** 2
+                stem.bias[0] = -0.5
+                pred.weight[4, 0, 0, 0], pred.bias[4] = k, -2.0
+                gy, gx = torch.meshgrid(torch.arange(64 // s), torch.arange(64 // s), indexing="ij")
+                cells = torch.stack([gx, gy, torch.ones_like(gx), torch.ones_like(gx)]).reshape(1, 4, -1)
+                self.register_buffer(f"cells{s}", cells.float() * torch.tensor([s, s, s, s]).reshape(1, 4, 1)
+                                     + torch.tensor([s / 2, s / 2, 0, 0]).reshape(1, 4, 1))
+
+    def forward(self, x):
+        f = torch.relu(self.features(x))
+        outs = []
+        for s, stem, pred in zip((8, 16), self.stems, self.preds):
+            p = pred(torch.relu(stem(f))).flatten(2)
+            outs.append(torch.cat([getattr(self, f"cells{s}") + p[:, :4], torch.sigmoid(p[:, 4:])], 1))
+        return torch.cat(outs, 2)
+
+
+def test_a_detectors_default_cam_layer_is_the_stem_of_the_scale_of_its_box(tmp_path):
+    """Each box is explained at the features its scale predicts from: Grad-CAM of the 16×16 square's box at stride
+    16's stem puts its energy on the box (the old default, the features every scale reads, spreads it over the
+    background too); the other scale's stem has no gradient for it; images of one call at different scales each
+    get their own scale's layer, as when explained alone."""
+    from onnxplain.explain import cam_layer
+    from onnxplain.metrics import energy_pointing_game
+    from onnxplain.perturb import bilinear_weights
+    path = export(TwoScales().eval(), tmp_path / "two.onnx", ["output0"], side=64)
+    m = onnxplain.load(path, device="cpu", preprocessing="unit")
+    relus = [n.output[0] for n in m.graph.graph.node if n.op_type == "Relu"]  # f, the stride-8 stem, stride 16's
+    assert m.scales()[0] == (relus[1], relus[2]) and m.scales()[1].tolist() == [0, 64]
+    x = np.full((1, 3, 64, 64), 0.3, np.float32)
+    x[..., 16:32, 32:48] = 1.0
+    inside = np.zeros((1, 64, 64), bool)
+    inside[:, 16:32, 32:48] = True
+    e = onnxplain.explain(m, x, "gradcam", target=targets.Box(index=0))
+    assert e.targets[0] == 64 + 1 * 4 + 2 and e.layer == relus[2] and e.info["box"][0].tolist() == [32, 16, 48, 32]
+    old = onnxplain.explain(m, x, "gradcam", target=targets.Box(index=0), layer=cam_layer(m, None))
+    assert cam_layer(m, None) == relus[0]
+    # by definition: at the stem, one cell (its map upsampled bilinearly from 4×4); at f, the grey image
+    up = bilinear_weights(4, 64)
+    cell = np.outer(up[:, 1], up[:, 2])
+    assert np.isclose(energy_pointing_game(e.maps, inside)[0], cell[inside[0]].sum() / cell.sum(), rtol=1e-4)  # 0.56
+    assert np.isclose(energy_pointing_game(old.maps, inside)[0], 256 / (256 + 0.3 * (64 * 64 - 256)), rtol=1e-4)  # 0.18
+    other = onnxplain.explain(m, x, "gradcam", target=targets.Box(index=0), layer=relus[1])
+    assert not other.maps.any()
+    both = onnxplain.explain(m, np.repeat(x, 2, 0), "gradcam", target=[targets.Box(index=0), targets.Box(index=1)])
+    alone = onnxplain.explain(m, x, "gradcam", target=targets.Box(index=1))
+    assert alone.layer == relus[1] and both.layer == f"{relus[2]},{relus[1]}"
+    assert both.info["layer"].tolist() == [relus[2], relus[1]]
+    assert np.allclose(both.maps, np.concatenate([e.maps, alone.maps]), atol=1e-6)
+    assert np.allclose(both.attributions, both.maps)  # the stems' resolutions differ: the maps stand in
+    from click.testing import CliRunner
+    from onnxplain_cli.main import cli
+    shown = CliRunner().invoke(cli, ["inspect", str(path), "--preset", "unit", "--json"], catch_exceptions=False)
+    assert json.loads(shown.output)["scale_layers"] == [[relus[1], 0], [relus[2], 64]]
+
+
+def test_evaluate_takes_explains_targets(exported, tmp_path):
+    """`evaluate -t box:0` scores the top detection's anchor score, as the API given Box(index=0), and that equals
+    scoring the head's model at the index the box resolves to; `-t tabby` is class 281."""
+    from click.testing import CliRunner
+    from PIL import Image
+    from onnxplain.explain import prepare_images
+    from onnxplain_cli.main import cli
+    path, scene = exported[1]["yolov8"], tmp_path / "scene.png"
+    Image.fromarray(np.random.default_rng(14).integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)).save(scene)
+
+    def cli_row(model, image, target, window, step, *more):
+        result = CliRunner().invoke(cli, ["evaluate", str(model), str(image), "-m", "occlusion", "-t", target, "-p",
+                                          f"window={window}", "-p", f"stride={window}", "--step", str(step),
+                                          "--json", "--device", "cpu", *more], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        row = json.loads(result.output)["methods"]["occlusion"]["images"][0]
+        return {k: v for k, v in row.items() if k != "image"}
+
+    def api(model, image, target, window, step):
+        got = onnxplain.evaluate(model, [image], ["occlusion"], target, step=step,
+                                 params={"occlusion": {"window": window, "stride": window}})["occlusion"]
+        return {k: float(v[0]) for k, v in got.items()}
+
+    m = onnxplain.load(path, device="cpu", preprocessing="unit")
+    headed, index = targets.resolve(m, targets.Box(index=0), prepare_images(m, [scene]))
+    by_box = api(m, scene, targets.Box(index=0), 8, 64)
+    assert by_box == api(headed, scene, index.tolist(), 8, 64)
+    assert cli_row(path, scene, "box:0", 8, 64, "--preset", "unit") == by_box
+    mobilenet = onnxplain.load(MOBILENET, device="cpu")
+    assert cli_row(MOBILENET, IMAGES[0], "tabby", 112, 5000) == api(mobilenet, IMAGES[0], 281, 112, 5000)
+
+
+def test_a_detector_explained_at_another_size_counts_its_anchors_there(tmp_path):
+    """PicoDet-style scales on a free-size input, loaded at 32×32 (80 anchors) and explained on 64×64 arrays (320
+    anchors): a box target beyond the 32×32 count is explained as autograd's anchor score, and indices beyond the
+    64×64 count are refused in one line."""
+    torch.manual_seed(15)
+    net = PicoDet().eval()
+    names = ["s0", "s1", "b0", "b1"]
+    torch.onnx.export(net, (torch.zeros(1, 3, SIDE, SIDE),), str(tmp_path / "free.onnx"), dynamo=False,
+                      opset_version=17, input_names=["images"], output_names=names,
+                      dynamic_axes={"images": {0: "n", 2: "h", 3: "w"}, **{n: {0: "n", 1: "a"} for n in names}})
+    m = onnxplain.load(tmp_path / "free.onnx", device="cpu", preprocessing={"preset": "unit", "size": [SIDE, SIDE]})
+    assert m.num_classes == 80 * 3
+    x = np.random.default_rng(16).uniform(0, 1, (1, 3, 64, 64)).astype(np.float32)
+    assert m.for_batch(x).num_classes == 320 * 3
+    k = 300 * 3 + 1  # scale 1 (stride 8: 64 anchors after stride 4's 256), anchor 44, class 1
+    e = onnxplain.explain(m, x, "gradxinput", target=k)
+    assert e.targets[0] == k and e.logits.shape == (1, 320 * 3)
+    assert rel_err(e.attributions, x * autograd(net, x, lambda y: y[1][0, 44, 1])) <= 1e-4
+    with pytest.raises(OnnxplainError, match=r"target 960 is not a class of this model \(0\.\.959\)"):
+        onnxplain.explain(m, x, "gradxinput", target=960)
+
+
+def test_drise_is_rise_weighted_by_the_definitions_similarity(exported):
+    """D-RISE with a fixed seed equals RISE with the same masks (seed, count, cells) scored by D-RISE's similarity
+    written out here with loops (Petsiuk 2021: per masked image, the max over its proposals j of
+    IoU(box, box_j) · p_j[class] / ‖p_j‖ · objectness_j), for two images whose masks share batches."""
+    nets, paths = exported
+    m = onnxplain.load(paths["yolox"], device="cpu", preprocessing="unit")
+    x = np.random.default_rng(17).uniform(0, 1, (2, 3, SIDE, SIDE)).astype(np.float32)
+    params = dict(masks=40, cells=4, seed=3, batch_size=16)
+    e = onnxplain.explain(m, x, "drise", **params)
+    boxes, classes = e.info["box"].astype(np.float64), e.targets % 2
+
+    def corners(b):
+        return np.array([b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2])
+
+    def overlap(a, b):
+        w, h = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+        inter = max(w, 0) * max(h, 0)
+        return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+    def definition(out):
+        y = out["output0"].astype(np.float64)  # N×A×(4 + objectness + 2 classes)
+        return np.array([[max(overlap(box, corners(p[:4])) * p[5 + c] / np.linalg.norm(p[5:]) * p[4] for p in rows)
+                          for box, c in zip(boxes, classes)] for rows in y])
+
+    r = onnxplain.explain(m, x, "rise", target=[0, 1], score=definition, **params)
+    assert np.allclose(e.maps, r.maps, rtol=1e-6, atol=1e-9) and e.maps.std() > 0

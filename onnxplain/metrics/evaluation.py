@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import OnnxplainError
 from ..explain import as_batch, as_targets, explain
 from ..limits import whole
+from ..targets import is_target, resolve
 from .faithfulness import BETTER, METRICS, confidence, deletion, insertion
 
 
@@ -18,6 +19,9 @@ def evaluate(model, x, methods=("rise",), target=None, *, metrics=METRICS, step:
              score="probability", batch_size: int | None = None, params: Mapping | None = None,
              progress=None) -> dict[str, dict[str, np.ndarray]]:
     """Explain `x` with each method and score its maps: {method: {metric: value per image}}.
+
+    target: as `explain`'s: classes, or target objects (`onnxplain.targets`: a box, a region, an output element),
+    whose head's score the metrics read.
 
     methods: method names, or a mapping {label: maps N×H×W} to score maps made elsewhere.
     params: {method: {parameter: value}} passed to `explain`.
@@ -35,10 +39,13 @@ def evaluate(model, x, methods=("rise",), target=None, *, metrics=METRICS, step:
         raise OnnxplainError(f"params must map each method to its parameters, not {reprlib.repr(params)}")
     size = model.batch_size if batch_size is None else whole("batch_size", batch_size)
     if isinstance(x, (list, tuple)) and len(x) > size and all(isinstance(p, (str, Path)) for p in x):
-        return _in_batches(model, x, methods, as_targets(model, target, len(x)), size, metrics=metrics, step=step,
+        per_image = (list(target) if isinstance(target, (list, tuple)) else [target] * len(x)) if is_target(target) \
+            else as_targets(model, target, len(x))
+        return _in_batches(model, x, methods, per_image, size, metrics=metrics, step=step,
                            deletion_baseline=deletion_baseline, insertion_baseline=insertion_baseline,
                            score=score, params=params, progress=progress)
     inputs, _ = as_batch(model, x)
+    model, target = resolve(model.for_batch(inputs), target, inputs)  # a target object's head and indices
     targets = as_targets(model, target, len(inputs))
     given = dict(methods) if isinstance(methods, Mapping) else None
     options = dict(step=step, score=score, batch_size=batch_size, progress=progress)

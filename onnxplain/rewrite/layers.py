@@ -130,3 +130,36 @@ def on_every_path(model: onnx.ModelProto, input_name: str, score: str, names: li
         if score not in reached:
             kept.append(name)
     return kept
+
+
+def scale_merges(model: onnx.ModelProto, found: list[tuple[str, tuple]]) -> list[tuple[tuple[str, ...], tuple]]:
+    """Where a detector's scales are concatenated: each Concat without spatial extent whose inputs come each from
+    one spatial tensor of `found` (through ops without spatial extent), a different one per input. Per such Concat,
+    in graph order: (those tensors, each input's length along the concatenated axis, None where unknown). Those
+    tensors are the last of each scale's branch, and the lengths its anchors' places in the concatenation."""
+    inferred = infer_shapes(model)
+    ranks = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+             for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
+    names = {name for name, _ in found}
+    last: dict[str, frozenset] = {}  # tensor -> the spatial tensors it is computed from through non-spatial ops
+    merges = []
+    for node in inferred.graph.node:
+        if node.op_type in ("Shape", "Size"):
+            continue
+        ins = [last.get(i, frozenset()) for i in node.input]
+        if (node.op_type == "Concat" and node.output[0] not in names and len(ins) >= 2
+                and all(len(s) == 1 for s in ins) and len(set(ins)) == len(ins)):
+            axis = next(a.i for a in node.attribute if a.name == "axis")
+            dims = [ranks.get(i) for i in node.input]
+            merges.append((tuple(next(iter(s)) for s in ins),
+                           tuple(d[axis % len(d)] if d else None for d in dims)))
+        for o in node.output:
+            last[o] = frozenset({o}) if o in names else frozenset().union(*ins)
+    return merges
+
+
+def features_before(model: onnx.ModelProto, input_name: str, found: list[tuple[str, tuple]], end: str) -> str:
+    """The features a branch ending in tensor `end` predicts from: the last tensor of `found` (in graph order) that
+    every path from the input to `end` passes through and that a convolution reads; `end` itself if none."""
+    read = {n.input[0] for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")}
+    return ([end] + on_every_path(model, input_name, end, [n for n, _ in found if n in read and n != end]))[-1]
