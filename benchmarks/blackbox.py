@@ -12,6 +12,10 @@
    run stopped half-way and resumed from its checkpoint must give the same map. The call count and the estimated
    time of the slow reference (224², k = 10, S = 10) at the measured plain throughput are printed too.
 
+3. With --drise: step 1 for D-RISE on the corpus YOLOv8n (nudenet's, at 320², its top detection on the cat
+   photo; see benchmarks/coverage.py for the file), the plain batches on D-RISE's own session (every output kept
+   for the decoder), then stop.
+
 Set the cores with `taskset -c 0,1 python benchmarks/blackbox.py` (the target is 2 cores).
 
 Found with it: a multi-threaded OpenBLAS call (numpy's matrix-vector product over a 16×50 176 mask batch) leaves
@@ -35,29 +39,37 @@ from onnxplain.perturb import Scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "mobilenet_v2.onnx"
+YOLO = Path.home() / ".cache" / "onnxplain" / "corpus" / "files" / "nudenet_yolov8n.onnx"  # benchmarks/coverage.py
 IMAGE = ROOT / "models" / "images" / "chelsea.png"
 
 
-def rise_throughput(masks: int, batch_size: int) -> float:
-    m = onnxplain.load(MODEL, device="cpu", batch_size=batch_size)
+def rise_throughput(masks: int, batch_size: int, detector: bool = False) -> float:
+    """RISE on MobileNetV2, or D-RISE on the corpus YOLOv8n (`detector`), against plain batches."""
+    if detector:
+        m = onnxplain.load(YOLO, device="cpu", batch_size=batch_size, preprocessing={"size": [320, 320],
+                                                                                     "scale": 1 / 255})
+        scorer = Scorer(m, lambda out: out[m.score])  # D-RISE's session: every output kept for its decoder
+    else:
+        m = onnxplain.load(MODEL, device="cpu", batch_size=batch_size)
+        scorer = Scorer(m, "probability")            # the same cached session RISE uses
+    method, name = ("drise", "YOLOv8n (nudenet) 320x320") if detector else ("rise", "MobileNetV2 224x224")
     x, _ = as_batch(m, [IMAGE])
-    scorer = Scorer(m, "probability")            # the same cached session RISE uses
     plain = np.ascontiguousarray(np.repeat(x, batch_size, axis=0) * np.float32(0.5))
     for _ in range(3):                           # warm-up
-        scorer.session.run([m.score], {m.input: plain})
+        scorer.outputs(plain)
     stamps, plain_times = [], []
 
     def progress(done, total):
         stamps.append(time.perf_counter())
         t = time.perf_counter()
-        scorer.session.run([m.score], {m.input: plain})
+        scorer.outputs(plain)
         plain_times.append(time.perf_counter() - t)
         stamps.append(time.perf_counter())
         if len(plain_times) % 25 == 0:
-            print(f"  rise {done}/{total} masks", flush=True)
+            print(f"  {method} {done}/{total} masks", flush=True)
 
     start = time.perf_counter()
-    e = onnxplain.explain(m, x, "rise", masks=masks, batch_size=batch_size, progress=progress)
+    e = onnxplain.explain(m, x, method, masks=masks, batch_size=batch_size, progress=progress)
     wall = time.perf_counter() - start
     # RISE's own time: the start → first callback (reference pass, first batch) and each callback → next callback
     edges = [start] + stamps[:-1]
@@ -67,12 +79,12 @@ def rise_throughput(masks: int, batch_size: int) -> float:
     plain_rate = batch_size * len(plain_times) / plain_time
     ratio = rise_rate / plain_rate
     med_rise = batch_size / np.median(np.diff(stamps[0::2]) - np.asarray(plain_times[:-1]))
-    print(f"RISE {masks} masks on MobileNetV2 224x224, batch {batch_size}, {os.cpu_count()} CPUs visible "
+    print(f"{method} {masks} masks on {name}, batch {batch_size}, {os.cpu_count()} CPUs visible "
           f"({len(os.sched_getaffinity(0))} usable)")
-    print(f"  RISE:  {rise_time:7.2f} s  {rise_rate:7.1f} model calls/s (median batch: {med_rise:.1f}/s)")
+    print(f"  {method}: {rise_time:7.2f} s  {rise_rate:7.1f} model calls/s (median batch: {med_rise:.1f}/s)")
     print(f"  plain: {plain_time:7.2f} s  {plain_rate:7.1f} images/s over {len(plain_times)} interleaved batches "
           f"(median batch: {batch_size / np.median(plain_times):.1f}/s)")
-    print(f"  throughput ratio RISE / plain: {ratio:.3f}  ({'holds' if ratio >= 0.9 else 'FAILS'} the ≥ 0.90 target)"
+    print(f"  throughput ratio {method} / plain: {ratio:.3f}  ({'holds' if ratio >= 0.9 else 'FAILS'} the ≥ 0.90 target)"
           f"; wall {wall:.1f} s, target class {m.label(int(e.targets[0]))}")
     return plain_rate
 
@@ -144,7 +156,11 @@ def main():
     ap.add_argument("--pda-size", type=int, default=32)
     ap.add_argument("--pda-window", type=int, default=5)
     ap.add_argument("--pda-samples", type=int, default=10)
+    ap.add_argument("--drise", action="store_true", help="D-RISE on the corpus YOLOv8n instead, and stop there")
     args = ap.parse_args()
+    if args.drise:
+        rise_throughput(args.masks, args.batch_size, detector=True)
+        return
     plain_rate = rise_throughput(args.masks, args.batch_size)
     pda_time(args.pda_size, args.pda_window, args.pda_samples, args.batch_size, plain_rate)
 

@@ -205,8 +205,7 @@ def similarity(decoded: tuple, boxes: np.ndarray, classes: np.ndarray) -> np.nda
     target m, max over proposals j of IoU(box_m, box_j) · cos(onehot(class_m), p_j) · objectness_j, from
     `decoded` = decode(...) of the batch; boxes M×4, classes M. Returns B×M."""
     found, _, probs, obj = decoded
-    norm = np.maximum(np.linalg.norm(probs, axis=-1), 1e-12)
-    out = np.empty((len(found), len(boxes)))
-    for m, (box, c) in enumerate(zip(boxes, classes)):
-        out[:, m] = (iou(box, found) * probs[..., c] / norm * obj).max(axis=-1)
-    return out
+    norm = np.maximum(np.linalg.norm(probs, axis=-1), 1e-12)[:, None]                  # B×1×J
+    scores = np.take(probs, np.asarray(classes, np.int64), axis=-1).transpose(0, 2, 1)  # B×M×J
+    overlap = iou(np.asarray(boxes, np.float64)[None, :, None], found[:, None])         # B×M×J
+    return (overlap * scores / norm * obj[:, None]).max(axis=-1)
