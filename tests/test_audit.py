@@ -252,8 +252,30 @@ def test_existing_outputs_and_bad_data_are_refused_in_one_line(classes, tmp_path
     for text, message in (("d.png,0,1,2\n", "line 1: 4 fields"), ("path,label\nnot_there.png,0\n", "file not found"),
                           ("path,label\n../m.onnx,0\n", "outside the CSV's folder"),
                           ("path,label,x1,y1,x2,y2\nd.png,0,5,0,1,4\n", "must have x1 < x2"),
-                          ("path,label\nd.png,dog\n", "label 'dog' names no class of the model")):
-        _image(tmp_path / "csvdir" / "d.png", 0)
+                          ("path,label\nd.png,dog\n", "label 'dog' names no class of the model"),
+                          ("x/y.png,0\nx__Y.png,0\n", "x__Y.png and x/y.png would share the id x__Y.png"),
+                          ("path,label\n", "lists no images"), ("", "lists no images")):
+        for name in ("d.png", "x/y.png", "x__Y.png"):
+            _image(tmp_path / "csvdir" / name, 0)
         csv = tmp_path / "csvdir" / "d.csv"
         csv.write_text(text)
         assert message in fail(capsys, "audit", model, csv, "-m", "saliency", "-o", tmp_path / "o3")
+
+
+def test_a_metric_explaining_again_past_the_budget_is_not_run_and_says_why(classes, tmp_path, monkeypatch):
+    from onnxplain.metrics import Metric
+    model, data = classes
+    m = onnxplain.load(model, device="cpu")
+
+    def again(case, times=1):  # the distance between the case's maps and `times` maps explained again
+        return [np.abs(case.explain(case.model, case.inputs, case.targets) - case.maps).max(axis=(1, 2))
+                for _ in range(times)][-1]
+    monkeypatch.setitem(REGISTRY, "again", Metric("again", "robustness", "lower", "a test", again, needs=("explain",)))
+    rows = audit_batch(m, read_data(m, data).records, Plan({"saliency": {}}, {"again": {}}, reexplain_passes=1))
+    assert [r["metrics"]["again"] for r in rows] == [0.0] * 5  # explained again: the same maps
+    rows = audit_batch(m, read_data(m, data).records, Plan({"saliency": {}}, {"again": {"times": 2}},
+                                                           reexplain_passes=1))
+    assert all(r["metrics"]["again"] is None for r in rows)
+    assert rows[0]["metric_errors"]["again"] == ("not run: explaining again with saliency (1 model passes per image) "
+                                                 "would take it past 1 model passes per image (raise "
+                                                 "--reexplain-passes to run it)")

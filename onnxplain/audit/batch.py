@@ -23,13 +23,15 @@ TARGETS = ("label", "top1")
 class Plan:
     """What an audit runs on each batch: methods {name: parameters}, metrics {name: options}, the target ("label":
     an image's label when it has one, else its top-1 class; "top1"), the seed of the summary's bootstrap, the model
-    batch size and the long side of the pictures saved."""
+    batch size, the long side of the pictures saved, and the model passes per image that a metric may spend
+    explaining again (robustness and randomisation metrics re-explain; see `_again`)."""
     methods: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     target: str = "label"
     seed: int = 0
     batch_size: int = 16
     side: int = 256
+    reexplain_passes: int = 20_000
 
 
 @dataclass
@@ -110,12 +112,27 @@ def score(model, batch: Batch, plan: Plan) -> list[dict]:
     return rows + [row for r in batch.records for row in per_image[r.id]]
 
 
+def _again(method, size, images: int, plan: Plan):
+    """Case.explain for one metric on `images` images: the method's maps of other inputs, targets or model, refused
+    in one line before a call would take the metric past `plan.reexplain_passes` model passes per image (counted
+    from the method's passes per image, 1000 where they depend on the model): a metric that re-explains many times
+    (max-sensitivity's samples) with a costly method (RISE: 4001 passes per map) would run for hours."""
+    passes = method.model_passes(size) or 1000
+    spent = [0]
+
+    def again(model, inputs, targets):
+        spent[0] += len(inputs) * passes
+        if spent[0] > plan.reexplain_passes * images:
+            raise OnnxplainError(f"not run: explaining again with {method.name} ({passes} model passes per image) "
+                                 f"would take it past {plan.reexplain_passes} model passes per image (raise "
+                                 f"--reexplain-passes to run it)")
+        return _explain(model, inputs, None, method, targets, None, plan.batch_size).maps
+    return again
+
+
 def _metrics(model, inputs, e, masks, truth, method, plan) -> tuple[dict, dict]:
     """{metric: value per image (None where it does not apply or is not finite)} and {metric: one-line reason} for
     those that failed on this batch. Metrics needing masks run on the images that have them."""
-    def again(model_, inputs_, targets_):
-        return _explain(model_, inputs_, None, method, targets_, None, plan.batch_size).maps
-
     values, errors = {}, {}
     n = len(inputs)
     for name, options in plan.metrics.items():
@@ -125,7 +142,8 @@ def _metrics(model, inputs, e, masks, truth, method, plan) -> tuple[dict, dict]:
         if not chosen:
             continue
         case = Case(model, inputs[chosen], e.maps[chosen], e.targets[chosen],
-                    np.stack([masks[i] for i in chosen]) if "masks" in metric.needs else None, again)
+                    np.stack([masks[i] for i in chosen]) if "masks" in metric.needs else None,
+                    _again(method, model.input_size, len(chosen), plan))
         try:
             found = metric(case, **options)
         except OnnxplainError as exc:

@@ -133,19 +133,19 @@ def _csv(model, path: Path) -> list[Record]:
             rows = [(n, row) for n, row in enumerate(csv.reader(f), 1) if any(cell.strip() for cell in row)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise OnnxplainError(f"cannot read {path}: {exc}") from None
-    if not rows:
-        raise OnnxplainError(f"{path} lists no images")
-    header = [c.strip().casefold() for c in rows[0][1]]
+    header = [c.strip().casefold() for c in rows[0][1]] if rows else []
     if header and header[0] == "path":
         unknown = [c for c in header if c not in COLUMNS]
         if unknown or len(set(header)) != len(header):
-            raise OnnxplainError(f"{path} line 1: columns must be some of {','.join(COLUMNS)}, each once, not "
-                                 f"{','.join(rows[0][1])}")
+            raise OnnxplainError(f"{path} line {rows[0][0]}: columns must be some of {','.join(COLUMNS)}, each "
+                                 f"once, not {','.join(rows[0][1])}")
         if 0 < len({"x1", "y1", "x2", "y2"} & set(header)) < 4:
-            raise OnnxplainError(f"{path} line 1: a box needs all four columns x1,y1,x2,y2")
+            raise OnnxplainError(f"{path} line {rows[0][0]}: a box needs all four columns x1,y1,x2,y2")
         columns, rows = header, rows[1:]
     else:
         columns = None
+    if not rows:
+        raise OnnxplainError(f"{path} lists no images")
     merged: dict[str, dict] = {}
     for n, row in rows:
         where = f"{path} line {n}"

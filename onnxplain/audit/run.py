@@ -28,7 +28,8 @@ OWN = ("results.json", "per_image.csv", ROWS, REPORT, run_manifest.NAME, "maps")
 
 def audit(model, data, methods, out, *, metrics=None, target: str = "label", resume: bool = False,
           force: bool = False, engine: str = "local", params: Mapping | None = None, options: Mapping | None = None,
-          batch_size: int | None = None, seed: int = 0, progress=None, command: str | None = None) -> dict:
+          batch_size: int | None = None, seed: int = 0, reexplain_passes: int = 20_000, progress=None,
+          command: str | None = None) -> dict:
     """Audit explanation `methods` of `model` (a Model or a path) on `data` (a folder of images, a folder of class
     folders, or a CSV `path,label[,x1,y1,x2,y2][,mask]`; see `read_data`), writing to the folder `out`:
     per_image.jsonl (a row per image and method, appended as each batch finishes), maps/<id>/, per_image.csv,
@@ -39,6 +40,8 @@ def audit(model, data, methods, out, *, metrics=None, target: str = "label", res
     {parameter: value}}. target: "label" (an image's label where it has one, else its top-1 class) or "top1".
     resume: go on from the rows an earlier run of the same audit left in `out`; force: start again in an `out` that
     holds files (an audit's own files there are replaced, others kept). progress: progress(done, total) in images.
+    reexplain_passes: the model passes per image a metric may spend explaining again (robustness and randomisation
+    metrics do), else it is not run for that method, with its reason in the rows' metric_errors.
     """
     if engine != "local":
         raise OnnxplainError(f"engine must be 'local', not {reprlib.repr(engine)}")
@@ -68,10 +71,11 @@ def audit(model, data, methods, out, *, metrics=None, target: str = "label", res
                                                          "masks" not in r.needs]
     size = model.batch_size if batch_size is None else whole("batch_size", batch_size)
     plan = Plan({m: dict(params.get(m, {})) for m in methods}, {m: dict(options.get(m, {})) for m in chosen},
-                target, seed, size)
+                target, seed, size, reexplain_passes=whole("reexplain_passes", reexplain_passes))
     record = {**run_manifest.versions(), "command": command, "kind": "audit", "model": run_manifest.model_record(model),
               "data": str(Path(found.source).absolute()), "batch_size": size,
-              "plan": run_manifest.jsonable({k: getattr(plan, k) for k in ("methods", "metrics", "target", "seed")})}
+              "plan": run_manifest.jsonable({k: getattr(plan, k) for k in ("methods", "metrics", "target", "seed",
+                                                                           "reexplain_passes")})}
     runs = _prepare_folder(out, record, resume, force)
     done_rows = read_rows(out, repair=True)
     done = {(r["id"], r["method"]) for r in done_rows}
