@@ -1,12 +1,12 @@
 """onnxplain command line: inspect, explain, methods, export, evaluate, audit."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import warnings
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -76,6 +76,12 @@ PROBS = click.option("--probabilities", is_flag=True, help="Explain the Softmax 
 LABELS = click.option("--labels", "labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
                       help="Class names: one per line, or JSON (a list, or an object {index: name}); default: the "
                            "sidecar's, else the model's metadata (labels, classes, names, character).")
+RAY = click.option("--ray", "ray", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+                   help="Run on a Ray cluster (pip install 'onnxplain[ray]'): Ray Data reads the images, a pool of "
+                        "actors (one GPU each where there are GPUs) explains them and writes the files. Alone: a new "
+                        "local Ray instance; or auto, HOST:PORT, ray://HOST:10001.")
+ACTORS = click.option("--actors", type=click.IntRange(1), default=None,
+                      help="With --ray: actors, each holding the model (default: one per GPU of the cluster, else one).")
 PARAM = click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
                      help="Method parameter, repeatable (e.g. -p masks=2000 -p baseline=blur); see the method's docs.")
 
@@ -342,8 +348,10 @@ SLOW = 50_000  # model passes per image above which a method is called slow (min
 @click.option("--grid", is_flag=True, help="Also write IMAGE.grid.png per image: the photo, then every method's and "
                                            "class's overlay side by side.")
 @RUNS
+@RAY
+@ACTORS
 def explain(model, images, methods, target, layer, out_dir, force, skip_existing, top_k, view, colour_scale, grid,
-            as_json, batch_size, device, probabilities, params, **pre):
+            as_json, batch_size, device, ray, actors, probabilities, params, **pre):
     """Explain MODEL on IMAGES (files, folders of images, glob patterns): writes an overlay PNG (title, colorbar,
     metadata) and the raw map (.npy) per image, method (and class) to OUT, and records the run in
     OUT/onnxplain-run.json. -p KEY=VALUE goes to every method that has that parameter."""
@@ -370,7 +378,8 @@ def explain(model, images, methods, target, layer, out_dir, force, skip_existing
         raise OnnxplainError("two outputs share a file name (a class given twice); give each class once")
     runs = run_manifest.read(out_dir, force)
     record = {**run_manifest.versions(), "command": ["onnxplain", *click.get_current_context().meta["argv"]],
-              "model": run_manifest.model_record(m), "device": device, "devices_used": [], "methods": list(methods),
+              "model": run_manifest.model_record(m), "device": device, "devices_used": [], "ray": ray,
+              "methods": list(methods),
               "parameters": {method: run_manifest.parameters(method_registry.get(method, **per_method[method]))
                              for method in methods},
               "layer": layer, "targets": list(target) or None, "view": view, "colour_scale": colour_scale,
@@ -379,44 +388,65 @@ def explain(model, images, methods, target, layer, out_dir, force, skip_existing
     check_writable([f for i in todo for f in files[i]], force)
     _flush_notes()  # the checks have passed: what was guessed or skipped is said before the long part
     say = (lambda *a: None) if as_json else click.echo
-    chosen = [method_registry.get(method, **_with_progress(method, per_method[method])) for method in methods]
-
-    def write(first, found):
-        """One batch's files, manifest entries and report, on the writer thread; then the manifest (an interrupted
-        run keeps its record)."""
-        for j in range(len(found[0].maps)):
-            i = todo[first + j]
-            entry = {"image": str(images[i]), "target": _target_of(target, i), "skipped": False,
-                     "top": _top(m, found[0].logits[j], top_k), "explained": []}
-            for e in found:
-                for k, per_class in enumerate(outputs[i][e.method]):
-                    save(e, j, k, per_class, view, colour_scale)
-                    entry["explained"].append(_explained(m, e, j, k if several else None, _files([per_class])))
-            if grid:
-                save_png(grids[i], *grid_of(found, j, view, colour_scale))
-                entry["grid"] = str(grids[i])
-            record["images"][i] = entry
-            _say(say, entry)
-        record.update(layers_used={e.method: e.layer for e in found}, devices_used=m.devices_used())
-        run_manifest.write(out_dir, runs + [record])
-
+    # a Ray worker's method has no progress bar here to draw
+    chosen = [method_registry.get(method, **(per_method[method] if ray else _with_progress(method, per_method[method])))
+              for method in methods]
     if todo:
         tgt = None if classes[todo[0]] is None else [classes[i] if several else classes[i][0] for i in todo]
-        explained = onnxplain.explain_images(m, [images[i] for i in todo], chosen, target=tgt, layer=layer)
-        # a batch's files are written on another thread while the next batch runs; one batch at most waits its turn
+        write = _BatchFiles([images[i] for i in todo], [outputs[i] for i in todo], [grids[i] for i in todo] if grid
+                            else [], [_target_of(target, i) for i in todo], several, top_k, view, colour_scale)
+        explained = onnxplain.explain_images(m, [images[i] for i in todo], chosen, target=tgt, layer=layer,
+                                             engine="ray" if ray else "local", address=ray, actors=actors, then=write)
+        devices = set()
         with click.progressbar(explained, length=-(-len(todo) // batch_size), label="explaining", file=sys.stderr,
-                               hidden=len(todo) <= batch_size) as bar, ThreadPoolExecutor(max_workers=1) as writer:
-            waiting = deque()
-            for n, (_, found) in enumerate(bar):
-                waiting.append(writer.submit(write, n * batch_size, found))
-                if len(waiting) > 1:
-                    waiting.popleft().result()
-            for done in waiting:
-                done.result()
+                               hidden=len(todo) <= batch_size) as bar, _stdout_kept(as_json):
+            for n, (_, (entries, layers, used)) in enumerate(bar):
+                for j, entry in enumerate(entries):
+                    record["images"][todo[n * batch_size + j]] = entry
+                    _say(say, entry)
+                devices.update(used)
+                record.update(layers_used=layers, devices_used=sorted(devices))
+                run_manifest.write(out_dir, runs + [record])  # after each batch: an interrupted run keeps its record
     elif files:
         run_manifest.write(out_dir, runs + [record])
     if as_json:
         click.echo(json.dumps(record, ensure_ascii=False))
+
+
+def _stdout_kept(as_json: bool):
+    """With --json, stdout holds the document only: what libraries print meanwhile (Ray's lines from its workers and
+    raylet) goes to stderr."""
+    return contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+
+
+@dataclass
+class _BatchFiles:
+    """Writes a batch's files and makes its manifest entries, where the batch was explained (a writer thread, or
+    the Ray actor); returns (the entries, the layers used, the devices used)."""
+    images: list          # the images to explain, and per image:
+    outputs: list         # {method: file_names}
+    grids: list           # its grid file, if --grid
+    targets: list         # its -t value
+    several: bool         # several classes per image
+    top_k: int
+    view: str
+    colour_scale: str | None
+
+    def __call__(self, m, first: int, found: list) -> tuple[list[dict], dict, list[str]]:
+        entries = []
+        for j in range(len(found[0].maps)):
+            i = first + j
+            entry = {"image": str(self.images[i]), "target": self.targets[i], "skipped": False,
+                     "top": _top(m, found[0].logits[j], self.top_k), "explained": []}
+            for e in found:
+                for k, per_class in enumerate(self.outputs[i][e.method]):
+                    save(e, j, k, per_class, self.view, self.colour_scale)
+                    entry["explained"].append(_explained(m, e, j, k if self.several else None, _files([per_class])))
+            if self.grids:
+                save_png(self.grids[i], *grid_of(found, j, self.view, self.colour_scale))
+                entry["grid"] = str(self.grids[i])
+            entries.append(entry)
+        return entries, {e.method: e.layer for e in found}, m.devices_used()
 
 
 def _per_method(methods, params: dict) -> dict[str, dict]:

@@ -56,8 +56,11 @@ class UnsupportedOpError(OnnxplainError):
     """The white-box path has no gradient rule for an op of the model."""
 
     def __init__(self, op: str, node: str, opset: int, why: str = "no gradient rule"):
-        self.op, self.node, self.opset = op, node, opset
+        self.op, self.node, self.opset, self.why = op, node, opset, why
         super().__init__(
             f"{why} for {op} (node '{node}', opset {opset}); explain this model with a black-box "
             f"method instead (occlusion, rise, lime, kernelshap), which only runs the model"
         )
+
+    def __reduce__(self):  # pickled as made (a Ray worker sends it back)
+        return UnsupportedOpError, (self.op, self.node, self.opset, self.why)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import reprlib
 from contextlib import closing
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -148,7 +149,6 @@ def as_batch(model: Model, x) -> tuple[np.ndarray, list[Photo] | None]:
         x = [x]
     elif isinstance(x, np.ndarray) and x.ndim == 4 and len(x) and _is_image(x[0], integer_pixels):
         x = list(x)  # a uint8 N×H×W×C batch of photos
-    photos = None
     if isinstance(x, (list, tuple)) and x and any(_is_image(p, integer_pixels) for p in x):
         other = next((i for i, p in enumerate(x) if not _is_image(p, integer_pixels)), None)
         if other is not None:
@@ -156,8 +156,24 @@ def as_batch(model: Model, x) -> tuple[np.ndarray, list[Photo] | None]:
                                  f"{type(x[other]).__name__}); give images (paths, Pillow images, uint8 H×W×C "
                                  f"arrays), or one float array")
         model.input_size  # noqa: B018  images are read at the input size: raises when it is not known
-        photos = [prepare(p, model.preprocessing) for p in x]
-        x = np.stack([p.input for p in photos])
+        return from_photos(model, read_photos(model.preprocessing, x))
+    return _checked(model, x), None
+
+
+def read_photos(preprocessing, images: list) -> list[Photo]:
+    """Images read, resized, cropped and normalised by `preprocessing` (the decoding half of `as_batch`, which runs
+    on reading threads, or on Ray Data's tasks, apart from the model)."""
+    return [prepare(p, preprocessing) for p in images]
+
+
+def from_photos(model: Model, photos: list[Photo]) -> tuple[np.ndarray, list[Photo]]:
+    """The batch of `read_photos`' photos, checked as `as_batch` checks any input."""
+    return _checked(model, np.stack([p.input for p in photos])), photos
+
+
+def _checked(model: Model, x) -> np.ndarray:
+    """`x` as a float32 batch of the model's input shape, refused in one line where it is not one."""
+    integer_pixels = np.issubdtype(np.dtype(model.pixels), np.integer)
     try:
         x = np.asarray(x)
     except ValueError:
@@ -176,7 +192,7 @@ def as_batch(model: Model, x) -> tuple[np.ndarray, list[Photo] | None]:
         raise OnnxplainError(f"input has shape {tuple(x.shape)}; the model takes N×{'×'.join(map(str, want))} "
                              f"({model.layout})")
     check_finite(x, "input image")
-    return np.ascontiguousarray(x, dtype=np.float32), photos
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def _is_image(x, integer_pixels: bool) -> bool:
@@ -263,7 +279,8 @@ def explain(model: Model, x, method: str = methods.DEFAULT, target=None, layer: 
 
 
 def explain_images(model: Model, images, method="saliency", target=None, layer: str | None = None,
-                   batch_size: int | None = None, workers: int = 2, **params) -> Iterator[tuple[list, object]]:
+                   batch_size: int | None = None, workers: int = 2, engine: str = "local", address: str | None = None,
+                   actors: int | None = None, then=None, **params) -> Iterator[tuple[list, object]]:
     """Explain images (paths, Pillow images, uint8 H×W×C arrays) `batch_size` at a time, yielding (the batch's
     images, its Explanation) in order.
 
@@ -273,25 +290,74 @@ def explain_images(model: Model, images, method="saliency", target=None, layer: 
     method run on the batch read once. target: as `explain`'s, with a list of one entry per image sliced per batch
     (a single entry applies to all). The methods, their parameters and the sizes are checked before this returns;
     a file that cannot be read fails when its batch is reached.
+    engine: "local" (this process) or "ray": Ray Data reads the batches on a Ray cluster's CPUs and a pool of
+    `actors` actors explains them, each holding a copy of the model (`onnxplain.engines.ray`), with the same results.
+    address: the cluster's ("auto", "HOST:PORT", "ray://HOST:10001", "local" for a new local instance; None: the
+    one this process is connected to, else RAY_ADDRESS's, else a new local instance).
+    then: a function (model, index of the batch's first image, the batch's Explanation(s)) run where the batch was
+    explained (on a writer thread while the next batch runs, one batch at most waiting; on the Ray actor), whose
+    result is yielded in place of the Explanations: on Ray, files written there and a short account sent back.
     """
     several = isinstance(method, (list, tuple))
     chosen = [m if isinstance(m, methods.Method) else methods.get(m, **params) for m in
               (method if several else [method])]
+    if engine not in ("local", "ray"):
+        raise OnnxplainError(f"engine must be 'local' or 'ray', not {engine!r}")
     if _is_image(images, np.issubdtype(np.dtype(model.pixels), np.integer)):
         images = [images]
     images = list(images)
     batch_size = model.batch_size if batch_size is None else whole("batch_size", batch_size)
     workers = whole("workers", workers)
+    model.input_size  # noqa: B018  images are read at the input size: raises when it is not known
     per_image = isinstance(target, (list, tuple, np.ndarray)) and len(target) == len(images) > 1
-    chunks = [images[a:a + batch_size] for a in range(0, len(images), batch_size)]
+    starts = range(0, len(images), batch_size)
+    chunks = [images[a:a + batch_size] for a in starts]
+    jobs = [(a, chunk, target[a:a + len(chunk)] if per_image else target) for a, chunk in zip(starts, chunks)]
+    read = partial(read_job, model.preprocessing)
+    if engine == "ray":
+        from .engines import ray as cluster
+        step = partial(explain_batch, chosen=chosen, layer=layer, batch_size=batch_size, several=several,
+                       then=then or _without_model)
+        done = cluster.run(model, jobs, read, step, address, actors)
+        return zip(chunks, done if then else (_with_model(model, found) for found in done))
 
     def batches():
-        with closing(prefetched(lambda chunk: as_batch(model, chunk), chunks, workers, workers)) as read:
-            for a, chunk, (inputs, photos) in zip(range(0, len(images), batch_size), chunks, read):
-                part = target[a:a + len(chunk)] if per_image else target
-                found = [_explain(model, inputs, photos, m, part, layer, batch_size) for m in chosen]
-                yield chunk, found if several else found[0]
+        with closing(prefetched(read, jobs, workers, workers)) as decoded:
+            found = (explain_batch(model, job, chosen, layer, batch_size, several) for job in decoded)
+            with closing(found if then is None else prefetched(lambda pair: then(model, *pair), zip(starts, found),
+                                                                2)) as done:
+                yield from zip(chunks, done)
     return batches()
+
+
+def read_job(preprocessing, job: tuple) -> tuple:
+    """A batch job (index of its first image, images, targets) with its images read (`read_photos`)."""
+    first, images, target = job
+    return first, read_photos(preprocessing, images), target
+
+
+def explain_batch(model: Model, job: tuple, chosen: list, layer, batch_size: int, several: bool, then=None):
+    """The one per-batch step of both engines: a job that `read_job` read explained by every chosen method (a list
+    of Explanations when `several`, else one), or `then`'s result of them."""
+    first, photos, target = job
+    inputs, photos = from_photos(model, photos)
+    found = [_explain(model, inputs, photos, m, target, layer, batch_size) for m in chosen]
+    found = found if several else found[0]
+    return found if then is None else then(model, first, found)
+
+
+def _without_model(model: Model, first: int, found):
+    """A batch's Explanations as a Ray actor sends them back: without its copy of the model, which would send the
+    whole graph with every batch (`_with_model` puts the caller's back)."""
+    for e in found if isinstance(found, list) else [found]:
+        e.model = None if e.model is model else e.model  # a target's head model is sent as it is
+    return found
+
+
+def _with_model(model: Model, found):
+    for e in found if isinstance(found, list) else [found]:
+        e.model = model if e.model is None else e.model
+    return found
 
 
 def _explain(model: Model, inputs: np.ndarray, photos, m: methods.Method, target, layer, batch_size) -> Explanation:

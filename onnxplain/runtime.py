@@ -275,6 +275,10 @@ class SessionCache:
                     self._sessions.popitem(last=False)
             return session
 
+    def __reduce__(self):
+        """A copy sent to another process (a Ray worker) starts empty: sessions are built where they run."""
+        return SessionCache, (self.size,)
+
     def values(self) -> list:
         """The cached values, least recently used first (a copy)."""
         with self._lock:
