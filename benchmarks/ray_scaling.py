@@ -38,7 +38,7 @@ def writer(images: list[Path], out: Path, method: str) -> _BatchFiles:
     """The command line's batch writer for `images` into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     return _BatchFiles(images, [{method: file_names(out, p.stem, method, None)} for p in images], [],
-                       [None] * len(images), False, 3, "original", None)
+                       [None] * len(images), False, 3, "original", None, Path.cwd())
 
 
 def costs(m, images: list[Path], method, batch: int, out: Path) -> dict:

@@ -394,7 +394,8 @@ def explain(model, images, methods, target, layer, out_dir, force, skip_existing
     if todo:
         tgt = None if classes[todo[0]] is None else [classes[i] if several else classes[i][0] for i in todo]
         write = _BatchFiles([images[i] for i in todo], [outputs[i] for i in todo], [grids[i] for i in todo] if grid
-                            else [], [_target_of(target, i) for i in todo], several, top_k, view, colour_scale)
+                            else [], [_target_of(target, i) for i in todo], several, top_k, view, colour_scale,
+                            Path.cwd())
         explained = onnxplain.explain_images(m, [images[i] for i in todo], chosen, target=tgt, layer=layer,
                                              engine="ray" if ray else "local", address=ray, actors=actors, then=write)
         devices = set()
@@ -431,6 +432,7 @@ class _BatchFiles:
     top_k: int
     view: str
     colour_scale: str | None
+    root: Path            # the folder the paths are relative to (a Ray worker's own may be another)
 
     def __call__(self, m, first: int, found: list) -> tuple[list[dict], dict, list[str]]:
         entries = []
@@ -440,10 +442,11 @@ class _BatchFiles:
                      "top": _top(m, found[0].logits[j], self.top_k), "explained": []}
             for e in found:
                 for k, per_class in enumerate(self.outputs[i][e.method]):
-                    save(e, j, k, per_class, self.view, self.colour_scale)
+                    save(e, j, k, [(self.root / png, self.root / npy) for png, npy in per_class], self.view,
+                         self.colour_scale)
                     entry["explained"].append(_explained(m, e, j, k if self.several else None, _files([per_class])))
             if self.grids:
-                save_png(self.grids[i], *grid_of(found, j, self.view, self.colour_scale))
+                save_png(self.root / self.grids[i], *grid_of(found, j, self.view, self.colour_scale))
                 entry["grid"] = str(self.grids[i])
             entries.append(entry)
         return entries, {e.method: e.layer for e in found}, m.devices_used()
@@ -691,8 +694,10 @@ def evaluate(model, images, methods, target, metrics, step, deletion_baseline, i
               help="Model passes per image a metric may spend explaining again (robustness, randomisation); past "
                    "them it is not run for that method and the rows say why.")
 @RUNS
+@RAY
+@ACTORS
 def audit(model, data, methods, out_dir, metrics, metric_options, target, resume, force, seed, reexplain_passes,
-          as_json, batch_size, device, probabilities, params, **pre):
+          as_json, batch_size, device, ray, actors, probabilities, params, **pre):
     """Audit METHODS of MODEL on DATA (a folder of images, a folder of class folders named by the model's labels,
     or a CSV path,label[,x1,y1,x2,y2][,mask]): every metric per image and method, streamed in batches and stored as
     they finish (--resume goes on after an interruption), then results.json with means, 95 % bootstrap intervals,
@@ -712,11 +717,12 @@ def audit(model, data, methods, out_dir, metrics, metric_options, target, resume
         _flush_notes()
         bar(done, total)
     try:
-        results = onnxplain.audit(m, data, methods, out_dir, metrics=list(metrics) or None, target=target,
-                                  resume=resume, force=force, params=per_method, options=options,
-                                  batch_size=batch_size, seed=seed, reexplain_passes=reexplain_passes,
-                                  progress=progress,
-                                  command=" ".join(["onnxplain", *click.get_current_context().meta["argv"]]))
+        with _stdout_kept(as_json):
+            results = onnxplain.audit(m, data, methods, out_dir, metrics=list(metrics) or None, target=target,
+                                      resume=resume, force=force, engine="ray" if ray else "local", address=ray,
+                                      actors=actors, params=per_method, options=options, batch_size=batch_size,
+                                      seed=seed, reexplain_passes=reexplain_passes, progress=progress,
+                                      command=" ".join(["onnxplain", *click.get_current_context().meta["argv"]]))
     except KeyboardInterrupt:
         bar.close()
         click.echo("interrupted; rerun with --resume", err=True)

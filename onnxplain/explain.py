@@ -318,7 +318,9 @@ def explain_images(model: Model, images, method="saliency", target=None, layer: 
         from .engines import ray as cluster
         step = partial(explain_batch, chosen=chosen, layer=layer, batch_size=batch_size, several=several,
                        then=then or _without_model)
-        done = cluster.run(model, jobs, read, step, address, actors)
+        far = [(a, [Path(p).absolute() if isinstance(p, (str, Path)) else p for p in chunk], part)
+               for a, chunk, part in jobs]  # read on workers whose folder may be another
+        done = cluster.run(model, far, read, step, address, actors)
         return zip(chunks, done if then else (_with_model(model, found) for found in done))
 
     def batches():

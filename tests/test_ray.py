@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from conftest import IMAGES, MOBILENET
 from onnxplain_cli.main import cli
 
 import onnxplain
+from onnxplain.audit.results import read_rows
 
 ray = pytest.importorskip("ray")
 
@@ -26,7 +29,8 @@ RISE = {"masks": 48}  # seeded: the same masks on every actor
 def cluster():
     # the workers import this module's classes (KillFirst) as the driver does
     ray.init(num_cpus=2, object_store_memory=200 * 2**20, logging_level="ERROR", log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(__file__)}})
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([os.path.dirname(__file__),
+                                                                      os.environ.get("PYTHONPATH", "")])}})
     yield
     ray.shutdown()
 
@@ -62,11 +66,12 @@ def test_ray_gives_the_local_results_bitwise(cluster, mobilenet, photos):
                 assert np.array_equal(getattr(a, field), getattr(b, field)), (a.method, field)
 
 
-def test_cli_ray_writes_the_local_files_and_manifest(cluster, photos, tmp_path):
-    args = ["explain", MOBILENET, *photos, *[f for m in METHODS for f in ("-m", m)], "-p", "masks=48",
-            "--batch-size", "3", "--json"]
-    local = run(*args, "-o", tmp_path / "local")
-    far = run(*args, "-o", tmp_path / "ray", "--ray")
+def test_cli_ray_writes_the_local_files_and_manifest(cluster, photos, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths, from another folder than the Ray workers'
+    args = ["explain", MOBILENET, *(os.path.relpath(p) for p in photos), *[f for m in METHODS for f in ("-m", m)],
+            "-p", "masks=48", "--batch-size", "3", "--json"]
+    local = run(*args, "-o", "local")
+    far = run(*args, "-o", "ray", "--ray")
     assert far["ray"] == "local" and local["ray"] is None
     for a, b in zip(far["images"], local["images"], strict=True):
         assert a["top"] == b["top"] and not a["skipped"]
@@ -159,3 +164,83 @@ class socket_closed:
 
     def __exit__(self, *exc):
         self.socket.close()
+
+
+def _my_actors() -> list[int]:
+    """The process ids of this module's Ray actors (descendants of this process: other sessions may run Ray too)."""
+    def parent(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"MapWorker(MapBatches(_Actor))" not in f.read():
+                    continue
+            pid = int(entry)
+            while pid > 1 and pid != os.getpid():
+                pid = parent(pid)
+        except (OSError, ValueError):
+            continue
+        if pid == os.getpid():
+            found.append(int(entry))
+    return found
+
+
+def test_ray_audit_equals_the_local_audit_and_survives_a_killed_actor(cluster, tmp_path):
+    from test_audit import _image, _model
+    data = tmp_path / "data"
+    for i in range(40):
+        _image(data / f"class{2 + i % 4}" / f"{i:02d}.png", i)
+    model = _model(tmp_path)
+    args = ["audit", model, data, "-m", "gradcam", "-m", "rise", "-p", "masks=1000", "--batch-size", "4", "--json",
+            "--device", "cpu"]
+    local = run(*args, "-o", tmp_path / "local")
+    rows = tmp_path / "ray" / "per_image.jsonl"
+    killed = []
+
+    def kill_an_actor():  # SIGKILL the actor once the first batch's rows are in, with batches still to do
+        while not killed:
+            time.sleep(0.05)
+            if rows.exists() and rows.stat().st_size and _my_actors():
+                killed.append((_my_actors()[0], len(rows.read_text().splitlines())))
+                os.kill(killed[0][0], signal.SIGKILL)
+    killer = threading.Thread(target=kill_an_actor, daemon=True)
+    killer.start()
+    far = run(*args, "-o", tmp_path / "ray", "--ray")
+    killer.join(1)
+    assert killed and killed[0][1] < 80  # killed mid-run
+    assert killed[0][0] not in _my_actors()  # replaced
+
+    def same(results):
+        return {**results, "created": None, "command": None,
+                "methods": {m: {**v, "seconds": None} for m, v in results["methods"].items()}}
+    assert same(far) == same(local)
+    ours, theirs = (read_rows(tmp_path / name) for name in ("ray", "local"))
+    assert len(ours) == 80 and len({(r["id"], r["method"]) for r in ours}) == 80  # nothing lost or duplicated
+    assert [{**r, "seconds": 0} for r in ours] == [{**r, "seconds": 0} for r in theirs]
+    maps, theirs = (sorted(p.relative_to(tmp_path / name) for p in (tmp_path / name / "maps").rglob("*")
+                           if p.is_file()) for name in ("local", "ray"))
+    assert maps == theirs and len(maps) == 40 * 5  # per image: its picture, and a picture and a map per method
+    assert all((tmp_path / "ray" / p).read_bytes() == (tmp_path / "local" / p).read_bytes() for p in maps)
+
+
+def test_an_interrupted_ray_audit_resumes_from_its_rows(cluster, tmp_path):
+    from test_audit import _image, _model
+    data = tmp_path / "data"
+    for i in range(12):
+        _image(data / f"class{2 + i % 3}" / f"{i:02d}.png", i)
+    model = onnxplain.load(_model(tmp_path), device="cpu")
+    common = dict(metrics=["deletion", "drop"], batch_size=4, engine="ray")
+    whole = onnxplain.audit(model, data, ["gradcam"], tmp_path / "whole", **common)
+
+    def stop(done, total):
+        if done >= 4:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        onnxplain.audit(model, data, ["gradcam"], tmp_path / "cut", progress=stop, **common)
+    assert len(read_rows(tmp_path / "cut")) == 4
+    resumed = onnxplain.audit(model, data, ["gradcam"], tmp_path / "cut", resume=True, **common)
+    assert [{**r, "seconds": 0} for r in read_rows(tmp_path / "cut")] == \
+        [{**r, "seconds": 0} for r in read_rows(tmp_path / "whole")]
+    assert resumed["summary"] == whole["summary"]

@@ -44,14 +44,14 @@ class Batch:
     failed: list[tuple[Record, str]]
 
 
-def read(model, records: list[Record]) -> Batch:
+def read(preprocessing, records: list[Record]) -> Batch:
     """Read and prepare a batch's images and masks; an image (or mask) that cannot be read is set aside with its
     one-line reason."""
     batch = Batch([], [], [], [])
     for r in records:
         try:
-            photo = prepare(r.file, model.preprocessing)
-            mask = ground_truth(r, photo, model.preprocessing)
+            photo = prepare(r.file, preprocessing)
+            mask = ground_truth(r, photo, preprocessing)
         except OnnxplainError as exc:
             batch.failed.append((r, first_line(exc)))
             continue
@@ -65,7 +65,7 @@ def audit_batch(model, records: list[Record], plan: Plan) -> list[dict]:
     """Explain a batch of records with every method of the plan and score the maps with every metric of it: one row
     per (image, method), in record then method order (see docs of the audit output, per_image.jsonl). Pure: the same
     records and plan give the same rows (but for "seconds")."""
-    return score(model, read(model, records), plan)
+    return score(model, read(model.preprocessing, records), plan)
 
 
 def _row(r: Record, method: str, **fields) -> dict:

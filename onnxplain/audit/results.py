@@ -20,13 +20,20 @@ GALLERY = 4   # best and worst images per method
 GRID = 8      # images in the method × image grid
 
 
+def write_files(out: Path, rows: list[dict]) -> list[dict]:
+    """Write the rows' files (maps, pictures) into `out`; the rows without them (a Ray actor writes them where it
+    scored the batch and sends back the rows)."""
+    for row in rows:
+        for name, value in row["files"].items():
+            (save_png if name.endswith(".png") else save_npy)(out / name, value)
+    return [{**row, "files": {}} for row in rows]
+
+
 def write_rows(out: Path, rows: list[dict], done: set) -> None:
     """Write the rows' files (maps, pictures) and append the rows not `done` yet (their (id, method)) to
     per_image.jsonl, flushed and synced to disk; `done` gains them."""
     lines = []
-    for row in rows:
-        for name, value in row["files"].items():
-            (save_png if name.endswith(".png") else save_npy)(out / name, value)
+    for row in write_files(out, rows):
         key = (row["id"], row["method"])
         if key not in done:
             done.add(key)

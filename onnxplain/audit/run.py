@@ -1,13 +1,15 @@
-"""The local audit driver: stream the data in batches through `audit_batch`, store each batch's rows as it
-finishes, resume from them, and write results.json and per_image.csv at the end."""
+"""The audit driver: stream the data in batches through the per-batch step of `audit_batch` (here, or on Ray
+actors), store each batch's rows as it finishes, resume from them, and write results.json and per_image.csv at the
+end."""
 from __future__ import annotations
 
 import os
 import reprlib
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import closing
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 from .. import manifest as run_manifest
@@ -21,15 +23,15 @@ from ..report import write_report
 from ..runtime import prefetched
 from .batch import TARGETS, Plan, read, score
 from .data import Data, read_data
-from .results import ROWS, read_rows, summarise, write_csv, write_json, write_rows
+from .results import ROWS, read_rows, summarise, write_csv, write_files, write_json, write_rows
 
 OWN = ("results.json", "per_image.csv", ROWS, REPORT, run_manifest.NAME, "maps")  # what an audit writes in its folder
 
 
 def audit(model, data, methods, out, *, metrics=None, target: str = "label", resume: bool = False,
-          force: bool = False, engine: str = "local", params: Mapping | None = None, options: Mapping | None = None,
-          batch_size: int | None = None, seed: int = 0, reexplain_passes: int = 20_000, progress=None,
-          command: str | None = None) -> dict:
+          force: bool = False, engine: str = "local", address: str | None = None, actors: int | None = None,
+          params: Mapping | None = None, options: Mapping | None = None, batch_size: int | None = None, seed: int = 0,
+          reexplain_passes: int = 20_000, progress=None, command: str | None = None) -> dict:
     """Audit explanation `methods` of `model` (a Model or a path) on `data` (a folder of images, a folder of class
     folders, or a CSV `path,label[,x1,y1,x2,y2][,mask]`; see `read_data`), writing to the folder `out`:
     per_image.jsonl (a row per image and method, appended as each batch finishes), maps/<id>/, per_image.csv,
@@ -42,9 +44,11 @@ def audit(model, data, methods, out, *, metrics=None, target: str = "label", res
     holds files (an audit's own files there are replaced, others kept). progress: progress(done, total) in images.
     reexplain_passes: the model passes per image a metric may spend explaining again (robustness and randomisation
     metrics do), else it is not run for that method, with its reason in the rows' metric_errors.
+    engine: "local", or "ray" to score the batches on a Ray cluster's actors (`address`, `actors`: as for
+    `explain_images`), which write the maps where they run: the same rows and results as a local run.
     """
-    if engine != "local":
-        raise OnnxplainError(f"engine must be 'local', not {reprlib.repr(engine)}")
+    if engine not in ("local", "ray"):
+        raise OnnxplainError(f"engine must be 'local' or 'ray', not {reprlib.repr(engine)}")
     if target not in TARGETS:
         raise OnnxplainError(f"target must be one of {', '.join(TARGETS)}, not {reprlib.repr(target)}")
     if isinstance(model, (str, os.PathLike)):
@@ -70,6 +74,9 @@ def audit(model, data, methods, out, *, metrics=None, target: str = "label", res
     chosen = list(metrics) if metrics is not None else [m for m, r in REGISTRY.items() if truth or
                                                          "masks" not in r.needs]
     size = model.batch_size if batch_size is None else whole("batch_size", batch_size)
+    if engine == "ray":  # joined before anything is written: Ray missing or an address not answering is one line
+        from ..engines import ray as cluster
+        cluster.connect(address)
     plan = Plan({m: dict(params.get(m, {})) for m in methods}, {m: dict(options.get(m, {})) for m in chosen},
                 target, seed, size, reexplain_passes=whole("reexplain_passes", reexplain_passes))
     record = {**run_manifest.versions(), "command": command, "kind": "audit", "model": run_manifest.model_record(model),
@@ -82,18 +89,35 @@ def audit(model, data, methods, out, *, metrics=None, target: str = "label", res
     todo = [r for r in found.records if any((r.id, m) not in done for m in methods)]
     run_manifest.write(out, runs + [record])
     total, finished = len(found.records), len(found.records) - len(todo)
+    devices = set(model.devices_used())
     chunks = [todo[a:a + size] for a in range(0, len(todo), size)]
     if progress is not None:
         progress(finished, total)
-    with closing(prefetched(lambda chunk: read(model, chunk), chunks)) as batches:
-        for batch in batches:
-            write_rows(out, score(model, batch, plan), done)
-            finished += len(batch.records) + len(batch.failed)
+    with closing(_local(model, chunks, plan) if engine == "local" else cluster.run(
+            model, chunks, partial(read, model.preprocessing), partial(_written, plan=plan, out=out.absolute()),
+            address, actors)) as scored:
+        for rows, used in scored:
+            write_rows(out, rows, done)
+            devices.update(used)
+            finished += len({r["id"] for r in rows})
             if progress is not None:
                 progress(finished, total)
-    results = finish(out, model, found, plan, command)
+    results = finish(out, model, found, plan, command, sorted(devices))
     write_report(out)
     return results
+
+
+def _local(model, chunks: list, plan: Plan) -> Iterator[tuple[list[dict], list[str]]]:
+    """Each chunk's rows: read on a thread, the next while this one is scored."""
+    with closing(prefetched(partial(read, model.preprocessing), chunks)) as batches:
+        for batch in batches:
+            yield score(model, batch, plan), model.devices_used()
+
+
+def _written(model, batch, plan: Plan, out: Path) -> tuple[list[dict], list[str]]:
+    """A batch's rows scored and their files written on the Ray actor that scored them: the rows to append, and the
+    devices its sessions ran on."""
+    return write_files(out, score(model, batch, plan)), model.devices_used()
 
 
 def _prepare_folder(out: Path, record: dict, resume: bool, force: bool) -> list[dict]:
@@ -132,8 +156,9 @@ def _prepare_folder(out: Path, record: dict, resume: bool, force: bool) -> list[
     return runs
 
 
-def finish(out: Path, model, data: Data, plan: Plan, command: str | None) -> dict:
-    """Write results.json and per_image.csv from the rows stored in `out`; returns the results."""
+def finish(out: Path, model, data: Data, plan: Plan, command: str | None, devices: list[str]) -> dict:
+    """Write results.json and per_image.csv from the rows stored in `out`; returns the results. devices: those the
+    sessions ran on (here, or on the Ray actors)."""
     rows = read_rows(out)
     metrics = {name: REGISTRY[name] for name in plan.metrics}
     part = summarise(rows, metrics, plan.seed)
@@ -145,7 +170,7 @@ def finish(out: Path, model, data: Data, plan: Plan, command: str | None) -> dic
             classes[r.label_name] = classes.get(r.label_name, 0) + 1
     results = {
         "onnxplain": run_manifest.versions()["onnxplain"], "created": datetime.now(timezone.utc).isoformat(),
-        "command": command, "model": model_card(model),
+        "command": command, "model": model_card(model, devices),
         "data": {"source": data.source, "kind": data.kind, "images": len(images),
                  "labelled": sum(r.label is not None for r in data.records),
                  "with_masks": sum(r.has_truth for r in data.records), "classes": classes,
@@ -164,7 +189,7 @@ def finish(out: Path, model, data: Data, plan: Plan, command: str | None) -> dic
     return results
 
 
-def model_card(model) -> dict:
+def model_card(model, devices: list[str]) -> dict:
     """The model as results.json describes it: file, hash, producer, opset, input, preprocessing (and whether it
     was guessed), the devices its sessions ran on, what the load passes did, classes."""
     record = run_manifest.model_record(model)
@@ -176,6 +201,6 @@ def model_card(model) -> dict:
             "ir_version": proto.ir_version,
             "input": {"name": model.input, "shape": shape, "layout": model.layout,
                       "size": list(model.preprocessing.size) if model.preprocessing.size else None},
-            "preprocessing": record["preprocessing"], "provider": ", ".join(model.devices_used()) or None,
+            "preprocessing": record["preprocessing"], "provider": ", ".join(devices) or None,
             "passes": [f"{name}: {note}" for name, note in model.normalised], "classes": model.num_classes,
             "labels": bool(model.labels)}
