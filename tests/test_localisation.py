@@ -9,7 +9,8 @@ from test_cli import run
 import onnxplain
 from onnxplain.errors import OnnxplainError
 from onnxplain.explain import forward
-from onnxplain.metrics import energy_pointing_game, pointing_game
+from onnxplain.metrics import (REGISTRY, Case, energy_pointing_game, pointing_game, relevance_mass_accuracy,
+                               relevance_rank_accuracy)
 from onnxplain.preprocess import to_input
 
 LOCALISATION = MODELS / "localisation"
@@ -63,7 +64,31 @@ def test_energy_pointing_game_is_the_share_of_positive_mass_on_the_mask():
     assert energy_pointing_game(maps, square_masks(3).astype(np.uint8)) == pytest.approx([0.75, 4 / 64, 0.0])
 
 
-@pytest.mark.parametrize("fn", [pointing_game, energy_pointing_game])
+def test_relevance_mass_accuracy_is_the_share_of_the_signed_sum_on_the_mask():
+    maps = np.zeros((4, 8, 8))
+    maps[0, 2, 2], maps[0, 0, 0] = 3, 1          # 3 of 4 on the mask
+    maps[1] = 1                                  # uniform: the mask's 4 of 64 pixels
+    maps[2, 2, 3], maps[2, 7, 7] = 2, -1         # signed, as Quantus: 2 / (2 − 1)
+    maps[3, 5, 5] = 0                            # sums to zero: undefined
+    got = relevance_mass_accuracy(maps, square_masks(4))
+    assert got[:3] == pytest.approx([0.75, 4 / 64, 2.0]) and np.isnan(got[3])
+    assert np.isnan(relevance_mass_accuracy(np.ones((8, 8)), np.zeros((8, 8)))).all()  # an empty mask
+
+
+def test_relevance_rank_accuracy_is_the_mask_share_of_the_top_k_pixels():
+    """K = 4 mask pixels; the map's 4 highest pixels are counted on the mask."""
+    maps = np.zeros((3, 8, 8))
+    maps[0, 2:4, 2:4] = [[4, 3], [2, 1]]                               # the 4 highest: the mask
+    maps[1, 2, 2], maps[1, 0, 0:3] = 9, [8, 7, 6]                      # one of the 4 highest on it
+    maps[2, 2:4, 2:4], maps[2, 6, 6] = 5, 7                            # 3 of 4 (the 4th highest is off it)
+    assert relevance_rank_accuracy(maps, square_masks(3)).tolist() == [1.0, 0.25, 0.75]
+    # ties: first in row-major order ranks higher; a constant map takes rows 0 and the first 4 pixels: none on the mask
+    assert relevance_rank_accuracy(np.ones((8, 8)), square_masks()).tolist() == [0.0]
+    assert np.isnan(relevance_rank_accuracy(np.ones((8, 8)), np.zeros((8, 8)))).all()
+
+
+@pytest.mark.parametrize("fn", [pointing_game, energy_pointing_game, relevance_mass_accuracy,
+                                relevance_rank_accuracy])
 @pytest.mark.parametrize("maps, masks", [((2, 8, 8), (3, 8, 8)), ((1, 8, 8), (1, 8, 7)), ((8,), (8,)),
                                          ((1, 1, 8, 8), (1, 1, 8, 8))])
 def test_metrics_refuse_mismatched_shapes(fn, maps, masks):
@@ -106,6 +131,29 @@ def test_cam_family_points_at_the_object(heldout, method):
     assert e.attributions.shape[1:] == (16, 16)  # the last conv layer, before global average pooling
     assert pointing_game(e.maps, masks[:n]).mean() >= 0.9
     assert energy_pointing_game(e.maps, masks[:n]).mean() >= 0.3  # a uniform map: the mask share, 0.05
+
+
+def test_a_perfect_map_tops_every_localisation_metric_and_a_random_map_scores_chance(heldout):
+    """On the 200 held-out scenes: the object mask as the map scores 1 on every localisation metric of the registry;
+    uniform random maps (20 draws per scene) score the mask's area share on each, their expected value: the
+    maximum of exchangeable values lands on the mask, its K highest pixels hit it, and its mass falls on it each
+    in the share K/(H·W) (pointing game: Bernoulli draws, so within 5 standard errors; the others within 0.005)."""
+    _, _, _, masks = heldout
+    local = [m for m in REGISTRY.values() if m.group == "localisation"]
+    assert {"pointing_game", "energy_pointing_game", "relevance_mass_accuracy",
+            "relevance_rank_accuracy"} <= {m.name for m in local}
+    perfect = Case(None, None, masks.astype(np.float64), np.zeros(len(masks), int), masks)
+    share = masks.mean(axis=(1, 2))
+    draws = 20
+    rng = np.random.default_rng(0)
+    random = Case(None, None, rng.uniform(size=(draws, *masks.shape)).reshape(-1, 64, 64), None,
+                  np.tile(masks, (draws, 1, 1)))
+    chance = np.tile(share, draws).mean()
+    for metric in local:
+        assert (metric(perfect) == 1).all(), metric.name
+        got = metric(random).mean()
+        bound = 5 * np.sqrt(chance * (1 - chance) / len(random.maps)) if metric.name == "pointing_game" else 0.005
+        assert abs(got - chance) <= bound, (metric.name, got, chance)
 
 
 FOUNDING = {"sise": {}, "fgvis": {}, "evidence": {"window": 5}, "evidence_hidden": {"window": 5}, "undesirable": {}}

@@ -7,7 +7,7 @@ from test_perturbation import patch_matrix, patch_model
 
 import onnxplain
 from onnxplain.errors import OnnxplainError
-from onnxplain.metrics import auc, confidence, curves, deletion, insertion, spearman
+from onnxplain.metrics import auc, confidence, curves, deletion, insertion, spearman, ssim
 from onnxplain.perturb import gaussian_blur
 
 
@@ -136,3 +136,54 @@ def test_spearman_ranks_with_ties_averaged():
     assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(4.5 / np.sqrt(4.5 * 5))
     with pytest.raises(OnnxplainError, match="same shape"):
         spearman(np.zeros(3), np.zeros(4))
+    assert np.isnan(spearman(np.ones(4), [1, 2, 3, 4]))  # a constant map has no order
+
+
+def ssim_by_windows(a, b, window=7):
+    """SSIM (Wang et al. 2004) written out: every window × window square, its moments by plain sums."""
+    r = max(a.max(), b.max()) - min(a.min(), b.min())
+    c1, c2, n = (0.01 * r) ** 2, (0.03 * r) ** 2, window * window
+    values = []
+    for i in range(a.shape[0] - window + 1):
+        for j in range(a.shape[1] - window + 1):
+            x, y = a[i:i + window, j:j + window].ravel(), b[i:i + window, j:j + window].ravel()
+            mx, my = sum(x) / n, sum(y) / n
+            vx, vy = sum((x - mx) ** 2) / (n - 1), sum((y - my) ** 2) / (n - 1)
+            cxy = sum((x - mx) * (y - my)) / (n - 1)
+            values.append((2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2)))
+    return sum(values) / len(values)
+
+
+def test_ssim_follows_its_definition():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(12, 10)), rng.normal(size=(12, 10))
+    assert ssim(a, b) == pytest.approx(ssim_by_windows(a, b), abs=1e-12)
+    assert ssim(a, a + 0.3 * b) == pytest.approx(ssim_by_windows(a, a + 0.3 * b), abs=1e-12)
+    assert ssim(a, a) == 1.0 and ssim(np.ones((8, 8)), np.ones((8, 8))) == 1.0
+    # one 7×7 window of 0..48 against its reverse 48 − a: both means 24, both sample variances
+    # σ² = Σ(a − 24)²/48 = 9800/48, covariance −σ², R = 48
+    a7 = np.arange(49.0).reshape(7, 7)
+    sigma2, c1, c2 = 9800 / 48, (0.01 * 48) ** 2, (0.03 * 48) ** 2
+    expected = (2 * 24 * 24 + c1) * (-2 * sigma2 + c2) / ((2 * 24 ** 2 + c1) * (2 * sigma2 + c2))
+    assert ssim(a7, 48 - a7) == pytest.approx(expected, abs=1e-12) and expected < -0.98
+    # C1, C2 → 0: b = 2a gives the luminance term 2·24·48/(24² + 48²) = 0.8 and the structure term 2·2σ²/(σ² + 4σ²)
+    assert ssim(a7, 2 * a7, data_range=1e-9) == pytest.approx(0.8 * 0.8, abs=1e-12)
+    assert ssim(a7 - 24, 2 * (a7 - 24), data_range=1e-9) == pytest.approx(0.8, abs=1e-12)  # zero means: C1/C1
+
+
+def test_ssim_equals_scikit_image():
+    metrics = pytest.importorskip("skimage.metrics", reason="scikit-image is the reference")
+    rng = np.random.default_rng(1)
+    for shape in [(7, 7), (16, 20), (64, 64)]:
+        a, b = rng.normal(size=shape), rng.uniform(size=shape)
+        r = max(a.max(), b.max()) - min(a.min(), b.min())
+        assert ssim(a, b) == pytest.approx(metrics.structural_similarity(a, b, data_range=r), abs=1e-10)
+
+
+@pytest.mark.parametrize("a, b, kwargs", [(np.zeros((8, 8)), np.zeros((8, 9)), {}),
+                                          (np.zeros((6, 8)), np.zeros((6, 8)), {}),
+                                          (np.zeros((8, 8)), np.zeros((8, 8)), {"window": 4}),
+                                          (np.zeros((8, 8)), np.zeros((8, 8)), {"data_range": 0})])
+def test_ssim_refuses_what_it_cannot_compare(a, b, kwargs):
+    with pytest.raises(OnnxplainError, match="ssim"):
+        ssim(a, b, **kwargs)

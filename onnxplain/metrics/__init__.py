@@ -2,9 +2,9 @@
 from .base import GROUPS, REGISTRY, Case, Metric, register
 from .evaluation import evaluate
 from .faithfulness import BETTER, METRICS, auc, confidence, curves, deletion, insertion, undesirable_removal
-from .localisation import energy_pointing_game, pointing_game
-from .similarity import spearman
+from .localisation import energy_pointing_game, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
+from .similarity import spearman, ssim
 
 __all__ = ["GROUPS", "REGISTRY", "BETTER", "METRICS", "Case", "Metric", "register", "evaluate", "auc", "confidence",
            "curves", "deletion", "insertion", "undesirable_removal", "energy_pointing_game", "pointing_game",
-           "spearman"]
+           "relevance_mass_accuracy", "relevance_rank_accuracy", "spearman", "ssim"]
