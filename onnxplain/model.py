@@ -67,6 +67,7 @@ class Model:
     _sized: SessionCache = field(default_factory=SessionCache, repr=False)   # input size -> (graph, note on shapes),
     #                                                                          ("outputs", size) -> output shapes
     _channel_first: frozenset | None = field(default=None, repr=False)  # tensors that are NCHW whatever the input
+    _variants: SessionCache = field(default_factory=lambda: SessionCache(2), repr=False)  # key -> a derived Model
 
     def session(self, request: Request) -> Session:
         """The session computing `request` on this model at its input size, from a bounded least-recently-used cache
@@ -270,6 +271,35 @@ class Model:
             return self
         return self._heads.get((head, self.preprocessing.size),
                                lambda: _headed(self, head, head.describe(self.output_shapes)))
+
+    def with_initializers(self, values: dict) -> "Model":
+        """A copy of this model whose initializers named in `values` hold those arrays (same shape; cast to the
+        initializer's type), every other tensor bit-identical; its preprocessing, score, head, labels and load passes
+        are kept, its sessions built anew when first used. This model is unchanged. (The model parameter
+        randomisation test's rewrite, `metrics.randomisation`.)"""
+        def swapped(proto: onnx.ModelProto) -> onnx.ModelProto:
+            out = onnx.ModelProto()
+            out.CopyFrom(proto)
+            tensors = {t.name: t for t in out.graph.initializer}
+            for name, value in values.items():
+                if name not in tensors:
+                    raise OnnxplainError(f"the model has no initializer {reprlib.repr(name)}")
+                old = tensors[name]
+                value = np.asarray(value)
+                if value.shape != tuple(old.dims) or value.dtype.kind not in "biuf" or not np.isfinite(value).all():
+                    raise OnnxplainError(f"initializer '{name}' takes finite values of shape {tuple(old.dims)}, not "
+                                         f"{value.dtype} {value.shape}")
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(old.data_type)
+                old.CopyFrom(numpy_helper.from_array(value.astype(dtype), name))
+            return out
+        return replace(self, proto=swapped(self.proto), bare=self.bare and swapped(self.bare),
+                       _heads=SessionCache(), _sessions=SessionCache(), _layers=SessionCache(), _sized=SessionCache(),
+                       _channel_first=None, _variants=SessionCache(2))
+
+    def variant(self, key, make) -> "Model":
+        """The model `make()` derives from this one (e.g. by `with_initializers`), kept under `key` and the input size
+        for later batches with its sessions; the two most recently used are kept."""
+        return self._variants.get((key, self.preprocessing.size), make)
 
     @property
     def preprocessing_guessed(self) -> bool:
@@ -599,7 +629,8 @@ def _headed(model: Model, head, why: str) -> Model:
     shapes = model.output_shapes
     return replace(model, proto=targets.attach(bare, head, opset_of(bare)), output=head.output, score=targets.SCORE,
                    num_classes=head.size(shapes), activation=None, score_why=why, head=head, bare=bare,
-                   _sessions=SessionCache(), _layers=SessionCache(), _sized=SessionCache(), _channel_first=None)
+                   _sessions=SessionCache(), _layers=SessionCache(), _sized=SessionCache(), _channel_first=None,
+                   _variants=SessionCache(2))
 
 
 # -- sidecar, metadata and labels ------------------------------------------------------------------------------------

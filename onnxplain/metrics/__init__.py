@@ -3,8 +3,10 @@ from .base import GROUPS, REGISTRY, Case, Metric, register
 from .evaluation import evaluate
 from .faithfulness import BETTER, METRICS, auc, confidence, curves, deletion, insertion, undesirable_removal
 from .localisation import energy_pointing_game, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
+from .randomisation import CHECKS, mprt, mprt_curves, random_logit
 from .similarity import spearman, ssim
 
 __all__ = ["GROUPS", "REGISTRY", "BETTER", "METRICS", "Case", "Metric", "register", "evaluate", "auc", "confidence",
            "curves", "deletion", "insertion", "undesirable_removal", "energy_pointing_game", "pointing_game",
-           "relevance_mass_accuracy", "relevance_rank_accuracy", "spearman", "ssim"]
+           "relevance_mass_accuracy", "relevance_rank_accuracy", "CHECKS", "mprt", "mprt_curves", "random_logit",
+           "spearman", "ssim"]
