@@ -46,6 +46,24 @@ def test_with_initializers_replaces_the_named_tensors_only(shapes):
                                                                              m.normalised)
 
 
+def test_with_initializers_keeps_a_score_head():
+    """A segmentation model (its score a region head appended after the outputs): the rewrite reaches the graph with
+    the head and the one without it, and the head keeps scoring: each class's sum over the image, now of the new
+    convolution."""
+    w = np.random.default_rng(0).normal(size=(3, 3, 1, 1)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Conv", ["input", "w"], ["seg"], name="conv")], "seg",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("seg", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [numpy_helper.from_array(w, "w")])
+    m = onnxplain.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9),
+                       preprocessing="unit", device="cpu")
+    x = np.random.default_rng(1).uniform(size=(2, 3, 8, 8)).astype(np.float32)
+    w2 = np.eye(3, dtype=np.float32)[::-1].reshape(3, 3, 1, 1)  # channels reversed
+    new = m.with_initializers({"w": w2})
+    assert new.head == m.head is not None and (initializers(new.bare)["w"] == w2).all()
+    np.testing.assert_allclose(forward(new, x), x.sum(axis=(2, 3))[:, ::-1], rtol=1e-5)
+
+
 @pytest.mark.parametrize("values, match", [({"nope": np.zeros(5)}, "no initializer 'nope'"),
                                            ({"fc.bias": np.zeros(4)}, r"shape \(5,\)"),
                                            ({"fc.bias": np.full(5, np.nan)}, "finite"),
