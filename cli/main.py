@@ -690,14 +690,16 @@ def evaluate(model, images, methods, target, metrics, step, deletion_baseline, i
 @click.option("--resume", is_flag=True, help="Go on with the audit in OUT, skipping the images it has done.")
 @click.option("--force", is_flag=True, help="Start again in OUT, replacing an audit's files there.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap intervals.")
+@click.option("--sanity-images", type=click.IntRange(1), default=2, show_default=True,
+              help="Images the randomisation checks (mprt, random_logit) run on for the sanity section.")
 @click.option("--reexplain-passes", type=click.IntRange(1), default=20_000, show_default=True,
               help="Model passes per image a metric may spend explaining again (robustness, randomisation); past "
                    "them it is not run for that method and the rows say why.")
 @RUNS
 @RAY
 @ACTORS
-def audit(model, data, methods, out_dir, metrics, metric_options, target, resume, force, seed, reexplain_passes,
-          as_json, batch_size, device, ray, actors, probabilities, params, **pre):
+def audit(model, data, methods, out_dir, metrics, metric_options, target, resume, force, seed, sanity_images,
+          reexplain_passes, as_json, batch_size, device, ray, actors, probabilities, params, **pre):
     """Audit METHODS of MODEL on DATA (a folder of images, a folder of class folders named by the model's labels,
     or a CSV path,label[,x1,y1,x2,y2][,mask]): every metric per image and method, streamed in batches and stored as
     they finish (--resume goes on after an interruption), then results.json with means, 95 % bootstrap intervals,
@@ -721,7 +723,8 @@ def audit(model, data, methods, out_dir, metrics, metric_options, target, resume
             results = onnxplain.audit(m, data, methods, out_dir, metrics=list(metrics) or None, target=target,
                                       resume=resume, force=force, engine="ray" if ray else "local", address=ray,
                                       actors=actors, params=per_method, options=options, batch_size=batch_size,
-                                      seed=seed, reexplain_passes=reexplain_passes, progress=progress,
+                                      seed=seed, reexplain_passes=reexplain_passes, sanity_images=sanity_images,
+                                      progress=progress,
                                       command=" ".join(["onnxplain", *click.get_current_context().meta["argv"]]))
     except KeyboardInterrupt:
         bar.close()

@@ -19,7 +19,7 @@ from onnxplain.audit.data import ground_truth
 from onnxplain.audit.results import bootstrap, read_rows
 from onnxplain.errors import OnnxplainError
 from onnxplain.explain import forward
-from onnxplain.metrics import REGISTRY, Case
+from onnxplain.metrics import CHECKS, REGISTRY, Case
 from onnxplain.preprocess import prepare
 
 LABELS = ["tabby cat", "golden retriever"] + [f"class{i}" for i in range(2, 10)]
@@ -279,3 +279,23 @@ def test_a_metric_explaining_again_past_the_budget_is_not_run_and_says_why(class
     assert rows[0]["metric_errors"]["again"] == ("not run: explaining again with saliency (1 model passes per image) "
                                                  "would take it past 1 model passes per image (raise "
                                                  "--reexplain-passes to run it)")
+
+
+def test_the_sanity_section_is_the_randomisation_checks_on_the_first_images(classes, tmp_path):
+    model, data = classes
+    m = onnxplain.load(model, device="cpu")
+    results = onnxplain.audit(m, data, ["saliency", "gradcam"], tmp_path / "out", metrics=["mprt", "random_logit"],
+                              sanity_images=3, reexplain_passes=1)  # saliency: 1 pass per image: 1 layer of 2
+    records = read_data(m, data).records[:3]
+    x, labels = onnxplain.prepare_images(m, [r.file for r in records]), [r.label for r in records]
+    e = onnxplain.explain(m, x, "saliency", target=labels)
+    case = Case(m, x, e.maps, e.targets,
+                explain=lambda m_, x_, t_: onnxplain.explain(m_, x_, "saliency", target=t_).maps)
+    mprt, logit = CHECKS["mprt"](case, layers=1), CHECKS["random_logit"](case)
+    got = results["sanity"]["saliency"]
+    assert got["mprt"]["layers"] == mprt["layers"] and len(mprt["layers"]) == 1
+    np.testing.assert_allclose(got["mprt"]["spearman"], mprt["spearman"], rtol=1e-9)
+    assert got["mprt"]["verdict"] == mprt["verdict"] and got["random_logit"]["ssim"] == pytest.approx(logit["ssim"])
+    assert "on the first 3 images" in results["sanity_note"]
+    rows = read_rows(tmp_path / "out")
+    assert all(r["metrics"]["mprt"] is not None for r in rows if r["method"] == "saliency")  # gradcam: some constant maps

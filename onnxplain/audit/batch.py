@@ -3,6 +3,7 @@ plan) -> rows`, one row per (image, method). It reads nothing but the records' f
 pictures to save travel in each row's "files", which `results.write_rows` writes."""
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 
@@ -11,7 +12,7 @@ import numpy as np
 from .. import methods as method_registry
 from ..errors import OnnxplainError, first_line
 from ..explain import _explain, forward
-from ..metrics import REGISTRY, Case
+from ..metrics import CHECKS, REGISTRY, Case
 from ..preprocess import Photo, prepare
 from ..render import small
 from .data import Record, ground_truth
@@ -23,8 +24,9 @@ TARGETS = ("label", "top1")
 class Plan:
     """What an audit runs on each batch: methods {name: parameters}, metrics {name: options}, the target ("label":
     an image's label when it has one, else its top-1 class; "top1"), the seed of the summary's bootstrap, the model
-    batch size, the long side of the pictures saved, and the model passes per image that a metric may spend
-    explaining again (robustness and randomisation metrics re-explain; see `_again`)."""
+    batch size, the long side of the pictures saved, the model passes per image that a metric may spend explaining
+    again (robustness and randomisation metrics re-explain; see `_again`), and the images the sanity checks run on
+    (`sanity_batch`)."""
     methods: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     target: str = "label"
@@ -32,6 +34,7 @@ class Plan:
     batch_size: int = 16
     side: int = 256
     reexplain_passes: int = 20_000
+    sanity_images: int = 2
 
 
 @dataclass
@@ -74,16 +77,22 @@ def _row(r: Record, method: str, **fields) -> dict:
             "metric_errors": {}, "map": None, "error": None, "seconds": 0.0, "files": {}, **fields}
 
 
-def score(model, batch: Batch, plan: Plan) -> list[dict]:
-    """`audit_batch` on a batch `read` made."""
-    rows = [_row(r, method, error=reason) for r, reason in batch.failed for method in plan.methods]
-    if not batch.records:
-        return rows
+def _predicted(model, batch: Batch, plan: Plan) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The batch's inputs, class probabilities, top-1 classes and targets (the plan's: label or top-1)."""
     inputs = np.stack([p.input for p in batch.photos])
     probabilities = model.probabilities(forward(model, inputs, plan.batch_size).astype(np.float64))
     predicted = probabilities.argmax(axis=1)
     targets = np.array([r.label if plan.target == "label" and r.label is not None else int(c)
                         for r, c in zip(batch.records, predicted)], np.int64)
+    return inputs, probabilities, predicted, targets
+
+
+def score(model, batch: Batch, plan: Plan) -> list[dict]:
+    """`audit_batch` on a batch `read` made."""
+    rows = [_row(r, method, error=reason) for r, reason in batch.failed for method in plan.methods]
+    if not batch.records:
+        return rows
+    inputs, probabilities, predicted, targets = _predicted(model, batch, plan)
     truth = [i for i, m in enumerate(batch.masks) if m is not None]
     base = [dict(predicted=int(c), predicted_name=model.labels[c] if model.labels else None,
                  score=float(probabilities[i, c]), target=int(t))
@@ -112,20 +121,22 @@ def score(model, batch: Batch, plan: Plan) -> list[dict]:
     return rows + [row for r in batch.records for row in per_image[r.id]]
 
 
-def _again(method, size, images: int, plan: Plan):
+def _again(method, size, images: int, plan: Plan, budget: int | None = None):
     """Case.explain for one metric on `images` images: the method's maps of other inputs, targets or model, refused
-    in one line before a call would take the metric past `plan.reexplain_passes` model passes per image (counted
+    in one line before a call would take the metric past `budget` (default `plan.reexplain_passes`) model passes per
+    image (counted
     from the method's passes per image, 1000 where they depend on the model): a metric that re-explains many times
     (max-sensitivity's samples) with a costly method (RISE: 4001 passes per map) would run for hours."""
     passes = method.model_passes(size) or 1000
+    budget = plan.reexplain_passes if budget is None else budget
     spent = [0]
 
     def again(model, inputs, targets):
         spent[0] += len(inputs) * passes
-        if spent[0] > plan.reexplain_passes * images:
+        if spent[0] > budget * images:
             raise OnnxplainError(f"not run: explaining again with {method.name} ({passes} model passes per image) "
-                                 f"would take it past {plan.reexplain_passes} model passes per image (raise "
-                                 f"--reexplain-passes to run it)")
+                                 f"would take it past {budget} model passes per image (raise --reexplain-passes "
+                                 f"to run it)")
         return _explain(model, inputs, None, method, targets, None, plan.batch_size).maps
     return again
 
@@ -152,3 +163,40 @@ def _metrics(model, inputs, e, masks, truth, method, plan) -> tuple[dict, dict]:
         for i, v in zip(chosen, found):
             values[name][i] = float(v) if np.isfinite(v) else None
     return values, errors
+
+
+def sanity_batch(model, records: list[Record], plan: Plan) -> dict:
+    """The randomisation checks (`metrics.CHECKS`) that the plan's metrics name, for every method, on one batch of
+    records: {method: {check: entry}}, the entry as the check gives it (verdict, reason, per-layer similarities), or
+    a null verdict and the one-line reason where it could not run. The parameter randomisation cascade (top layer
+    first) explains the batch again once per layer: it stops after the layers that `plan.reexplain_passes` pays for
+    (at least one). A method that fails on the model has no entry (its status says why)."""
+    checks = [c for c in plan.metrics if c in CHECKS]
+    batch = read(model.preprocessing, records) if checks else None
+    if batch is None or not batch.records:
+        return {}
+    inputs, _, _, targets = _predicted(model, batch, plan)
+    out = {}
+    for name, params in plan.methods.items():
+        method = method_registry.get(name, **params)
+        try:
+            e = _explain(model, inputs, batch.photos, method, targets, None, plan.batch_size)
+        except OnnxplainError:
+            continue
+        passes = method.model_passes(model.input_size) or 1000
+        out[name] = {}
+        for check in checks:
+            run = CHECKS[check]
+            accepted = inspect.signature(run).parameters
+            options = {k: v for k, v in plan.metrics[check].items() if k in accepted}
+            if "layers" in accepted:
+                options.setdefault("layers", max(1, plan.reexplain_passes // passes))
+            case = Case(model, inputs, e.maps, e.targets,
+                        explain=_again(method, model.input_size, len(inputs), plan,
+                                       max(plan.reexplain_passes, options.get("layers", 1) * passes)))
+            try:
+                out[name][check] = run(case, **options)
+            except OnnxplainError as exc:
+                out[name][check] = {"verdict": None, "reason": first_line(exc), "layers": [], "spearman": [],
+                                    "ssim": []}
+    return out

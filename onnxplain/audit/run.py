@@ -3,6 +3,7 @@ actors), store each batch's rows as it finishes, resume from them, and write res
 end."""
 from __future__ import annotations
 
+import json
 import os
 import reprlib
 import shutil
@@ -16,22 +17,23 @@ from .. import manifest as run_manifest
 from .. import methods as method_registry
 from ..errors import OnnxplainError
 from ..limits import whole
-from ..metrics import REGISTRY
+from ..metrics import CHECKS, REGISTRY
 from ..rewrite.graph import opset_of
 from ..report import NAME as REPORT
 from ..report import write_report
 from ..runtime import prefetched
-from .batch import TARGETS, Plan, read, score
+from .batch import TARGETS, Plan, read, sanity_batch, score
 from .data import Data, read_data
 from .results import ROWS, read_rows, summarise, write_csv, write_files, write_json, write_rows
 
-OWN = ("results.json", "per_image.csv", ROWS, REPORT, run_manifest.NAME, "maps")  # what an audit writes in its folder
+SANITY = "sanity.json"
+OWN = ("results.json", "per_image.csv", ROWS, SANITY, REPORT, run_manifest.NAME, "maps")  # an audit's own files
 
 
 def audit(model, data, methods, out, *, metrics=None, target: str = "label", resume: bool = False,
           force: bool = False, engine: str = "local", address: str | None = None, actors: int | None = None,
           params: Mapping | None = None, options: Mapping | None = None, batch_size: int | None = None, seed: int = 0,
-          reexplain_passes: int = 20_000, progress=None, command: str | None = None) -> dict:
+          reexplain_passes: int = 20_000, sanity_images: int = 2, progress=None, command: str | None = None) -> dict:
     """Audit explanation `methods` of `model` (a Model or a path) on `data` (a folder of images, a folder of class
     folders, or a CSV `path,label[,x1,y1,x2,y2][,mask]`; see `read_data`), writing to the folder `out`:
     per_image.jsonl (a row per image and method, appended as each batch finishes), maps/<id>/, per_image.csv,
@@ -43,7 +45,9 @@ def audit(model, data, methods, out, *, metrics=None, target: str = "label", res
     resume: go on from the rows an earlier run of the same audit left in `out`; force: start again in an `out` that
     holds files (an audit's own files there are replaced, others kept). progress: progress(done, total) in images.
     reexplain_passes: the model passes per image a metric may spend explaining again (robustness and randomisation
-    metrics do), else it is not run for that method, with its reason in the rows' metric_errors.
+    metrics do), else it is not run for that method, with its reason in the rows' metric_errors. The randomisation
+    checks (mprt, random_logit among the metrics) also run once on the first `sanity_images` images for the sanity
+    section (sanity.json; see `sanity_batch`), in this process whatever the engine.
     engine: "local", or "ray" to score the batches on a Ray cluster's actors (`address`, `actors`: as for
     `explain_images`), which write the maps where they run: the same rows and results as a local run.
     """
@@ -78,11 +82,12 @@ def audit(model, data, methods, out, *, metrics=None, target: str = "label", res
         from ..engines import ray as cluster
         cluster.connect(address)
     plan = Plan({m: dict(params.get(m, {})) for m in methods}, {m: dict(options.get(m, {})) for m in chosen},
-                target, seed, size, reexplain_passes=whole("reexplain_passes", reexplain_passes))
+                target, seed, size, reexplain_passes=whole("reexplain_passes", reexplain_passes),
+                sanity_images=whole("sanity_images", sanity_images))
     record = {**run_manifest.versions(), "command": command, "kind": "audit", "model": run_manifest.model_record(model),
               "data": str(Path(found.source).absolute()), "batch_size": size,
               "plan": run_manifest.jsonable({k: getattr(plan, k) for k in ("methods", "metrics", "target", "seed",
-                                                                           "reexplain_passes")})}
+                                                                           "reexplain_passes", "sanity_images")})}
     runs = _prepare_folder(out, record, resume, force)
     done_rows = read_rows(out, repair=True)
     done = {(r["id"], r["method"]) for r in done_rows}
@@ -102,6 +107,8 @@ def audit(model, data, methods, out, *, metrics=None, target: str = "label", res
             finished += len({r["id"] for r in rows})
             if progress is not None:
                 progress(finished, total)
+    if any(c in CHECKS for c in plan.metrics) and not (out / SANITY).exists():
+        write_json(out / SANITY, sanity_batch(model, found.records[:plan.sanity_images], plan))
     results = finish(out, model, found, plan, command, sorted(devices))
     write_report(out)
     return results
@@ -161,6 +168,11 @@ def finish(out: Path, model, data: Data, plan: Plan, command: str | None, device
     sessions ran on (here, or on the Ray actors)."""
     rows = read_rows(out)
     metrics = {name: REGISTRY[name] for name in plan.metrics}
+    sanity = json.loads((out / SANITY).read_text(encoding="utf-8")) if (out / SANITY).exists() else {}
+    checks = [c for c in plan.metrics if c in CHECKS]
+    note = (f"{', '.join(checks)} on the first {min(plan.sanity_images, len(data.records))} images; the parameter "
+            f"randomisation cascade (top layer first) stops after the layers --reexplain-passes pays for"
+            if checks else "no randomisation check (mprt, random_logit) was among the metrics")
     part = summarise(rows, metrics, plan.seed)
     failed = {r["id"]: {"path": r["path"], "reason": r["error"]} for r in rows if r["predicted"] is None}
     images = {r.id: r for r in data.records}
@@ -182,7 +194,7 @@ def finish(out: Path, model, data: Data, plan: Plan, command: str | None, device
         "metrics": {name: {"group": m.group, "better": m.better, "paper": m.paper, "needs": list(m.needs),
                            "options": run_manifest.jsonable(plan.metrics[name])} for name, m in metrics.items()},
         "summary": part["summary"], "ranking": part["ranking"],
-        "sanity": {}, "sanity_note": "no randomisation metric (mprt, random_logit) was run",
+        "sanity": sanity, "sanity_note": note,
         "per_class": part["per_class"], "gallery": part["gallery"], "grid": part["grid"], "images": part["images"]}
     write_json(out / "results.json", results)
     write_csv(out / "per_image.csv", rows, list(plan.metrics))
