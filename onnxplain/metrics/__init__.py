@@ -1,12 +1,14 @@
 """Metrics beside methods, grouped as Quantus groups them; `REGISTRY` lists every metric an audit can run."""
-from .base import GROUPS, REGISTRY, Case, Metric, register
+from .base import GROUPS, REGISTRY, Case, Metric, as_maps, register
+from .complexity import complexity, sparseness
 from .evaluation import evaluate
-from .faithfulness import BETTER, METRICS, auc, confidence, curves, deletion, insertion, undesirable_removal
+from .faithfulness import (BETTER, METRICS, auc, confidence, curves, deletion, faithfulness_correlation, insertion,
+                           undesirable_removal)
 from .localisation import energy_pointing_game, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
 from .randomisation import CHECKS, mprt, mprt_curves, random_logit
 from .similarity import spearman, ssim
 
-__all__ = ["GROUPS", "REGISTRY", "BETTER", "METRICS", "Case", "Metric", "register", "evaluate", "auc", "confidence",
-           "curves", "deletion", "insertion", "undesirable_removal", "energy_pointing_game", "pointing_game",
-           "relevance_mass_accuracy", "relevance_rank_accuracy", "CHECKS", "mprt", "mprt_curves", "random_logit",
-           "spearman", "ssim"]
+__all__ = ["GROUPS", "REGISTRY", "BETTER", "METRICS", "Case", "Metric", "register", "as_maps", "evaluate", "auc",
+           "confidence", "curves", "deletion", "faithfulness_correlation", "insertion", "undesirable_removal",
+           "complexity", "sparseness", "energy_pointing_game", "pointing_game", "relevance_mass_accuracy",
+           "relevance_rank_accuracy", "CHECKS", "mprt", "mprt_curves", "random_logit", "spearman", "ssim"]

@@ -8,12 +8,14 @@ data has them, and a way to explain again (for checks that change the model or t
 """
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import OnnxplainError
+from ..explain import check_finite
 
 GROUPS = ("faithfulness", "randomisation", "localisation", "complexity", "robustness")
 
@@ -61,3 +63,17 @@ def register(metric: Metric) -> Metric:
         raise ValueError(f"metric {metric.name}: group {metric.group!r} or direction {metric.better!r} unknown")
     REGISTRY[metric.name] = metric
     return metric
+
+
+def as_maps(maps, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Maps as float64 N×H×W (one H×W map is one image), finite, of `shape` when given, or one line saying why not."""
+    try:
+        maps = np.asarray(maps, np.float64)
+    except (TypeError, ValueError):
+        raise OnnxplainError(f"maps must be an array of numbers, N×H×W, not {reprlib.repr(maps)}") from None
+    maps = maps[None] if maps.ndim == 2 else maps
+    if maps.ndim != 3 or shape is not None and maps.shape != tuple(shape):
+        raise OnnxplainError(f"maps have shape {maps.shape}; " + (f"the images need {tuple(shape)}" if shape
+                                                                  else "give N×H×W or one H×W map"))
+    check_finite(maps, "map")
+    return maps

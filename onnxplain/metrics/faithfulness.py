@@ -8,19 +8,19 @@ batched through the black-box engine.
 - Average drop and increase in confidence (Chattopadhay et al. 2018): the explanation image x ⊙ m (+ baseline
   ⊙ (1 − m)), m the map min-max normalised to [0, 1]; drop = max(0, Y − O)/Y·100 and increase = 100·[O > Y],
   Y and O the class probability of the image and of the explanation, averaged over images.
+- Faithfulness correlation (Bhatt et al. 2020): do the map's sums over random pixel subsets correlate with what
+  removing those subsets costs the class score?
 - Undesirable-pixel removal (Kang et al. 2019): removing a map's top pixels against removing random ones.
 """
 from __future__ import annotations
 
-import reprlib
-
 import numpy as np
 
 from ..errors import OnnxplainError
-from ..explain import as_batch, as_targets, check_finite
+from ..explain import as_batch, as_targets
 from ..limits import whole
 from ..perturb import Plan, Scorer, baseline, stream, to_chw, top1
-from .base import Metric, register
+from .base import Metric, as_maps, register
 
 METRICS = ("deletion", "insertion", "drop", "increase")
 BETTER = {"deletion": "lower", "insertion": "higher", "drop": "lower", "increase": "higher"}
@@ -30,14 +30,7 @@ def _prepare(model, x, maps, target, score, batch_size):
     inputs, _ = as_batch(model, x)
     model = model.for_batch(inputs)
     images = to_chw(inputs, model.layout)
-    try:
-        maps = np.asarray(maps, np.float64)
-    except (TypeError, ValueError):
-        raise OnnxplainError(f"maps must be an array of numbers, N×H×W, not {reprlib.repr(maps)}") from None
-    maps = maps[None] if maps.ndim == 2 else maps
-    if maps.shape != (len(images), *images.shape[2:]):
-        raise OnnxplainError(f"maps have shape {maps.shape}; the images need {(len(images), *images.shape[2:])}")
-    check_finite(maps, "map")
+    maps = as_maps(maps, (len(images), *images.shape[2:]))
     scorer = Scorer(model, score)
     _, base = scorer.reference(images, batch_size or model.batch_size)
     return images, maps, scorer, base, top1(as_targets(model, target, len(images)), base)
@@ -158,6 +151,53 @@ def undesirable_removal(model, x, maps, target=None, *, q=(1, 5, 10), repeats: i
     return out
 
 
+def faithfulness_correlation(model, x, maps, target=None, *, runs: int = 100, subset: int | None = None,
+                             baseline_kind: str | float = "zero", seed: int = 0, score="logit",
+                             batch_size: int | None = None, progress=None) -> np.ndarray:
+    """Faithfulness correlation (Bhatt et al. 2020) per image: the Pearson correlation, over `runs` random subsets
+    S of `subset` pixels, between the map's sum over S and the fall of the class score when S is set to the
+    baseline, f(x) − f(x_S←baseline). Higher is better; NaN (undefined) where either side is constant over the
+    runs, as for a constant map.
+
+    As Quantus's FaithfulnessCorrelation: 100 runs, 224 pixels at 224×224 (here H·W/224 at other sizes), the
+    score a logit. Its baseline "black" is each image's minimum; here a baseline kind as for deletion (zero by
+    default). The subsets are drawn from `seed` alone, the same for every image, so that an image's value does not
+    depend on the images scored with it.
+    """
+    runs = whole("runs", runs, 2)
+    images, maps, scorer, base, used = _prepare(model, x, maps, target, score, batch_size)
+    _, _, h, w = images.shape
+    subset = max(1, h * w // 224) if subset is None else whole("subset", subset, 1, h * w - 1)
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros((runs, h * w), bool)
+    for row in chosen:
+        row[rng.choice(h * w, subset, replace=False)] = True
+    chosen = chosen.reshape(runs, 1, h, w)
+    plans = []
+    for img, c in zip(images, used):
+        fill = baseline(img, baseline_kind)
+        state = {"score": np.zeros(runs)}
+
+        def make(a, b, img=img, fill=fill):
+            return np.where(chosen[a:b], fill[None], img[None]), None
+
+        def take(a, b, s, _, c=int(c), state=state):
+            state["score"][a:b] = s[:, c]
+
+        plans.append(Plan(runs, make, take, state))
+    stream(scorer, plans, batch_size or model.batch_size, progress)
+    fall = base[np.arange(len(used)), used][:, None] - np.stack([p.state["score"] for p in plans])
+    sums = np.einsum("rp,np->nr", chosen.reshape(runs, -1).astype(np.float64), maps.reshape(len(maps), -1))
+    return _pearson(sums, fall)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of the rows of a and b; NaN for a row that is constant in either."""
+    a, b = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
+    norms = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    return np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1), np.nan)
+
+
 register(Metric("deletion", "faithfulness", "lower", "Petsiuk et al. 2018 (RISE)",
                 lambda c, **o: deletion(c.model, c.inputs, c.maps, c.targets, **o)))
 register(Metric("insertion", "faithfulness", "higher", "Petsiuk et al. 2018 (RISE)",
@@ -166,3 +206,5 @@ register(Metric("drop", "faithfulness", "lower", "Chattopadhay et al. 2018 (Grad
                 lambda c, **o: confidence(c.model, c.inputs, c.maps, c.targets, **o)[0]))
 register(Metric("increase", "faithfulness", "higher", "Chattopadhay et al. 2018 (Grad-CAM++)",
                 lambda c, **o: confidence(c.model, c.inputs, c.maps, c.targets, **o)[1]))
+register(Metric("faithfulness_correlation", "faithfulness", "higher", "Bhatt et al. 2020 (IJCAI)",
+                lambda c, **o: faithfulness_correlation(c.model, c.inputs, c.maps, c.targets, **o)))
