@@ -10,9 +10,13 @@ batched through the black-box engine.
   Y and O the class probability of the image and of the explanation, averaged over images.
 - Faithfulness correlation (Bhatt et al. 2020): do the map's sums over random pixel subsets correlate with what
   removing those subsets costs the class score?
+- ROAD (Rong et al. 2022): remove the most (or least) relevant pixels by noisy linear imputation, which does not
+  leak the removed pixels' places to the model as a constant fill does, and follow the class score.
 - Undesirable-pixel removal (Kang et al. 2019): removing a map's top pixels against removing random ones.
 """
 from __future__ import annotations
+
+import reprlib
 
 import numpy as np
 
@@ -21,6 +25,7 @@ from ..explain import as_batch, as_targets
 from ..limits import whole
 from ..perturb import Plan, Scorer, baseline, stream, to_chw, top1
 from .base import Metric, as_maps, register
+from .imputation import linear_imputation
 
 METRICS = ("deletion", "insertion", "drop", "increase")
 BETTER = {"deletion": "lower", "insertion": "higher", "drop": "lower", "increase": "higher"}
@@ -191,6 +196,65 @@ def faithfulness_correlation(model, x, maps, target=None, *, runs: int = 100, su
     return _pearson(sums, fall)
 
 
+PERCENTAGES = (10, 20, 30, 40, 50, 70, 90)  # Rong et al.'s experiments (and ROAR's)
+
+
+def road_curves(model, x, maps, target=None, *, order: str = "morf", percentages=PERCENTAGES, noise: float = 0.01,
+                seed: int = 0, score="probability", batch_size: int | None = None, progress=None) -> np.ndarray:
+    """ROAD curves (Rong et al. 2022, remove and debias), N×len(percentages): the class score once the p % most
+    (order "morf") or least ("lerf") relevant pixels of the map, ⌊p·H·W/100⌋ of them, are replaced by noisy linear
+    imputation: the weighted mean of their neighbours (`imputation.linear_imputation`) plus Gaussian noise of
+    standard deviation `noise` in pixel units of [0, 1] (0.01, as theirs; scaled to the model's input through its
+    preprocessing).
+
+    score: "probability" (the class probability, their second curve), "logit", or "accuracy" (1 where the class is
+    still the top one, their first curve and Quantus's). The noise for percentage j is default_rng([seed, j]), the
+    same for every image, so that an image's curve does not depend on the images scored with it. Quantus's ROAD
+    removes the most relevant first at 1, 3, …, 99 %.
+    """
+    if order not in ("morf", "lerf"):
+        raise OnnxplainError(f"order must be morf (most relevant first) or lerf (least relevant first), not {order!r}")
+    p = np.atleast_1d(np.asarray(percentages, np.float64))
+    if p.ndim != 1 or not ((p > 0) & (p < 100)).all():
+        raise OnnxplainError(f"percentages must be numbers between 0 and 100, not {reprlib.repr(percentages)}")
+    if not (isinstance(noise, (int, float)) and noise >= 0):
+        raise OnnxplainError(f"noise must be a standard deviation of at least 0, not {noise!r}")
+    accuracy = score == "accuracy"
+    images, maps, scorer, _, used = _prepare(model, x, maps, target, "logit" if accuracy else score, batch_size)
+    _, c, h, w = images.shape
+    counts = (p * h * w / 100).astype(np.int64)
+    pre = model.preprocessing
+    sigma = (noise * 255 * pre.scale / (np.asarray(pre.std, np.float64) * np.ones(c)))[:, None, None]
+    plans = []
+    for img, m, t in zip(images, maps, used):
+        rank = np.empty(h * w, np.int64)
+        rank[np.argsort(-m.ravel() if order == "morf" else m.ravel(), kind="stable")] = np.arange(h * w)
+        rank = rank.reshape(h, w)
+        state = {"curve": np.zeros(len(p))}
+
+        def make(a, b, img=img, rank=rank):
+            out = []
+            for j in range(a, b):
+                removed = rank < counts[j]
+                filled = linear_imputation(img, removed) if counts[j] else img
+                jitter = np.random.default_rng([seed, j]).standard_normal(img.shape) * sigma
+                out.append(np.where(removed, filled + jitter, img).astype(np.float32))
+            return np.stack(out), None
+
+        def take(a, b, s, _, t=int(t), state=state):
+            state["curve"][a:b] = (s.argmax(axis=1) == t) if accuracy else s[:, t]
+
+        plans.append(Plan(len(p), make, take, state))
+    stream(scorer, plans, batch_size or model.batch_size, progress)
+    return np.stack([q.state["curve"] for q in plans])
+
+
+def road(model, x, maps, target=None, **options) -> np.ndarray:
+    """ROAD per image: the mean of its curve over the percentages (each weighted alike), options as `road_curves`.
+    Most relevant first (the default): lower is better; least relevant first: higher is better."""
+    return road_curves(model, x, maps, target, **options).mean(axis=1)
+
+
 def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pearson correlation of the rows of a and b; NaN for a row that is constant in either."""
     a, b = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
@@ -208,3 +272,7 @@ register(Metric("increase", "faithfulness", "higher", "Chattopadhay et al. 2018 
                 lambda c, **o: confidence(c.model, c.inputs, c.maps, c.targets, **o)[1]))
 register(Metric("faithfulness_correlation", "faithfulness", "higher", "Bhatt et al. 2020 (IJCAI)",
                 lambda c, **o: faithfulness_correlation(c.model, c.inputs, c.maps, c.targets, **o)))
+register(Metric("road", "faithfulness", "lower", "Rong et al. 2022 (ROAD)",
+                lambda c, **o: road(c.model, c.inputs, c.maps, c.targets, **o)))
+register(Metric("road_lerf", "faithfulness", "higher", "Rong et al. 2022 (ROAD)",
+                lambda c, **o: road(c.model, c.inputs, c.maps, c.targets, order="lerf", **o)))
