@@ -299,3 +299,19 @@ def test_the_sanity_section_is_the_randomisation_checks_on_the_first_images(clas
     assert "on the first 3 images" in results["sanity_note"]
     rows = read_rows(tmp_path / "out")
     assert all(r["metrics"]["mprt"] is not None for r in rows if r["method"] == "saliency")  # gradcam: some constant maps
+
+
+def test_max_sensitivity_runs_with_the_audits_20_samples_unless_told(classes, tmp_path):
+    model, data = classes
+    m = onnxplain.load(model, device="cpu")
+    records = read_data(m, data).records
+    x = onnxplain.prepare_images(m, [r.file for r in records])
+    e = onnxplain.explain(m, x, "saliency", target=np.array([r.label for r in records]))
+    case = Case(m, x, e.maps, e.targets, explain=lambda model, inputs, targets: onnxplain.explain(
+        model, inputs, "saliency", target=targets).maps)
+    for given, samples in (({}, 20), ({"max_sensitivity": {"samples": 3}}, 3)):
+        out = tmp_path / f"out{samples}"
+        results = onnxplain.audit(m, data, ["saliency"], out, metrics=["max_sensitivity"], options=given)
+        assert results["metrics"]["max_sensitivity"]["options"] == {"samples": samples}
+        np.testing.assert_allclose([r["metrics"]["max_sensitivity"] for r in read_rows(out)],
+                                   REGISTRY["max_sensitivity"](case, samples=samples), rtol=1e-5)
