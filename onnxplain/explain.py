@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import reprlib
+import warnings
 from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
@@ -218,6 +219,36 @@ def check_finite(a: np.ndarray, what: str, hint: str = "") -> None:
                              f"({int(bad.sum())} of {len(a)} images do){hint}")
 
 
+def constant_scores(model: Model, inputs: np.ndarray, scores: np.ndarray) -> str | None:
+    """Why the model's scores (N×classes, for the `inputs` N×…) say nothing about the class or the image, or None:
+    every class scores the same for every image (a uniform softmax), or images that differ all score the same
+    (within float32's precision). Every map and metric of such scores is noise; the usual cause is a wrong
+    preprocessing. A head's scores (`targets`) and a one-score model are not checked."""
+    if model.head is not None or scores.ndim != 2 or len(scores) == 0:
+        return None
+    s = scores.astype(np.float64)
+    tol = 1e-5 * max(1.0, float(np.abs(s).max()))
+    per_class = s.shape[1] > 1 and bool((s.max(axis=1) - s.min(axis=1) <= tol).all())
+    flat = inputs.reshape(len(inputs), -1)
+    differ = (flat != flat[:1]).any(axis=1)
+    per_image = bool(differ.any()) and bool((np.abs(s - s[:1]) <= tol).all())
+    if not (per_class or per_image):
+        return None
+    what = " or ".join(w for w, found in (("the class", per_class), ("the image", per_image)) if found)
+    cause = ("its preprocessing was guessed: give --preset or --mean/--std/--scale (preprocessing= in Python)"
+             if model.preprocessing_guessed else "check its preprocessing (--preset, --mean/--std/--scale)")
+    return f"the model's scores do not depend on {what}, so its maps and metrics say nothing; {cause}"
+
+
+def warn_constant(model: Model, inputs: np.ndarray, scores: np.ndarray) -> str | None:
+    """`constant_scores`' reason, also said as a warning (one line on the command line, where the other warnings
+    of loading and explaining are said); said once however many batches or callers find it."""
+    reason = constant_scores(model, inputs, scores)
+    if reason is not None:
+        warnings.warn(f"onnxplain: {reason}")
+    return reason
+
+
 def as_targets(model: Model, target, n: int) -> np.ndarray:
     """Classes per image: N (one each) or N×K (K each); -1 means the model's top-1 class (chosen inside the graph).
 
@@ -275,7 +306,10 @@ def explain(model: Model, x, method: str = methods.DEFAULT, target=None, layer: 
     layer: the tensor a CAM method reads (default: the last tensor with spatial extent before global pooling).
     """
     m = methods.get(method, **params)
-    return _explain(model, *as_batch(model, x), m, target, layer, batch_size)
+    inputs, photos = as_batch(model, x)
+    e = _explain(model, inputs, photos, m, target, layer, batch_size)
+    warn_constant(e.model, inputs, e.logits)
+    return e
 
 
 def explain_images(model: Model, images, method="saliency", target=None, layer: str | None = None,
@@ -344,6 +378,7 @@ def explain_batch(model: Model, job: tuple, chosen: list, layer, batch_size: int
     first, photos, target = job
     inputs, photos = from_photos(model, photos)
     found = [_explain(model, inputs, photos, m, target, layer, batch_size) for m in chosen]
+    warn_constant(found[0].model, inputs, found[0].logits)
     found = found if several else found[0]
     return found if then is None else then(model, first, found)
 

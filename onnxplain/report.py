@@ -111,9 +111,14 @@ class _Page:
                 f'<header><h1>Explanation audit of <code>{escape(name)}</code></h1>'
                 f'<p class="lead">{len(self.ok)} of {len(self.methods)} methods ran on '
                 f'{_num(_dig(self.r, "data", "images"), "data", "images")} images; '
-                f"made {escape(self.created())}.</p>"
+                f"made {escape(self.created())}.</p>{self.warnings()}"
                 f'<nav aria-label="Sections"><ul>{nav}</ul></nav></header><main>{body}</main>'
                 f"{self.footer()}</body></html>\n")
+
+    def warnings(self) -> str:
+        """What makes the whole audit doubtful (results.json's "warnings"), above everything else."""
+        return "".join(f'<p class="alert" role="alert"><span class="badge warn">⚠ warning</span> {escape(str(w))}</p>'
+                       for w in _list(self.r.get("warnings")))
 
     def footer(self) -> str:
         return (f'<footer><p>Made by onnxplain {escape(str(self.r.get("onnxplain", "unknown")))} on '
@@ -439,6 +444,7 @@ border:1px solid var(--line)}
 .badge.pass{background:#e3f1fa;border-color:var(--blue);color:#004f7c}
 .badge.fail{background:#fbe6da;border-color:var(--red);color:#8a3500}
 .badge.warn{background:#fdf1d6;border-color:var(--orange);color:#7a5200}
+.alert{background:#fdf1d6;border-left:4px solid var(--orange);padding:8px 12px;margin:0 0 12px}
 .scroll{overflow-x:auto}
 .strip{display:flex;flex-wrap:wrap;gap:12px}.pair{display:flex;flex-wrap:wrap;gap:0 48px}.strip figure{max-width:200px}.strip img{max-width:200px}
 figure{margin:0;max-width:260px}figure img,td img{display:block;max-width:256px;height:auto;border-radius:4px}

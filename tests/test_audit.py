@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
+from conftest import IMAGES, MOBILENET
 from test_cli import fail, main, run
 from test_load import _quantised, tiny_cnn
 
@@ -315,3 +316,64 @@ def test_max_sensitivity_runs_with_the_audits_20_samples_unless_told(classes, tm
         assert results["metrics"]["max_sensitivity"]["options"] == {"samples": samples}
         np.testing.assert_allclose([r["metrics"]["max_sensitivity"] for r in read_rows(out)],
                                    REGISTRY["max_sensitivity"](case, samples=samples), rtol=1e-5)
+
+
+def _scored_by(fc: np.ndarray, bias: np.ndarray | None = None) -> onnx.ModelProto:
+    """The tiny CNN with its classifier's weights replaced by `fc` (10×256), and a bias added."""
+    proto = tiny_cnn()
+    for init in proto.graph.initializer:
+        if init.name == "fc":
+            init.CopyFrom(onnx.numpy_helper.from_array(fc.astype(np.float32), "fc"))
+    if bias is not None:
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(bias.astype(np.float32), "bias"))
+        next(n for n in proto.graph.node if n.op_type == "Gemm").input.append("bias")
+    return proto
+
+
+def test_scores_that_ignore_the_class_or_the_image_are_said_once_and_recorded(tmp_path, capsys):
+    from onnxplain.explain import constant_scores
+    fc = next(onnx.numpy_helper.to_array(i) for i in tiny_cnn().graph.initializer if i.name == "fc")
+    x = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    found = {}
+    for name, proto in (("trained", tiny_cnn()), ("one row", _scored_by(np.repeat(fc[:1], 10, axis=0))),
+                        ("bias only", _scored_by(np.zeros_like(fc), np.arange(10.0))),
+                        ("nothing", _scored_by(np.zeros_like(fc)))):
+        onnx.save(proto, tmp_path / f"{name}.onnx")
+        m = onnxplain.load(tmp_path / f"{name}.onnx", device="cpu", preprocessing={"scale": 1 / 255})
+        scores = forward(m, x).astype(np.float64)
+        found[name] = constant_scores(m, x, scores)
+        spread = (np.ptp(scores, axis=1).max(), np.abs(scores - scores[:1]).max())
+        assert (spread[0] > 0.1) == (name in ("trained", "bias only")), (name, spread)  # what the models are
+        assert (spread[1] > 0.1) == (name in ("trained", "one row")), (name, spread)
+    assert found["trained"] is None
+    assert "depend on the class, so its maps" in found["one row"]
+    assert "depend on the image, so its maps" in found["bias only"]
+    assert "depend on the class or the image" in found["nothing"]
+    assert "check its preprocessing" in found["nothing"]
+    one = tmp_path / "one row.onnx"
+    twice = x[:1].repeat(2, 0)  # the same image twice scores the same: no alarm
+    assert constant_scores(onnxplain.load(one, device="cpu"), twice, np.tile(np.arange(10.0), (2, 1))) is None
+
+    with pytest.warns(UserWarning, match="do not depend on the class") as caught:
+        onnxplain.explain(onnxplain.load(one, device="cpu", preprocessing={"scale": 1 / 255}), x, "saliency")
+    assert len(caught) == 1
+    data = tmp_path / "data"
+    for i in range(3):
+        _image(data / f"{i}.png", i)
+    (tmp_path / "nothing.onnx").rename(tmp_path / "m.onnx")  # no sidecar: the preprocessing is guessed
+    main(["audit", str(tmp_path / "m.onnx"), str(data), "-m", "saliency", "-m", "gradcam", "--metric", "sparseness",
+          "--batch-size", "2", "-o", str(tmp_path / "out")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(err) == 1 and len(results["warnings"]) == 1 and err[0] == "warning: " + results["warnings"][0]
+    assert "preprocessing was guessed: give --preset or --mean/--std/--scale" in err[0]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert f'<p class="alert" role="alert"><span class="badge warn">⚠ warning</span> {escape(results["warnings"][0])}' \
+           in page
+
+
+def test_the_bundled_model_raises_no_alarm(audited, recwarn):
+    _, results = audited
+    assert results["warnings"] == []
+    e = onnxplain.explain(onnxplain.load(MOBILENET, device="cpu"), IMAGES, "gradcam")
+    assert not [w for w in recwarn if "do not depend" in str(w.message)] and len(e.maps) == 2

@@ -11,13 +11,14 @@ import numpy as np
 
 from .. import methods as method_registry
 from ..errors import OnnxplainError, first_line
-from ..explain import _explain, forward
+from ..explain import _explain, forward, warn_constant
 from ..metrics import CHECKS, REGISTRY, Case
 from ..preprocess import Photo, prepare
 from ..render import small
 from .data import Record, ground_truth
 
 TARGETS = ("label", "top1")
+CHECKED = 8  # images whose scores `constant` compares
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,16 @@ def _predicted(model, batch: Batch, plan: Plan) -> tuple[np.ndarray, np.ndarray,
     targets = np.array([r.label if plan.target == "label" and r.label is not None else int(c)
                         for r, c in zip(batch.records, predicted)], np.int64)
     return inputs, probabilities, predicted, targets
+
+
+def constant(model, records: list[Record], plan: Plan) -> str | None:
+    """Why the model's scores depend neither on the class nor on the image (`explain.constant_scores`), judged on
+    the first `CHECKED` records, said as a warning; None where they do, or none of them could be read."""
+    batch = read(model.preprocessing, records[:CHECKED])
+    if not batch.records:
+        return None
+    inputs = np.stack([p.input for p in batch.photos])
+    return warn_constant(model, inputs, forward(model, inputs, plan.batch_size))
 
 
 def score(model, batch: Batch, plan: Plan) -> list[dict]:

@@ -22,7 +22,7 @@ from ..rewrite.graph import opset_of
 from ..report import NAME as REPORT
 from ..report import write_report
 from ..runtime import prefetched
-from .batch import TARGETS, Plan, read, sanity_batch, score
+from .batch import TARGETS, Plan, constant, read, sanity_batch, score
 from .data import Data, read_data
 from .results import ROWS, read_rows, summarise, write_csv, write_files, write_json, write_rows
 
@@ -102,6 +102,7 @@ def audit(model, data, methods, out, *, metrics=None, target: str = "label", res
     chunks = [todo[a:a + size] for a in range(0, len(todo), size)]
     if progress is not None:
         progress(finished, total)
+    warning = constant(model, found.records, plan)  # after the first progress: the command's notes come first
     with closing(_local(model, chunks, plan) if engine == "local" else cluster.run(
             model, chunks, partial(read, model.preprocessing), partial(_written, plan=plan, out=out.absolute()),
             address, actors)) as scored:
@@ -113,7 +114,7 @@ def audit(model, data, methods, out, *, metrics=None, target: str = "label", res
                 progress(finished, total)
     if any(c in CHECKS for c in plan.metrics) and not (out / SANITY).exists():
         write_json(out / SANITY, sanity_batch(model, found.records[:plan.sanity_images], plan))
-    results = finish(out, model, found, plan, command, sorted(devices))
+    results = finish(out, model, found, plan, command, sorted(devices), [warning] if warning else [])
     write_report(out)
     return results
 
@@ -167,9 +168,10 @@ def _prepare_folder(out: Path, record: dict, resume: bool, force: bool) -> list[
     return runs
 
 
-def finish(out: Path, model, data: Data, plan: Plan, command: str | None, devices: list[str]) -> dict:
+def finish(out: Path, model, data: Data, plan: Plan, command: str | None, devices: list[str],
+           warnings: list[str]) -> dict:
     """Write results.json and per_image.csv from the rows stored in `out`; returns the results. devices: those the
-    sessions ran on (here, or on the Ray actors)."""
+    sessions ran on (here, or on the Ray actors); warnings: what makes the results doubtful (`constant`)."""
     rows = read_rows(out)
     metrics = {name: REGISTRY[name] for name in plan.metrics}
     sanity = json.loads((out / SANITY).read_text(encoding="utf-8")) if (out / SANITY).exists() else {}
@@ -186,7 +188,7 @@ def finish(out: Path, model, data: Data, plan: Plan, command: str | None, device
             classes[r.label_name] = classes.get(r.label_name, 0) + 1
     results = {
         "onnxplain": run_manifest.versions()["onnxplain"], "created": datetime.now(timezone.utc).isoformat(),
-        "command": command, "model": model_card(model, devices),
+        "command": command, "warnings": warnings, "model": model_card(model, devices),
         "data": {"source": data.source, "kind": data.kind, "images": len(images),
                  "labelled": sum(r.label is not None for r in data.records),
                  "with_masks": sum(r.has_truth for r in data.records), "classes": classes,
