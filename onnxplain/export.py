@@ -24,7 +24,7 @@ def export(model: Model, method: str, path: str | Path, layer: str | None = None
         raise OnnxplainError(f"method '{method}' runs several passes, so it is not one graph to export "
                              f"(exportable: {graphs})")
     proto = build(model.graph, m.request(model, cam_layer(model, layer) if m.at_layer else None),
-                  model.straight_through)
+                  model.straight_through, shaped=True)
     proto.producer_name = "onnxplain"
     inferred = {vi.name: vi.type for vi in infer_shapes(proto).graph.output}
     for out in proto.graph.output:  # a standalone file declares every output's shape

@@ -80,7 +80,7 @@ class Model:
             warnings.warn(f"onnxplain: {_where(self.path)} is quantised ({self.quantisers} quantisers); its "
                           f"gradient passes straight through each within its range (quantized='exact' refuses "
                           f"instead)", stacklevel=6)
-        return Session(build(self.graph, request, self.straight_through), self.device,
+        return Session(build(self.graph, request, self.straight_through, shaped=True), self.device,
                        1 if self.batch_coupled else None)
 
     def devices_used(self) -> list[str]:

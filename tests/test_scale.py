@@ -85,7 +85,7 @@ def test_threads_sharing_a_model_match_serial_calls(monkeypatch):
 
     built, start = [], threading.Barrier(len(JOBS))
     monkeypatch.setattr(onnxplain.model, "build",
-                        lambda proto, request, *rest: built.append(request) or build(proto, request, *rest))
+                        lambda proto, request, *rest, **kw: built.append(request) or build(proto, request, *rest, **kw))
     shared = onnxplain.load(path, device="cpu", preprocessing="unit")
 
     def explain(job):

@@ -175,3 +175,25 @@ def test_inspect_says_where_shapes_came_from_and_explain_asks_for_a_size(dynamic
     assert "4/Relu_output_0" in run("inspect", tmp_path / "dynamic.onnx", "--preset", "unit", "--size", 16, 12)
     err = fail(capsys, "explain", tmp_path / "dynamic.onnx", IMAGES[0], "--device", "cpu", "-o", tmp_path / "out")
     assert "has no fixed height and width" in err
+
+
+def test_shapes_are_inferred_once_and_the_probe_builds_one_session(monkeypatch):
+    """Load, the CAM layer search and the first gradient graph share one shape inference of the model at its size;
+    the probe runs its batches 1 and 2 through one session, exposing only the shapes inference left open."""
+    from types import SimpleNamespace
+
+    from onnxplain.passes import probe
+    from onnxplain.passes.opset import highest_opset
+    highest_opset()  # (its probes of onnxruntime's opsets run once per process)
+    model, twin = _lost_shapes_model()
+    inferred, sessions = [], []
+    infer, session = onnx.shape_inference.infer_shapes, probe.ort.InferenceSession
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", lambda *a, **k: inferred.append(1) or infer(*a, **k))
+    monkeypatch.setattr(probe, "ort", SimpleNamespace(InferenceSession=lambda b, **k: sessions.append(
+        onnx.load_from_string(b)) or session(b, **k)))
+    m = onnxplain.load(model, device="cpu")
+    x = RNG.random((1, 8, 8, 3), np.float32)
+    e = onnxplain.explain(m, x, "gradcam")
+    assert len(inferred) == 1 and e.layer == "pt"
+    assert len(sessions) == 1 and 0 < len(sessions[0].graph.output) - 1 < len(sessions[0].graph.node)
+    assert rel_err(onnxplain.explain(m, x, "gradxinput").attributions, autograd_x_grad(twin, x, "NHWC")) <= 1e-4

@@ -41,10 +41,16 @@ def _spatial_axes(dims: list[int]) -> tuple[int, int]:
 
 def run(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Every output of `model` on `values`, on the CPU; raises RuntimeError with onnxruntime's first line."""
+    return runs(model, [values])[0]
+
+
+def runs(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    """Every output of `model` on each of `feeds`, from one session on the CPU (building it costs more than a run);
+    raises RuntimeError with onnxruntime's first line."""
     try:
         with quiet_onnxruntime():
             session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-            return session.run(None, values)
+            return [session.run(None, values) for values in feeds]
     except Exception as exc:
         raise RuntimeError(first_line(exc)) from None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import onnx
 
 from ..rewrite.graph import infer_shapes
-from ..rewrite.shapes import at_size
+from ..rewrite.shapes import sized
 from .head import flatten_heads
 
 
@@ -21,7 +21,7 @@ def classifier_at_size(model: onnx.ModelProto, input_name: str, axes: tuple[int,
     dims = next(i for i in model.graph.input if i.name == input_name).type.tensor_type.shape.dim
     if all(dims[axis].HasField("dim_value") and dims[axis].dim_value > 0 for axis in axes):
         return model, None
-    fixed, note = flatten_heads(infer_shapes(at_size(model, input_name, axes, size)[0]))
+    fixed, note = flatten_heads(infer_shapes(sized(model, input_name, axes, size)))
     if note is None:
         return model, None
     return fixed, (f"height and width fixed to {size[0]}x{size[1]}, the preprocessing's size: a fully convolutional "

@@ -71,15 +71,19 @@ def _collector_paused(fn):
 
 
 @_collector_paused
-def build(model: onnx.ModelProto, request: Request, straight_through: bool = False) -> onnx.ModelProto:
+def build(model: onnx.ModelProto, request: Request, straight_through: bool = False, shaped: bool = False
+          ) -> onnx.ModelProto:
     """The model with `request` applied: exposed tensors, cotangent inputs and gradient outputs. `straight_through`:
-    differentiate quantisers by the straight-through estimator (rules/quant.py) instead of stopping at them."""
+    differentiate quantisers by the straight-through estimator (rules/quant.py) instead of stopping at them.
+    `shaped`: `model` has its constants folded and its shapes inferred already (`Model.graph`), which a request
+    that rewrites it first (a transform, a composite's preparation) undoes."""
+    given = model
     if request.transform is not None:
         model = request.transform(model)
     if request.rules is not None:
         model = request.rules.prepare(model)
     opset = opset_of(model)
-    graph = prepared(model)
+    graph = prepared(model, shaped and model is given)
     tensors = graph.tensors()
 
     def find(name: str) -> gs.Tensor:
@@ -160,9 +164,10 @@ def _target_seed(g: Builder, ys: list[gs.Tensor]):
 
 
 @_collector_paused
-def prepared(model: onnx.ModelProto) -> gs.Graph:
-    """The graph the gradient walk sees: constants folded, shapes inferred, topologically sorted."""
-    return toposort(gs.import_onnx(infer_shapes(fold_constants(model))))
+def prepared(model: onnx.ModelProto, shaped: bool = False) -> gs.Graph:
+    """The graph the gradient walk sees: constants folded, shapes inferred (unless `shaped` says they are),
+    topologically sorted."""
+    return toposort(gs.import_onnx(model if shaped else infer_shapes(fold_constants(model))))
 
 
 def toposort(graph: gs.Graph) -> gs.Graph:

@@ -6,8 +6,6 @@ from typing import Callable
 
 import onnx
 
-from .graph import infer_shapes
-
 MAX_EXTRA_TOKENS = 8  # class, distillation and register tokens before the patch tokens
 CHANNEL_FIRST = frozenset({  # ONNX ops whose image input and output are N×C×H×W whatever the model's input layout
     "Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "LRN", "MaxPool", "AveragePool", "LpPool",
@@ -53,14 +51,9 @@ def find_layers(model: onnx.ModelProto, input_name: str, score: str, layout_of: 
                 ) -> tuple[list[tuple[str, tuple]], Tokens | None]:
     """(name, shape) of every rank-4 float tensor with height and width > 1 between the input and the score, in
     topological order (attention maps excepted), and the token tensors if the model is a vision transformer;
-    `layout_of(name)` is each tensor's layout."""
-    inferred = infer_shapes(model)
-    shapes = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-        t = vi.type.tensor_type
-        if t.elem_type == onnx.TensorProto.FLOAT:
-            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
-    nodes = list(inferred.graph.node)
+    `model` has its shapes inferred (`Model.graph`); `layout_of(name)` is each tensor's layout."""
+    shapes = {name: shape for name, (elem, shape) in declared(model).items() if elem == onnx.TensorProto.FLOAT}
+    nodes = list(model.graph.node)
     forward = {input_name}
     for node in nodes:
         if any(i in forward for i in node.input) and node.op_type not in ("Shape", "Size"):
@@ -91,6 +84,15 @@ def find_layers(model: onnx.ModelProto, input_name: str, score: str, layout_of: 
         return found, None
     before_last = [name for name, seen in norms if seen == softmax - 1] or [tokens[-1]]
     return found, Tokens(grid, tuple(tokens), tuple(name for name, _ in norms), before_last[-1])
+
+
+def declared(model: onnx.ModelProto) -> dict[str, tuple[int, tuple]]:
+    """Tensor name -> (element type, shape: a number per dim, None where it is symbolic) of the graph's inputs,
+    value_info and outputs."""
+    graph = model.graph
+    return {vi.name: (vi.type.tensor_type.elem_type, tuple(d.dim_value if d.HasField("dim_value") else None
+                                                            for d in vi.type.tensor_type.shape.dim))
+            for vi in (*graph.input, *graph.value_info, *graph.output)}
 
 
 def _cells(hw) -> int:
@@ -136,14 +138,13 @@ def scale_merges(model: onnx.ModelProto, found: list[tuple[str, tuple]]) -> list
     """Where a detector's scales are concatenated: each Concat without spatial extent whose inputs come each from
     one spatial tensor of `found` (through ops without spatial extent), a different one per input. Per such Concat,
     in graph order: (those tensors, each input's length along the concatenated axis, None where unknown). Those
-    tensors are the last of each scale's branch, and the lengths its anchors' places in the concatenation."""
-    inferred = infer_shapes(model)
-    ranks = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
-             for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
+    tensors are the last of each scale's branch, and the lengths its anchors' places in the concatenation. `model`
+    has its shapes inferred (`Model.graph`)."""
+    ranks = {name: shape for name, (_, shape) in declared(model).items()}
     names = {name for name, _ in found}
     last: dict[str, frozenset] = {}  # tensor -> the spatial tensors it is computed from through non-spatial ops
     merges = []
-    for node in inferred.graph.node:
+    for node in model.graph.node:
         if node.op_type in ("Shape", "Size"):
             continue
         ins = [last.get(i, frozenset()) for i in node.input]

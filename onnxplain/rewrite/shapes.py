@@ -8,32 +8,33 @@ import onnx
 from onnx import helper
 
 from ..passes import probe
-from .graph import infer_shapes
+from .graph import fold_constants, infer_shapes
 
 PROBE_BATCHES = (1, 2)  # a dimension that differs between the two runs depends on the batch and stays symbolic
 
 
-def at_size(model: onnx.ModelProto, input_name: str, axes: tuple[int, int], size: tuple[int, int]
-            ) -> tuple[onnx.ModelProto, str | None]:
-    """`model` with the `axes` of `input_name` fixed to `size`, and a note when shapes came from a probe run.
-
-    When static inference knows every shape, the model is returned without value_info (as build expects it);
-    otherwise every tensor's shape is declared, from inference where it knew it and from the probe where not.
-    """
+def sized(model: onnx.ModelProto, input_name: str, axes: tuple[int, int], size: tuple[int, int]) -> onnx.ModelProto:
+    """A copy of `model` with the `axes` of `input_name` fixed to `size` and no value_info (shapes of another size)."""
     fixed = onnx.ModelProto.FromString(model.SerializeToString())
-    inp = next(i for i in fixed.graph.input if i.name == input_name)
-    dims = inp.type.tensor_type.shape.dim
+    dims = next(i for i in fixed.graph.input if i.name == input_name).type.tensor_type.shape.dim
     for axis, s in zip(axes, size):
         dims[axis].dim_value = int(s)
     del fixed.graph.value_info[:]
-    batch = dims[0].dim_param or None
+    return fixed
+
+
+def at_size(model: onnx.ModelProto, input_name: str, axes: tuple[int, int], size: tuple[int, int]
+            ) -> tuple[onnx.ModelProto, str | None]:
+    """`model` with the `axes` of `input_name` fixed to `size`, its constant subgraphs folded and every tensor's shape
+    inferred once for all that read it (`build(shaped=True)`, `find_layers`, `scale_merges`), and a note when
+    shapes came from a probe run: where static inference left a shape open, the probe declares it."""
+    fixed = fold_constants(sized(model, input_name, axes, size))
+    batch = next(i for i in fixed.graph.input if i.name == input_name).type.tensor_type.shape.dim[0].dim_param or None
     inferred = infer_shapes(fixed)
     open_ = _open_shapes(inferred, batch)
-    if not open_:
-        return fixed, None
-    probed = _probe(inferred)
+    probed = _probe(inferred, open_) if open_ else None
     if probed is None:
-        return fixed, None
+        return inferred, None
     declared = _declare(inferred, probed, open_, batch)
     return inferred, (f"shapes of {declared} tensors that ONNX shape inference left open come from a probe run of "
                       f"the model at {size[0]}x{size[1]}")
@@ -59,12 +60,13 @@ def _open_shapes(model: onnx.ModelProto, batch: str | None) -> set[str]:
     return open_
 
 
-def _probe(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, tuple, tuple]] | None:
-    """dtype and shapes of every node output in runs at each of PROBE_BATCHES, or None when the model cannot be
-    probed (inputs with symbolic dimensions besides the batch, or onnxruntime cannot run it)."""
+def _probe(model: onnx.ModelProto, names: set[str]) -> dict[str, tuple[np.dtype, tuple, tuple]] | None:
+    """dtype and shapes of the node outputs `names` in runs of one session at each of PROBE_BATCHES (only those made
+    outputs: onnxruntime optimises the rest as it would), or None when the model cannot be probed (inputs with
+    symbolic dimensions besides the batch, or onnxruntime cannot run it)."""
     copy = onnx.ModelProto.FromString(model.SerializeToString())
     have = {o.name for o in copy.graph.output}
-    for name in [n for node in copy.graph.node for n in node.output if n and n not in have]:
+    for name in [n for node in copy.graph.node for n in node.output if n in names and n not in have]:
         copy.graph.output.add().name = name
     initializers = {t.name for t in copy.graph.initializer}
     inputs = [i for i in copy.graph.input if i.name not in initializers]
@@ -76,8 +78,8 @@ def _probe(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, tuple, tuple]] |
         specs.append((i.name, helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type),
                       [d.dim_value for d in dims[1:]]))
     try:
-        runs = [probe.run(copy, {name: np.zeros([b, *rest], dtype) for name, dtype, rest in specs})
-                for b in PROBE_BATCHES]
+        runs = probe.runs(copy, [{name: np.zeros([b, *rest], dtype) for name, dtype, rest in specs}
+                                 for b in PROBE_BATCHES])
     except RuntimeError:  # left to the rules, which say which shape they lack
         return None
     outputs = [o.name for o in copy.graph.output]
