@@ -21,7 +21,7 @@ from .errors import OnnxplainError, first_line
 from .files import sha256 as file_sha256
 from .labels import as_list, from_metadata
 from .labels import read as read_labels
-from .limits import whole
+from .limits import check_tensor_sizes, whole
 from .passes import normalise
 from .passes.probe import SIDE
 from .passes.input_type import pixel_images
@@ -360,6 +360,7 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     except Exception as exc:
         raise OnnxplainError(f"{_where(model_path)} is not a valid ONNX model: {first_line(exc)}") from None
     opset_of(proto)
+    check_tensor_sizes(proto)  # before a load pass runs the model
     pixels = pixel_images(proto)
     proto, normalised = normalise(proto)
     half = dict(normalised).get("precision", "").removesuffix(PROMOTED)

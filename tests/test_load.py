@@ -111,12 +111,17 @@ def test_non_image_model():
 
 
 def test_hostile_graphs_fail_in_one_line_and_nothing_else_on_stderr(capfd):
-    proto = tiny_cnn()  # logits + the sum of a 4 TB constant: neither folding nor the run can allocate it
-    proto.graph.initializer.append(numpy_helper.from_array(np.array([10**6, 10**6], np.int64), "huge"))
+    proto = tiny_cnn()  # logits + the sum of 4 TB of zeros, sized at run time: the run cannot allocate it
+    proto.graph.initializer.append(numpy_helper.from_array(np.array([1e6, 1e6], np.float32), "huge"))
     proto.graph.node[-1].output[0] = "fc_out"
-    proto.graph.node.extend([helper.make_node("ConstantOfShape", ["huge"], ["zeros"]),
+    proto.graph.node.extend([helper.make_node("ReduceMax", ["image"], ["top"], keepdims=0),
+                             helper.make_node("Mul", ["top", "zero"], ["nil"]),
+                             helper.make_node("Add", ["huge", "nil"], ["sized"]),
+                             helper.make_node("Cast", ["sized"], ["dims"], to=TensorProto.INT64),
+                             helper.make_node("ConstantOfShape", ["dims"], ["zeros"]),
                              helper.make_node("ReduceSum", ["zeros"], ["total"], keepdims=0),
                              helper.make_node("Add", ["fc_out", "total"], ["logits"])])
+    proto.graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), "zero"))
     m = onnxplain.load(proto, preprocessing="unit")
     capfd.readouterr()
     for method in ("saliency", "occlusion"):
@@ -129,6 +134,36 @@ def test_hostile_graphs_fail_in_one_line_and_nothing_else_on_stderr(capfd):
     with pytest.raises(OnnxplainError) as e:
         onnxplain.load(cyclic, preprocessing="unit")
     _one_line(e, "topologically sorted", "is not output of any previous nodes")
+
+
+def test_tensors_larger_than_memory_are_refused_before_onnxruntime_allocates(monkeypatch):
+    """A 10^12-element Expand: sized by a constant, refused at load (before a load pass runs the model); sized from
+    the input's shape, refused once shape inference at the input size tells it, before a session is built."""
+    from onnxplain import runtime
+    constant = tiny_cnn()  # logits + the mean of the image broadcast to 10^6 × 10^6
+    constant.graph.initializer.append(numpy_helper.from_array(np.array([1, 1, 10**6, 10**6], np.int64), "huge"))
+    constant.graph.node[-1].output[0] = "fc_out"
+    constant.graph.node.extend([helper.make_node("ReduceMean", ["image"], ["mean"], keepdims=1),
+                                helper.make_node("Expand", ["mean", "huge"], ["big"], name="broadcast"),
+                                helper.make_node("ReduceMean", ["big"], ["total"], keepdims=0),
+                                helper.make_node("Add", ["fc_out", "total"], ["logits"])])
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.load(constant, preprocessing="unit")
+    _one_line(e, "Expand node 'broadcast'", "1e+12 elements", "memory available")
+    computed = onnx.ModelProto()  # the same, the size made of the input's height: 8 · 125 000 = 10^6
+    computed.CopyFrom(constant)
+    computed.graph.initializer.pop(-1)
+    computed.graph.initializer.extend([numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (
+        ("two", [2]), ("k", [125_000]), ("ones", [1, 1]), ("million", [10**6]))])
+    computed.graph.node.insert(0, helper.make_node("Shape", ["image"], ["hw"]))
+    computed.graph.node.insert(1, helper.make_node("Gather", ["hw", "two"], ["h"]))
+    computed.graph.node.insert(2, helper.make_node("Mul", ["h", "k"], ["side"]))
+    computed.graph.node.insert(3, helper.make_node("Concat", ["ones", "side", "million"], ["huge"], axis=0))
+    m = onnxplain.load(computed, preprocessing="unit")
+    monkeypatch.setattr(runtime.ort, "InferenceSession", None)  # no session may start
+    with pytest.raises(OnnxplainError) as e:
+        onnxplain.explain(m, RNG.standard_normal((1, 3, 8, 8)).astype(np.float32), "saliency")
+    _one_line(e, "Expand node 'broadcast'", "1e+12 elements per image", "memory available")
 
 
 def test_unknown_op_names_op_node_and_the_black_box_path():

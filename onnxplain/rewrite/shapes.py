@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..limits import check_tensor_sizes
 from ..passes import probe
 from .graph import fold_constants, infer_shapes
 
@@ -27,10 +28,12 @@ def at_size(model: onnx.ModelProto, input_name: str, axes: tuple[int, int], size
             ) -> tuple[onnx.ModelProto, str | None]:
     """`model` with the `axes` of `input_name` fixed to `size`, its constant subgraphs folded and every tensor's shape
     inferred once for all that read it (`build(shaped=True)`, `find_layers`, `scale_merges`), and a note when
-    shapes came from a probe run: where static inference left a shape open, the probe declares it."""
+    shapes came from a probe run: where static inference left a shape open, the probe declares it. A tensor larger
+    than the memory available is refused first (`limits.check_tensor_sizes`)."""
     fixed = fold_constants(sized(model, input_name, axes, size))
     batch = next(i for i in fixed.graph.input if i.name == input_name).type.tensor_type.shape.dim[0].dim_param or None
     inferred = infer_shapes(fixed)
+    check_tensor_sizes(inferred)
     open_ = _open_shapes(inferred, batch)
     probed = _probe(inferred, open_) if open_ else None
     if probed is None:
