@@ -259,3 +259,18 @@ def test_lost_rank_is_refused_in_one_line(op, consts):
     model.graph.node[0].name = "n"
     with pytest.raises(OnnxplainError, match=f"the gradient of {op} 'n' needs the rank of 'x', which ONNX shape"):
         build(model, Request(differentiate=("y0",), wrt=("x",)))
+
+
+def test_a_rule_bug_on_a_shapeless_node_is_not_called_a_lost_rank(monkeypatch):
+    """Only a rule's own request for a rank (`shape_of`, `rank_of`) becomes the one line about shape inference: any
+    other TypeError or ValueError of a rule is a bug, raised as it is, also on a node whose shapes are unknown."""
+    from onnxplain.rewrite.rules import RULES
+
+    def buggy(node, dys, g):
+        return [None] * len(node.inputs[0])  # a TypeError of the rule itself
+    monkeypatch.setitem(RULES, "Softmax", buggy)
+    model = one_node_model("Softmax", {"x": rand(2, 3)}, {}, {}, opset=13)
+    model.graph.input[0].type.tensor_type.ClearField("shape")
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    with pytest.raises(TypeError, match="has no len"):
+        build(model, Request(differentiate=("y0",), wrt=("x",)))

@@ -14,7 +14,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import OnnxplainError, UnsupportedOpError
-from .builder import Builder
+from .builder import Builder, RankLost
 from .rules import MIN_OPSET, NOT_DIFFERENTIABLE, RULES
 
 
@@ -139,17 +139,14 @@ def append_vjp(graph: gs.Graph, opset: int, ys: list[gs.Tensor], dys: list[gs.Te
 
 
 def _apply(rule, node: gs.Node, douts: list, g: VJPBuilder) -> list:
-    """The node's input cotangents; where its rule needs a rank that ONNX shape inference lost (opset-11 exports
-    reshape to shapes computed from Shape/Slice/Concat), one line naming the node and the tensor."""
+    """The node's input cotangents; where its rule asks for a rank that ONNX shape inference lost (`shape_of`,
+    `rank_of`), one line naming the node and the tensor."""
     try:
         return rule(node, douts, g)
-    except (TypeError, ValueError):
-        lost = next((t.name for t in [*node.inputs, *node.outputs] if t.name and t.shape is None), None)
-        if lost is None:
-            raise
-        raise OnnxplainError(f"the gradient of {node.op} '{node.name}' needs the rank of '{lost}', which ONNX shape "
-                             "inference did not find; explain this model with a black-box method instead (occlusion, "
-                             "rise, lime, kernelshap), which only runs the model") from None
+    except RankLost as lost:
+        raise OnnxplainError(f"the gradient of {node.op} '{node.name}' needs the rank of '{lost.tensor.name}', which "
+                             "ONNX shape inference did not find; explain this model with a black-box method instead "
+                             "(occlusion, rise, lime, kernelshap), which only runs the model") from None
 
 
 def _cut(graph: gs.Graph, ys: list[gs.Tensor], t: gs.Tensor, through=frozenset()) -> str:

@@ -132,9 +132,7 @@ class Builder:
 
     def unbroadcast(self, grad, x: Tensor, out: Tensor):
         """Sum `grad` (shaped like the broadcast result `out`) back to the shape of `x` (NumPy broadcasting)."""
-        if x.shape is None or out.shape is None:
-            raise ValueError("broadcast gradient needs ranks from shape inference")
-        rank_diff = len(out.shape) - len(x.shape)
+        rank_diff = -rank_of(x) + rank_of(out)  # (x's asked for first: the one a message names)
         axes = list(range(rank_diff))
         for i, d in enumerate(x.shape):
             o = out.shape[i + rank_diff]
@@ -146,6 +144,26 @@ class Builder:
         if rank_diff == 0:
             return summed
         return self.Reshape(summed, self.Shape(x) if not _static(x) else self.ints(x.shape))
+
+
+class RankLost(Exception):
+    """A rule needs the rank of `tensor`, which ONNX shape inference did not find (opset-11 exports reshape to
+    shapes computed from Shape/Slice/Concat); the walk names the node in one line (`autodiff`)."""
+
+    def __init__(self, tensor: Tensor):
+        super().__init__(tensor.name)
+        self.tensor = tensor
+
+
+def shape_of(t: Tensor) -> tuple:
+    """t's shape from shape inference (a dim may be symbolic); RankLost where its rank is unknown."""
+    if t.shape is None:
+        raise RankLost(t)
+    return tuple(t.shape)
+
+
+def rank_of(t: Tensor) -> int:
+    return len(shape_of(t))
 
 
 def _static(t: Tensor) -> bool:

@@ -31,6 +31,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...errors import OnnxplainError
+from ..builder import rank_of, shape_of
 from ..composite import LINEAR_OPS, Composite
 from ..rules import RULES
 from ..rules.activation import step
@@ -225,9 +226,9 @@ class ZBox(LinearRule):
     def _bound(g, v, x):
         """One bound as a constant broadcasting over x: a scalar, or (1, C, 1, …) for one value per channel."""
         v = np.asarray(v, np.float64).ravel()
-        if v.size > 1 and v.size != x.shape[1]:
+        if v.size > 1 and v.size != shape_of(x)[1]:
             raise OnnxplainError(f"z^B's bounds have {v.size} values for the {x.shape[1]} channels of '{x.name}'")
-        return g.const(v.reshape(1, -1, *[1] * (len(x.shape) - 2)) if v.size > 1 else v[0], like=x)
+        return g.const(v.reshape(1, -1, *[1] * (rank_of(x) - 2)) if v.size > 1 else v[0], like=x)
 
 
 @dataclass(frozen=True)

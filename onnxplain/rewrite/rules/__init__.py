@@ -4,6 +4,9 @@ A rule has the signature ``rule(node, dys, g) -> list`` where ``node`` is the fo
 and dtypes from shape inference), ``dys`` holds one cotangent per node output (``None`` for outputs that are not on
 the differentiation path) and ``g`` is a :class:`~onnxplain.rewrite.autodiff.VJPBuilder`. It returns one cotangent per
 node input, ``None`` where the input gets no gradient (indices, shapes, or inputs off the path: ``g.needs(t)`` tells).
+A rule reads the shape or rank of a tensor that shape inference may have lost through ``builder.shape_of`` and
+``builder.rank_of``: the walk turns their refusal into one line naming the node and the tensor. Any other exception
+of a rule is a bug, and propagates as one.
 
 Ops listed in NOT_DIFFERENTIABLE have no input gradient by definition; an op in neither table fails with one
 sentence that names it (see :class:`~onnxplain.errors.UnsupportedOpError`).

@@ -18,7 +18,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...errors import OnnxplainError
-from ..builder import np_dtype
+from ..builder import np_dtype, rank_of
 from . import optional_input, vjp
 
 
@@ -198,7 +198,7 @@ def clip(node, dys, g):
 
 def _softmax_axes(node, g):
     """Softmax's axes: from opset 13 one axis (default -1); before, every axis from `axis` (default 1) on."""
-    rank = len(node.inputs[0].shape)
+    rank = rank_of(node.inputs[0])
     axis = node.attrs.get("axis", -1 if g.opset >= 13 else 1) % rank
     return [axis] if g.opset >= 13 else list(range(axis, rank))
 

@@ -6,6 +6,7 @@ sign(0) = 0, and ReduceProd is exact where inputs are zero.
 from __future__ import annotations
 
 from ...errors import OnnxplainError
+from ..builder import rank_of, shape_of
 from . import constant_input, optional_input, vjp
 from .activation import equal
 from .elementwise import sign
@@ -33,24 +34,24 @@ def _swap_last(g, t, rank):
 
 def _sum_batch(g, grad, x, batch):
     """Sum `grad` (shaped batch + x's two matrix dims) over the batch axes x was broadcast along, to x's shape."""
-    xb = list(x.shape[:-2])
+    xb = list(shape_of(x)[:-2])
     lead = len(batch) - len(xb)
     axes = [i for i, d in enumerate(batch) if i < lead or (xb[i - lead] == 1 and d != 1)]
     grad = g.reduce_sum(grad, axes) if axes else grad
-    return grad if len(batch) + 2 == len(x.shape) else g.Reshape(grad, g.Shape(x))
+    return grad if len(batch) + 2 == rank_of(x) else g.Reshape(grad, g.Shape(x))
 
 
 @vjp("MatMul")
 def matmul(node, dys, g):
     """NumPy matmul: 1-D operands become (1, K) and (K, 1), batch dims broadcast; dA = dY B^T, dB = A^T dY."""
     (a, b), (y,), (dy,) = node.inputs, node.outputs, dys
-    ra, rb = len(a.shape), len(b.shape)
+    ra, rb = rank_of(a), rank_of(b)
     r = max(ra, rb, 2)
     a2 = a if ra > 1 else g.unsqueeze(a, [0])
     b2 = b if rb > 1 else g.unsqueeze(b, [1])
     gone = [r - 2] * (ra == 1) + [r - 1] * (rb == 1)  # axes of the (..., M, N) product that y dropped
     dy = g.unsqueeze(dy, gone) if gone else dy
-    batch = list(y.shape[:r - 2])
+    batch = list(shape_of(y)[:r - 2])
     da = _sum_batch(g, g.MatMul(dy, _swap_last(g, b2, max(rb, 2))), a, batch) if g.needs(a) else None
     db = _sum_batch(g, g.MatMul(_swap_last(g, a2, max(ra, 2)), dy), b, batch) if g.needs(b) else None
     return [da, db]
@@ -63,9 +64,9 @@ def _einsum_terms(node) -> tuple[list[str], str]:
     ins, out = eq.split("->") if "->" in eq else (eq, None)
     terms = ins.split(",")
     spare = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in eq]
-    dots = max((len(x.shape) - len(t) + 3 for t, x in zip(terms, node.inputs) if "..." in t), default=0)
+    dots = max((rank_of(x) - len(t) + 3 for t, x in zip(terms, node.inputs) if "..." in t), default=0)
     ell = "".join(spare[:dots])
-    terms = [t.replace("...", ell[dots - (len(x.shape) - len(t) + 3):]) for t, x in zip(terms, node.inputs)]
+    terms = [t.replace("...", ell[dots - (rank_of(x) - len(t) + 3):]) for t, x in zip(terms, node.inputs)]
     if out is None:
         letters = "".join(terms)
         out = ell + "".join(sorted(c for c in set(letters) if letters.count(c) == 1 and c not in ell))
@@ -74,7 +75,7 @@ def _einsum_terms(node) -> tuple[list[str], str]:
 
 def _widened(node, terms, letter) -> bool:
     """Whether some operand gives `letter` a size other than 1, to which operands of size 1 there broadcast."""
-    return any(x.shape[t.index(letter)] != 1 for t, x in zip(terms, node.inputs) if letter in t)
+    return any(shape_of(x)[t.index(letter)] != 1 for t, x in zip(terms, node.inputs) if letter in t)
 
 
 @vjp("Einsum", min_opset=12)
@@ -96,7 +97,7 @@ def einsum(node, dys, g):
         dx = g.Einsum(dys[0], *node.inputs[:i], *node.inputs[i + 1:], equation=f"{','.join([out, *others])}->{kept}")
         if kept != term:
             dx = g.Expand(g.unsqueeze(dx, [k for k, c in enumerate(term) if c not in seen]), g.Shape(x))
-        wide = [k for k, c in enumerate(term) if x.shape[k] == 1 and _widened(node, terms, c)]
+        wide = [k for k, c in enumerate(term) if shape_of(x)[k] == 1 and _widened(node, terms, c)]
         grads.append(g.reduce_sum(dx, wide) if wide else dx)  # ellipsis axes that x broadcast
     return grads
 
@@ -105,8 +106,8 @@ def _reduced_axes(node, x):
     """The axes a Reduce* node reduces (attribute, or input from opset 13/18), or None when it is the identity."""
     axes = node.attrs["axes"] if "axes" in node.attrs else constant_input(node, 1)
     if axes is None or len(axes) == 0:
-        return None if node.attrs.get("noop_with_empty_axes", 0) else list(range(len(x.shape)))
-    return sorted(int(a) % len(x.shape) for a in axes)
+        return None if node.attrs.get("noop_with_empty_axes", 0) else list(range(rank_of(x)))
+    return sorted(int(a) % rank_of(x) for a in axes)
 
 
 def reduction(*ops, **kw):

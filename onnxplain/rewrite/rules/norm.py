@@ -10,13 +10,14 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...errors import OnnxplainError
+from ..builder import rank_of
 from . import optional_input, vjp
 
 
 def _per_channel(g, v, ndim, like):
     """A parameter of `ndim` axes (C, ...), numpy or tensor, with unit axes appended to broadcast over `like`."""
     v = v.values if isinstance(v, gs.Constant) else v
-    units = len(like.shape) - 1 - ndim
+    units = rank_of(like) - 1 - ndim
     if isinstance(v, np.ndarray):
         return g.const(v.reshape(v.shape + (1,) * units), like=like)
     return g.unsqueeze(v, range(ndim, ndim + units)) if units else v
@@ -31,7 +32,7 @@ def batch_norm(node, dys, g):
     if g.needs(mean) or g.needs(var):
         raise OnnxplainError(f"BatchNormalization node '{node.name}' has a mean or variance computed from the input, "
                              "which is not supported")
-    rank, eps, ndim = len(x.shape), node.attrs.get("epsilon", 1e-5), len(scale.shape)
+    rank, eps, ndim = rank_of(x), node.attrs.get("epsilon", 1e-5), rank_of(scale)
 
     def channel(v):  # parameters are (C,), or (C, D1, ...) with spatial=0 before opset 9
         return _per_channel(g, v, ndim, x)
@@ -65,7 +66,7 @@ def _standardize_vjp(g, d, xhat, inv, axes):
 @vjp("InstanceNormalization")
 def instance_norm(node, dys, g):
     (x, scale, bias), dy = node.inputs, dys[0]
-    rank = len(x.shape)
+    rank = rank_of(x)
     axes = list(range(2, rank))
     xhat, inv = _standardize(g, x, axes, node.attrs.get("epsilon", 1e-5))
     dx = _standardize_vjp(g, g.Mul(dy, _per_channel(g, scale, 1, x)), xhat, inv, axes)
@@ -80,7 +81,7 @@ def layer_norm(node, dys, g):
     if any(d is not None for d in dys[1:]):
         raise OnnxplainError(f"LayerNormalization node '{node.name}' has its Mean or InvStdDev output used, "
                              "which is not supported")
-    rank = len(x.shape)
+    rank = rank_of(x)
     axes = list(range(node.attrs.get("axis", -1) % rank, rank))
     xhat, inv = _standardize(g, x, axes, node.attrs.get("epsilon", 1e-5))
     dx = _standardize_vjp(g, g.Mul(dy, scale), xhat, inv, axes)
@@ -100,7 +101,7 @@ def group_norm(node, dys, g):
     d = g.Reshape(g.Mul(dy, _per_channel(g, scale, 1, x)), g.Shape(grouped))
     dx = g.Reshape(_standardize_vjp(g, d, xhat, inv, [2]), g.Shape(x))
     xhat = g.Reshape(xhat, g.Shape(x))
-    axes = [0, *range(2, len(x.shape))]
+    axes = [0, *range(2, rank_of(x))]
     dscale = g.reduce_sum(g.Mul(dy, xhat), axes, keepdims=False) if g.needs(scale) else None
     dbias = g.reduce_sum(dy, axes, keepdims=False) if g.needs(bias) else None
     return [dx, dscale, dbias]
@@ -111,7 +112,7 @@ def rms_norm(node, dys, g):
     """y = x r · scale, r = 1 / sqrt(mean(x²) + eps) over the axes from `axis` on: dx = r (d - x r mean(d x r)),
     d = dy · scale."""
     (x, scale), dy = node.inputs, dys[0]
-    axes = list(range(node.attrs.get("axis", -1) % len(x.shape), len(x.shape)))
+    axes = list(range(node.attrs.get("axis", -1) % rank_of(x), rank_of(x)))
     inv = g.Reciprocal(g.Sqrt(g.Add(g.reduce_mean(g.Mul(x, x), axes), g.const(node.attrs.get("epsilon", 1e-5),
                                                                                like=x))))
     xhat, d = g.Mul(x, inv), g.Mul(dy, scale)

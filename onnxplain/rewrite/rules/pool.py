@@ -17,7 +17,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from ...errors import OnnxplainError
-from ..builder import np_dtype
+from ..builder import np_dtype, rank_of, shape_of
 from . import constant_input, optional_input, vjp
 from .conv import conv_input_grad, window
 
@@ -82,7 +82,7 @@ def lrn(node, dys, g):
     """y = x·s^-β with s = bias + α/size·Σ_window x²: dx = dy·s^-β - 2αβ/size · x · Σᵀ_window(dy·y/s)."""
     x, y, (dy,), a = node.inputs[0], node.outputs[0], dys, node.attrs
     size, alpha, beta, bias = a["size"], a.get("alpha", 1e-4), a.get("beta", 0.75), a.get("bias", 1.0)
-    c, r = _channels(node, x), len(x.shape) - 2
+    c, r = _channels(node, x), rank_of(x) - 2
     lo, hi = (size - 1) // 2, size // 2  # the window of channel i is [i - lo, i + hi]
     band = np.array([[i - lo <= j <= i + hi for j in range(c)] for i in range(c)], np_dtype(x))
 
@@ -97,7 +97,7 @@ def lrn(node, dys, g):
 @vjp("Resize", "Upsample")
 def resize(node, dys, g):
     x, (dy,) = node.inputs[0], dys
-    rank, dx = len(x.shape), dy
+    rank, dx = rank_of(x), dy
     for axis, n, scale, size, roi in _resized_axes(node, g.opset):
         m = _interpolation(node.op, g.opset, _attrs_key(node.attrs), n, scale, size, roi)  # [out, in]
         dx = _along(g, dx, m.astype(np_dtype(x)), axis, rank)
@@ -117,7 +117,7 @@ def _along(g, t, m, axis: int, rank: int):
 def _resized_axes(node, opset: int):
     """(axis, input size, scale or None, output size or None, (roi start, roi end)) of each axis Resize changes."""
     x, y, a = node.inputs[0], node.outputs[0], node.attrs
-    rank = len(x.shape)
+    rank = rank_of(x)
     axes = [ax % rank for ax in a.get("axes", range(rank))]
     if node.op == "Upsample" and opset < 9:
         roi, scales, sizes = None, a["scales"], None
@@ -136,7 +136,7 @@ def _resized_axes(node, opset: int):
             raise OnnxplainError(f"the gradient of Resize '{node.name}' does not support keep_aspect_ratio_policy")
     crop = a.get("coordinate_transformation_mode") == "tf_crop_and_resize"
     for i, axis in enumerate(axes):
-        n, span = x.shape[axis], (float(roi[i]), float(roi[i + len(axes)])) if crop else (0.0, 1.0)
+        n, span = shape_of(x)[axis], (float(roi[i]), float(roi[i + len(axes)])) if crop else (0.0, 1.0)
         scale, size = (float(scales[i]), None) if scales is not None else (None, sizes[i])
         if (scale == 1.0 or size == n) and not crop:
             continue

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import OnnxplainError
+from ..builder import rank_of
 from . import constant_input, optional_input, vjp
 from .conv import _kernel, conv_input_grad, window
 
@@ -34,7 +35,7 @@ def _per_axis(g, v, node, x):
                              "supported (use quantized='exact' and a black-box method)")
     if v.shape is None or len(v.shape) == 0 or (len(v.shape) == 1 and v.shape[0] == 1):
         return v
-    rank, axis = len(x.shape), node.attrs.get("axis", 1)
+    rank, axis = rank_of(x), node.attrs.get("axis", 1)
     axis = axis % rank
     return g.Reshape(v, g.ints([-1] + [1] * (rank - 1 - axis)))
 

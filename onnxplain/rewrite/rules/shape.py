@@ -11,13 +11,13 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
 from ...errors import OnnxplainError
-from ..builder import np_dtype
+from ..builder import np_dtype, rank_of, shape_of
 from . import constant_input, optional_input, vjp
 
 
 def _static_dim(node, x, axis):
     """The size of x along `axis`, which must be known when the graph is built."""
-    dim = x.shape[axis]
+    dim = shape_of(x)[axis]
     if not isinstance(dim, int):
         raise OnnxplainError(f"the gradient of {node.op} node '{node.name}' needs a fixed size along axis {axis} "
                              f"of '{x.name}', which has size '{dim}'")
@@ -44,7 +44,7 @@ def _onehot(g, idx, dim, like):
 
 def _ungather(g, dy, onehot, ndim, axis, x):
     """Adjoint of Gather(x, idx, axis) for `ndim`-D indices given as one-hot rows: a MatMul, so repeats sum."""
-    rank = len(x.shape)
+    rank = rank_of(x)
     dims = range(axis, axis + ndim)  # the axes of dy that index into x's axis
     t = _transpose(g, dy, [i for i in range(rank - 1 + ndim) if i not in dims] + list(dims))
     t = g.MatMul(g.Reshape(t, g.ints([0] * (rank - 1) + [-1])), onehot)  # (..., len(idx)) @ (len(idx), dim)
@@ -53,7 +53,7 @@ def _ungather(g, dy, onehot, ndim, axis, x):
 
 def _dim(g, x, axis):
     """x's size along `axis`: an int when shape inference knows it, else a scalar computed at run time."""
-    return x.shape[axis] if isinstance(x.shape[axis], int) else g.Gather(g.Shape(x), g.ints(axis))
+    return shape_of(x)[axis] if isinstance(x.shape[axis], int) else g.Gather(g.Shape(x), g.ints(axis))
 
 
 @vjp("Identity", "Dropout")  # Dropout at inference is the identity
@@ -76,7 +76,7 @@ def reshape(node, dys, g):
 
 @vjp("Transpose")
 def transpose(node, dys, g):
-    perm = node.attrs.get("perm", list(range(len(node.inputs[0].shape)))[::-1])
+    perm = node.attrs.get("perm", list(range(rank_of(node.inputs[0])))[::-1])
     return [g.Transpose(dys[0], perm=np.argsort(perm).tolist())]
 
 
@@ -95,8 +95,8 @@ def tile(node, dys, g):
 
 @vjp("Concat")
 def concat(node, dys, g):
-    axis = node.attrs["axis"] % len(node.outputs[0].shape)
-    sizes = [t.shape[axis] for t in node.inputs]
+    axis = node.attrs["axis"] % rank_of(node.outputs[0])
+    sizes = [shape_of(t)[axis] for t in node.inputs]
     if all(isinstance(s, int) for s in sizes):
         parts = g.split(dys[0], sizes, axis)
         return parts if len(sizes) > 1 else [parts]
@@ -132,7 +132,7 @@ def slice_(node, dys, g):
     x, dy = node.inputs[0], dys[0]
     if any(isinstance(t, gs.Variable) and t.name for t in node.inputs[1:]):
         return [_unslice(node, dy, g)]
-    rank = len(x.shape)
+    rank = rank_of(x)
     pads = [0] * (2 * rank)
     for axis, start, stop, step in _slices(node, rank):
         dim = _dim(g, x, axis)
@@ -163,9 +163,9 @@ def _unslice(node, dy, g):
 def gather(node, dys, g):
     """Indices may be constants or computed at run time; repeated indices sum their cotangents."""
     x, idx = node.inputs
-    axis = node.attrs.get("axis", 0) % len(x.shape)
+    axis = node.attrs.get("axis", 0) % rank_of(x)
     idx = idx.values if isinstance(idx, gs.Constant) else idx
-    return [_ungather(g, dys[0], _onehot(g, idx, _dim(g, x, axis), x), len(idx.shape), axis, x)]
+    return [_ungather(g, dys[0], _onehot(g, idx, _dim(g, x, axis), x), rank_of(idx), axis, x)]
 
 
 @vjp("GatherElements", min_opset=16)  # ScatterElements' reduction
@@ -247,7 +247,7 @@ def pad(node, dys, g):
     """Constant mode: crop dy by the same pads (pads may be computed at run time). reflect/edge/wrap: Pad gathers
     along each padded axis, so ungather each; the constant value gets the cotangent that fell on the padding."""
     x, dy = node.inputs[0], dys[0]
-    rank, mode = len(x.shape), node.attrs.get("mode", "constant")
+    rank, mode = rank_of(x), node.attrs.get("mode", "constant")
     if mode == "constant":
         if "pads" in node.attrs:
             dx = g.pad(dy, [-p for p in node.attrs["pads"]])
