@@ -293,3 +293,23 @@ def test_multi_pass_methods_are_not_exported_and_bad_parameters_give_one_line(tm
         with pytest.raises(OnnxplainError, match=message) as error:
             onnxplain.explain(mobilenet, x, "deeplift", **params)
         assert "\n" not in str(error.value)
+
+
+def test_the_opset_check_is_the_rule_used_not_the_op_type():
+    """MaxPool's plain rule needs opset 16 (ScatterElements with add); an override that emits nothing newer runs on
+    an opset-11 graph, and an override that applies the plain rule (DeepLIFT's) is refused as the plain one is."""
+    from onnxplain.rewrite.composite import Composite
+    from onnxplain.rewrite.rules import RULES
+
+    class AsAverage:  # MaxPool differentiated as the AveragePool of the same window, with ops of opset 11
+        min_opset = 11
+
+        def __call__(self, node, dys, g):
+            return RULES["AveragePool"](node, dys, g)
+    x, dy = R.random((1, 2, 6, 6), np.float32), R.random((1, 2, 3, 3), np.float32)
+    window = {"kernel_shape": [2, 2], "strides": [2, 2]}
+    averaged = modified_vjp("MaxPool", x, dy, Composite("t", rules=(("MaxPool", AsAverage()),)), window, opset=11)
+    assert rel_err(averaged, np.repeat(np.repeat(dy, 2, axis=2), 2, axis=3) / 4) <= 1e-6  # AveragePool's VJP
+    for composite in (None, RESCALE):
+        with pytest.raises(OnnxplainError, match="the gradient needs opset 16.*for MaxPool"):
+            modified_vjp("MaxPool", x, dy, composite, window, opset=11)

@@ -18,22 +18,23 @@ from onnx import helper, version_converter
 
 from ..errors import OnnxplainError, first_line
 from ..rewrite.graph import opset_of, subgraphs
-from ..rewrite.rules import MIN_OPSET
+from ..rewrite.rules import RULES, min_opset
 from . import probe, register
 
 
 @register("opset")
 def convert_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
-    """The pass: `model` converted to the newest opset a rule of one of its ops needs, noted as "opset 9 converted
+    """The pass: `model` converted to the newest opset the plain rule of one of its ops needs (a composite chosen
+    later may need less: autodiff checks the rule it uses), noted as "opset 9 converted
     to 16 (...)", or kept with a note saying why it could not be."""
     have, top = opset_of(model), highest_opset()
     if have > top:
         raise OnnxplainError(f"the model imports opset {have}, newer than this onnx {onnx.__version__} and "
                              f"onnxruntime {ort.__version__} support (opset {top} at most)")
-    ops = sorted({n.op_type for n in _nodes(model.graph) if MIN_OPSET.get(n.op_type, 0) > have})
+    ops = sorted({n.op_type for n in _nodes(model.graph) if min_opset(RULES.get(n.op_type), n.op_type) > have})
     if not ops:
         return model, None
-    needed = max(MIN_OPSET[op] for op in ops)
+    needed = max(min_opset(RULES[op], op) for op in ops)
     try:
         converted = checked_conversion(model, needed)
     except RuntimeError as exc:

@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import OnnxplainError, UnsupportedOpError
 from .builder import Builder, RankLost
-from .rules import MIN_OPSET, NOT_DIFFERENTIABLE, RULES
+from .rules import NOT_DIFFERENTIABLE, RULES, min_opset
 
 
 def is_float(t: gs.Tensor) -> bool:
@@ -121,8 +121,9 @@ def append_vjp(graph: gs.Graph, opset: int, ys: list[gs.Tensor], dys: list[gs.Te
         rule = rule_of(node) if rule_of else RULES.get(node.op)
         if rule is None:
             raise UnsupportedOpError(node.op, node.name, opset)
-        if MIN_OPSET.get(node.op, 0) > opset:  # the load pass could not convert the model (see inspect)
-            raise UnsupportedOpError(node.op, node.name, opset, f"the gradient needs opset {MIN_OPSET[node.op]}, "
+        newer = min_opset(rule, node.op)  # of the rule used: a composite's may need less than the plain one
+        if newer > opset:  # the load pass could not convert the model (see inspect)
+            raise UnsupportedOpError(node.op, node.name, opset, f"the gradient needs opset {newer}, "
                                      "to which this model could not be converted (see `onnxplain inspect`),")
         dins = _apply(rule, node, douts, g)
         for t, d in zip(node.inputs, dins):

@@ -20,7 +20,6 @@ import onnx_graphsurgeon as gs
 from ...errors import OnnxplainError
 
 RULES: dict[str, Callable] = {}
-MIN_OPSET: dict[str, int] = {}  # ops whose rule emits an op newer than some models' opset
 
 # Ops whose outputs do not depend differentiably on their inputs: the walk stops here.
 NOT_DIFFERENTIABLE = frozenset({
@@ -32,14 +31,23 @@ NOT_DIFFERENTIABLE = frozenset({
 
 
 def vjp(*op_types: str, min_opset: int | None = None):
-    """Register a rule for one or more op types; `min_opset`: the opset its emitted nodes need."""
+    """Register a rule for one or more op types; `min_opset`: the opset its emitted nodes need (an op newer than
+    some models' opset), kept on the rule (see `min_opset`)."""
     def register(fn):
         for op in op_types:
             RULES[op] = fn
-            if min_opset:
-                MIN_OPSET[op] = min_opset
+        if min_opset:
+            fn.min_opset = min_opset
         return fn
     return register
+
+
+def min_opset(rule, op: str) -> int:
+    """The opset that the nodes `rule` emits on an `op` node need: the rule's own `min_opset` where it has one (a
+    plain rule's from `vjp`, or an override's class attribute), else that of `op`'s plain rule, which an override
+    applies unless it declares otherwise (guided backprop, DeepLIFT's and LRP's rules mostly do)."""
+    own = getattr(rule, "min_opset", None)
+    return own if own is not None else getattr(RULES.get(op), "min_opset", 0)
 
 
 def optional_input(node, i):
