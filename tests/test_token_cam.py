@@ -41,3 +41,19 @@ def test_cam_methods_read_a_vits_tokens_on_its_patch_grid(exporter):
 
 def test_cnns_have_no_tokens(mobilenet):
     assert mobilenet.tokens() is None
+
+
+def test_layercam_fuses_token_layers_each_on_its_grid():
+    """LayerCAM's extra layers may be token tensors: each is laid out on its patch grid before the paper's fusion
+    (tanh(2·M / max M), upsampled bilinearly, element-wise max), as the default layer is."""
+    from test_cam_family import _up
+    m = onnxplain.load(MODELS / "transformer" / "vit_dynamo.onnx", preprocessing="unit", device="cpu")
+    tokens = m.tokens()
+    layers = [tokens.default, tokens.norms[0]]
+    e = onnxplain.explain(m, X, "layercam", layers=tokens.norms[0])
+    fused = []
+    for name in layers:
+        (a,), (da,) = exposed(m, X, [name], e.targets)
+        cam = np.maximum((np.maximum(on_grid(da, tokens.grid), 0) * on_grid(a, tokens.grid)).sum(axis=1), 0)
+        fused.append(_up(np.tanh(2 * cam / cam.max(axis=(1, 2), keepdims=True)), m.input_size))
+    assert e.layer == tokens.default and rel_err(e.maps, np.max(fused, axis=0)) < 1e-5
