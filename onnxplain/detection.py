@@ -18,6 +18,14 @@ Layouts (`--decoder NAME`; chosen from the output shapes when not given):
 - `picodet`: one pair of outputs per scale, class scores N×A_l×C and box distributions N×A_l×4(R+1) (GFL's DFL:
   each side's distance is the expectation of a softmax over R+1 bins, times the stride, from the cell centre), the
   stride of a scale read from its anchor count (PaddleDetection PicoDet exported without post-processing).
+- `centerface`: dense maps of one grid at stride 4, N×1×h×w face heatmap (after its Sigmoid), N×2×h×w log sizes
+  (height, width: exp(s)·4), N×2×h×w centre offsets (y, x) and optionally N×10×h×w landmarks, in that output order
+  (CenterFace): one anchor per cell, one class (face); boxes decoded as CenterFace's own `decode` does.
+- `mtcnn`: MTCNN's P-Net, a 2-channel softmax map (channel 1: face) and a 4-channel box regression of one grid
+  (N×h×w×C or N×C×h×w), stride 2 and cell 12: the cell (i, j)'s box is (2j+1, 2i+1, 2j+12, 2i+12) moved by the
+  regression times its side 11, then made square about its centre and truncated to whole pixels, as MTCNN's first
+  stage does at scale 1, in the frame of the image the net sees (P-Net was trained on transposed images: channels
+  0 and 2 move the box's top and bottom edges in that frame).
 """
 from __future__ import annotations
 
@@ -27,14 +35,23 @@ import numpy as np
 
 from .errors import OnnxplainError
 
-DECODERS = ("yolov8", "yolox", "yolox-raw", "split", "end2end", "picodet")
+DECODERS = ("yolov8", "yolox", "yolox-raw", "split", "end2end", "picodet", "centerface", "mtcnn")
+ROLES = {"split": ("boxes x1, y1, x2, y2", "class scores"),
+         "centerface": ("face heatmap (one anchor per cell)", "log box sizes (height, width)",
+                        "box centre offsets (y, x)", "5 landmarks (y, x offsets in box sizes)"),
+         "mtcnn": ("face / non-face softmax (one anchor per cell)", "box edge regression")}
+FACE = 4     # CenterFace's stride
+CELL = 12    # P-Net's cell (its 12×12 training input) and stride 2
 
 
 @dataclass(frozen=True)
 class Decoder:
     layout: str
-    outputs: tuple[str, ...]  # the outputs read: one, (boxes, scores) for `split`, the scores then the boxes of
-    classes: int              # each scale for `picodet`
+    outputs: tuple[str, ...]  # the outputs read: one; (boxes, scores) for `split`; the scores then the boxes of
+    #                           each scale for `picodet`; heatmap, sizes, offsets[, landmarks] for `centerface`;
+    #                           face scores, box regression for `mtcnn`
+    classes: int
+    channel_last: bool = False  # whether the dense maps of `mtcnn` are N×h×w×C
 
     def scores(self, g, tensors: dict):
         """N×A×C nodes: each anchor's class scores, times its objectness where the layout has one."""
@@ -47,6 +64,10 @@ class Decoder:
             return g.slice(y, [4], [5], [2])
         if self.layout == "picodet":
             return g.Concat(*(tensors[n] for n in self.outputs[:len(self.outputs) // 2]), axis=1)
+        if self.layout == "centerface":  # N×1×h×w: one anchor per cell, in row-major order
+            return g.unsqueeze(g.Flatten(y, axis=1), [2])
+        if self.layout == "mtcnn":
+            return g.unsqueeze(g.Flatten(g.slice(y, [1], [2], [3 if self.channel_last else 1]), axis=1), [2])
         return tensors[self.outputs[1]]
 
     def decode(self, out: dict, size: tuple[int, int]):
@@ -72,10 +93,68 @@ class Decoder:
             boxes = np.concatenate([_distributions(out[n].astype(np.float64), size)
                                     for n in self.outputs[levels:]], axis=1)
             return boxes, probs, probs, probs.max(axis=-1)
+        if self.layout == "centerface":
+            boxes = _centres(*(out[n].astype(np.float64) for n in self.outputs[1:3]), size)
+            probs = y.reshape(len(y), -1, 1)
+            return boxes, probs, probs, probs[..., 0]
+        if self.layout == "mtcnn":
+            probs, boxes = _cells(*(self._first(out[n].astype(np.float64)) for n in self.outputs))
+            return boxes, probs, probs, probs[..., 0]
         boxes, probs = y, out[self.outputs[1]].astype(np.float64)
         if boxes.size and np.abs(boxes).max() <= 1.0:
             boxes = boxes * np.array([size[1], size[0], size[1], size[0]])
         return boxes, probs, probs, probs.max(axis=-1)
+
+    def role(self, output: str) -> str:
+        """What output `output` holds in this layout, for `inspect`."""
+        roles = ROLES.get(self.layout)
+        return roles[self.outputs.index(output)] if roles else f"{self.classes} classes"
+
+    def _first(self, y: np.ndarray) -> np.ndarray:
+        """A dense map N×C×h×w, from N×h×w×C when the layout's maps are channel-last."""
+        return y.transpose(0, 3, 1, 2) if self.channel_last else y
+
+    def landmarks(self, out: dict, size: tuple[int, int]) -> np.ndarray | None:
+        """Each anchor's five landmarks N×A×5×2 (x, y in input pixels) where the layout has them (CenterFace's
+        fourth map: each point's offsets from the box's top-left corner in units of its size), else None."""
+        if self.layout != "centerface" or len(self.outputs) < 4:
+            return None
+        boxes = _centres(*(out[n].astype(np.float64) for n in self.outputs[1:3]), size)
+        marks = out[self.outputs[3]].astype(np.float64)
+        n, k = marks.shape[:2]
+        yx = marks.reshape(n, k // 2, 2, -1).transpose(0, 3, 1, 2)  # N×A×5×(y, x)
+        sides = np.exp(out[self.outputs[1]].astype(np.float64).reshape(n, 2, -1).transpose(0, 2, 1)) * FACE
+        return yx[..., ::-1] * sides[:, :, None, ::-1] + boxes[:, :, None, :2]
+
+
+def _centres(scale: np.ndarray, offset: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """CenterFace's boxes N×A×4 from its log sizes and offsets N×2×h×w (height, width; y, x): centre (cell + offset
+    + ½)·4, size exp(s)·4, the top-left corner clipped to the input and the far corner at most its size further and
+    inside the input (as its `decode` computes them)."""
+    n, _, h, w = scale.shape
+    if (h * FACE, w * FACE) != tuple(size):
+        raise OnnxplainError(f"decoder centerface: the {h}x{w} maps are not the {size[0]}x{size[1]} input at stride "
+                             f"{FACE}")
+    gy, gx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    cy, cx = (gy + offset[:, 0] + 0.5) * FACE, (gx + offset[:, 1] + 0.5) * FACE
+    bh, bw = np.exp(np.clip(scale[:, 0], None, 30)) * FACE, np.exp(np.clip(scale[:, 1], None, 30)) * FACE
+    x1, y1 = np.clip(cx - bw / 2, 0, size[1]), np.clip(cy - bh / 2, 0, size[0])
+    boxes = np.stack([x1, y1, np.minimum(x1 + bw, size[1]), np.minimum(y1 + bh, size[0])], -1)
+    return boxes.reshape(n, h * w, 4)
+
+
+def _cells(prob: np.ndarray, reg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """P-Net's face scores N×A×1 and boxes N×A×4 from its N×2×h×w softmax and N×4×h×w regression: cell boxes
+    (2j+1, 2i+1, 2j+12, 2i+12) moved by the regression times their side 11 (channels 0 and 2: the edges along the
+    first grid axis), squared about their centre by the longer side, truncated towards zero (MTCNN's stage 1)."""
+    n, _, h, w = prob.shape
+    gy, gx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    cells = np.stack([2 * gx + 1, 2 * gy + 1, 2 * gx + CELL, 2 * gy + CELL], -1).reshape(1, -1, 4).astype(np.float64)
+    moved = cells + reg.reshape(n, 4, -1).transpose(0, 2, 1)[..., [1, 0, 3, 2]] * (CELL - 1)
+    sides = moved[..., 2:] - moved[..., :2]
+    longest = sides.max(-1, keepdims=True)
+    corner = moved[..., :2] + sides / 2 - longest / 2
+    return prob[:, 1].reshape(n, -1, 1), np.fix(np.concatenate([corner, corner + longest], -1))
 
 
 def _corners(xywh: np.ndarray) -> np.ndarray:
@@ -152,7 +231,30 @@ def candidates(shapes: dict[str, tuple]) -> list[Decoder]:
         if len(shape) == 3 and shape[2] == 4 and len(scores) == 1:
             found.append(Decoder("split", (box, scores[0]), shapes[scores[0]][2]))
     scales = _scales(shapes)
-    return found + ([scales] if scales else [])
+    return found + ([scales] if scales else []) + _faces(shapes)
+
+
+def _faces(shapes: dict[str, tuple]) -> list[Decoder]:
+    """Dense face heads: CenterFace's maps of 1, 2, 2 (and 10) channels on one N×C×h×w grid, in that output order;
+    P-Net's 2-channel score and 4-channel regression maps on one grid, channels first or last."""
+    found = []
+    grids: dict[tuple, list[str]] = {}
+    for name, shape in shapes.items():
+        if len(shape) == 4:
+            grids.setdefault(tuple(shape[2:]), []).append(name)
+    for names in grids.values():
+        channels = [shapes[n][1] for n in names]
+        if sorted(channels) in ([1, 2, 2], [1, 2, 2, 10]):
+            sizes = [n for n in names if shapes[n][1] == 2]
+            found.append(Decoder("centerface", (names[channels.index(1)], *sizes,
+                                                *(n for n in names if shapes[n][1] == 10)), 1))
+    for last in (False, True):
+        grids = {}
+        for name, shape in shapes.items():
+            if len(shape) == 4 and shape[3 if last else 1] in (2, 4):
+                grids.setdefault(tuple(shape[1:3] if last else shape[2:]), {})[shape[3 if last else 1]] = name
+        found += [Decoder("mtcnn", (pair[2], pair[4]), 1, last) for pair in grids.values() if len(pair) == 2]
+    return found
 
 
 END2END_MOST = 1000  # an N×D×6 output with D up to this is read as end-to-end detections, a longer one as YOLOX

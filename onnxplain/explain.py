@@ -20,7 +20,7 @@ from .model import Model
 from . import render
 from .preprocess import MODES, Photo, prepare, to_view
 from .rewrite.graph import Request
-from .rewrite.layers import block_ends, default_layer, on_every_path
+from .rewrite.layers import block_ends, default_layer, features_before, on_every_path
 from .targets import DetectionScores, detection_boxes, resolve
 from .runtime import prefetched
 
@@ -100,6 +100,9 @@ def cam_layer(model: Model, layer: str | None) -> str:
         if model.head is not None and tokens is None:  # a head reads several branches (a detector's scales)
             every = on_every_path(model.graph, model.input, model.score, block_ends(found, model.layout_of))
             layer = every[-1] if every else layer
+            bare = (model.bare or model.proto).graph  # a dense head's own map, or the target's slice of it:
+            if layer in {o.name for o in bare.output} or layer not in {t for n in bare.node for t in n.output}:
+                layer = features_before(model.graph, model.input, found, layer)  # the features it is made from
         if layer is None:
             raise OnnxplainError("the model has no tensor with spatial extent to explain at; give --layer NAME")
     return layer
@@ -425,8 +428,8 @@ def _explain(model: Model, inputs: np.ndarray, photos, m: methods.Method, target
         layer = cam_layer(model, layer) if m.at_layer else None
         attributions, maps, logits, used, *extra = m.run(model, inputs, targets.reshape(-1), layer, batch_size)
     info = {**(extra[0] if extra else {}), **({"layer": layers} if scaled else {})}
-    if isinstance(model.head, DetectionScores):  # the explained detection's box, for the overlay and the report
-        info = {**info, "box": detection_boxes(model, inputs, used)}
+    if isinstance(model.head, DetectionScores):  # the explained detection's box (and landmarks), for the overlay
+        info = {**info, **detection_boxes(model, inputs, used)}
     scores = logits[np.arange(len(used)), used]
     if targets.ndim == 2:
         attributions, maps, used, scores = (a.reshape(n, k, *a.shape[1:]) for a in (attributions, maps, used, scores))

@@ -26,7 +26,7 @@ from .passes import normalise
 from .passes.probe import SIDE
 from .passes.input_type import pixel_images
 from .passes.precision import PROMOTED
-from .passes.size import classifier_at_size
+from .passes.size import classifier_at_size, free_size
 from .preprocess import MODES, Preprocessing, preset
 from .rewrite.graph import Request, build, dynamic_batch, opset_of
 from .rewrite.layers import Tokens, channel_first, features_before, find_layers, scale_merges
@@ -374,6 +374,10 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     inp = _image_input(proto, model_path)
     sidecar, sidecar_from = _sidecar(proto, model_path)
     pre = _preprocessing(inp, sidecar, preprocessing, pixels.get(inp.name))
+    proto, note = free_size(proto, inp.name, (1, 2) if pre.layout == "NHWC" else (2, 3), pre.size)
+    if note:
+        normalised += (("size", note),)
+        inp = _image_input(proto, model_path)
     if not decoder:  # (a detector's outputs are read by its decoder as they are)
         proto, note = classifier_at_size(proto, inp.name, (1, 2) if pre.layout == "NHWC" else (2, 3), pre.size)
         if note:
@@ -504,8 +508,6 @@ def _preprocessing(inp, sidecar: dict, requested, pixels: str | None) -> Preproc
         pre = replace(pre, size=tuple(spatial))
     if pre.size is not None:  # else each batch brings its own
         pre = replace(pre, size=tuple(int(s) for s in pre.size))
-    if all(isinstance(d, int) and d > 0 for d in spatial) and tuple(spatial) != pre.size:
-        raise OnnxplainError(f"preprocessing size {list(pre.size)} does not match input '{inp.name}' of shape {dims}")
     if isinstance(channels, int) and channels > 0:
         if channels not in MODES:
             raise OnnxplainError(f"input '{inp.name}' has {channels} channels; onnxplain reads grey (1), RGB (3) or "

@@ -211,8 +211,10 @@ def figure(e, i: int = 0, k: int = 0, part: str | None = None, view: str = "orig
     c, score = int(e.targets[at]), float(e.scores[at])
     s = _scale_of(e, m, scale)
     photo = e.photos[i] if e.photos and view == "original" else None
-    box = e.info.get("box")  # a detection's box, in the model input's pixels: outlined in white
+    box, marks = e.info.get("box"), e.info.get("landmarks")  # a detection's, in input pixels: drawn in white
     outline = None if box is None else box_outline(m.shape, box[at])
+    if marks is not None:
+        outline = np.maximum(outline, points(m.shape, marks[at]))
     if photo is not None:
         shown, inside = photo.geometry.to_photo(m, photo.photo.shape[:2])
         picture = overlay(photo.photo, shown, s, inside)
@@ -316,6 +318,14 @@ def box_outline(shape: tuple[int, int], box, width: int = 2) -> np.ndarray:
     out[max(y2 - width + 1, 0):y2 + 1, x1:x2 + 1] = 1
     out[y1:y2 + 1, x1:x1 + width] = 1
     out[y1:y2 + 1, max(x2 - width + 1, 0):x2 + 1] = 1
+    return out
+
+
+def points(shape: tuple[int, int], xy, radius: int = 2) -> np.ndarray:
+    """An H×W float mask, 1 on a square of side 2·radius + 1 pixels about each point (x, y in its pixels)."""
+    out = np.zeros(shape, np.float32)
+    for x, y in np.round(np.asarray(xy, np.float64)).astype(int):
+        out[max(y - radius, 0):max(y + radius + 1, 0), max(x - radius, 0):max(x + radius + 1, 0)] = 1
     return out
 
 

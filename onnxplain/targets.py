@@ -98,6 +98,8 @@ class DetectionScores:
         if d.layout == "picodet":
             return sum(shapes[n][1] for n in d.outputs[:len(d.outputs) // 2])
         shape = shapes[d.outputs[0]]
+        if d.layout in ("centerface", "mtcnn"):  # one anchor per cell of the map
+            return math.prod(shape[1:3] if d.channel_last else shape[2:])
         return shape[2] if d.layout == "yolov8" else shape[1]
 
     def describe(self, shapes: dict) -> str:
@@ -137,7 +139,7 @@ def guesses(model) -> list[tuple[str, tuple, str]]:
             guess = f"class scores ({model.activation or 'logits'}): class targets"
         elif name in readers:
             d = readers[name]
-            guess = f"detector head, {d.layout} layout ({d.classes} classes): box targets (--decoder to change)"
+            guess = f"detector head, {d.layout} layout ({d.role(name)}): box targets (--decoder to change)"
         elif len(shape) == 4:
             guess = "dense maps N×C×H×W (segmentation): region targets"
         elif len(shape) == 2 and shape[1] == 1:
@@ -279,10 +281,14 @@ def _outputs(model, inputs: np.ndarray) -> dict:
     return dict(zip(names, session.run(names, {model.input: inputs}, model.batch_size)))
 
 
-def detection_boxes(model, inputs: np.ndarray, used: np.ndarray) -> np.ndarray:
-    """The boxes (x1, y1, x2, y2 in input pixels) of detections `used` (anchor·C + class per image)."""
-    boxes = model.head.decoder.decode(_outputs(model, inputs), model.input_size)[0]
-    return boxes[np.arange(len(inputs)), used // model.head.decoder.classes].astype(np.float32)
+def detection_boxes(model, inputs: np.ndarray, used: np.ndarray) -> dict[str, np.ndarray]:
+    """The boxes (x1, y1, x2, y2 in input pixels) of detections `used` (anchor·C + class per image) as "box" N×4,
+    and their landmarks as "landmarks" N×P×2 (x, y) where the layout has them."""
+    decoder, out = model.head.decoder, _outputs(model, inputs)
+    rows, anchors = np.arange(len(inputs)), used // decoder.classes
+    found = {"box": decoder.decode(out, model.input_size)[0][rows, anchors].astype(np.float32)}
+    marks = decoder.landmarks(out, model.input_size)
+    return found if marks is None else {**found, "landmarks": marks[rows, anchors].astype(np.float32)}
 
 
 def class_of(model, cls) -> int | None:

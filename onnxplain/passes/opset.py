@@ -22,6 +22,9 @@ from ..rewrite.rules import RULES, min_opset
 from . import probe, register
 
 
+MAPS_OPSET = 11  # the methods resize their maps to the input with half-pixel centres: Resize's modes of opset 11
+
+
 @register("opset")
 def convert_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     """The pass: `model` converted to the newest opset the plain rule of one of its ops needs (a composite chosen
@@ -32,15 +35,17 @@ def convert_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
         raise OnnxplainError(f"the model imports opset {have}, newer than this onnx {onnx.__version__} and "
                              f"onnxruntime {ort.__version__} support (opset {top} at most)")
     ops = sorted({n.op_type for n in _nodes(model.graph) if min_opset(RULES.get(n.op_type), n.op_type) > have})
-    if not ops:
+    if not ops and have >= MAPS_OPSET:
         return model, None
-    needed = max(min_opset(RULES[op], op) for op in ops)
+    needed = max([min_opset(RULES[op], op) for op in ops] + [MAPS_OPSET])
+    needs, for_ = ((f"gradients through {', '.join(ops)} need", f"the gradients of {', '.join(ops)}") if ops else
+                   ("the maps' Resize (half-pixel centres) needs", "the maps' Resize"))
     try:
         converted = checked_conversion(model, needed)
     except RuntimeError as exc:
-        return model, (f"opset {have} kept, converting it to opset {needed} failed ({exc}): gradients through "
-                       f"{', '.join(ops)} need opset {needed}; forward and black-box methods run")
-    return converted, f"opset {have} converted to {needed} for the gradients of {', '.join(ops)} (outputs checked)"
+        return model, (f"opset {have} kept, converting it to opset {needed} failed ({exc}): {needs} opset "
+                       f"{needed}; forward and black-box methods run")
+    return converted, f"opset {have} converted to {needed} for {for_} (outputs checked)"
 
 
 def checked_conversion(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
