@@ -17,7 +17,7 @@ from onnxplain import manifest as run_manifest
 from onnxplain import methods as method_registry
 from onnxplain import targets
 from onnxplain.detection import DECODERS
-from onnxplain.errors import OnnxplainError
+from onnxplain.errors import NoDefaultTarget, OnnxplainError
 from onnxplain.explain import as_targets, candidate_layers, cam_layer
 from onnxplain.export import export as export_graph
 from onnxplain.files import image_paths, output_stems, sha256
@@ -196,7 +196,20 @@ def _done(*args, **kwargs):
 @JSON
 def inspect(model, as_json, **pre):
     """Show inputs, outputs, preprocessing, CAM layers and ops without a gradient rule."""
-    m = _load(model, pre)
+    try:
+        m = _load(model, pre)
+    except NoDefaultTarget as e:  # described all the same: what each output probably is, and what would explain it
+        rows = [{"name": n, "shape": list(s), "guess": targets.guessed(s)} for n, s in e.shapes.items()]
+        if as_json:
+            click.echo(json.dumps({"model": str(model), "target": None, "why": str(e), "outputs": rows}))
+            return
+        click.echo(f"model      {model}")
+        click.echo("target     none by default: choose an output with --output NAME, or a "
+                   "detector layout with --decoder NAME")
+        click.echo("outputs")
+        for r in rows:
+            click.echo(f"  {r['name']}{r['shape']}  {r['guess']}")
+        return
     d = _described(m)
     if as_json:
         click.echo(json.dumps(d, ensure_ascii=False))

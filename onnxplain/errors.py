@@ -52,6 +52,15 @@ class OnnxplainError(Exception):
     """A problem with the user's model, input or request, described in one sentence."""
 
 
+class NoDefaultTarget(OnnxplainError):
+    """A model whose outputs give no default target (several, none of them class scores, a detector's or the only
+    segmentation map): `shapes` holds each float output's shape for one image, for `inspect` to describe them."""
+
+    def __init__(self, message: str, shapes: dict):
+        self.shapes = shapes
+        super().__init__(message)
+
+
 class UnsupportedOpError(OnnxplainError):
     """The white-box path has no gradient rule for an op of the model."""
 

@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 
 from . import detection, targets
 from .detection import DECODERS
-from .errors import OnnxplainError, first_line
+from .errors import NoDefaultTarget, OnnxplainError, first_line
 from .files import sha256 as file_sha256
 from .labels import as_list, from_metadata
 from .labels import read as read_labels
@@ -613,9 +613,9 @@ def _default_head(proto: onnx.ModelProto, wanted: str | None, decoder: str | Non
     if wanted is None:
         maps = [n for n, s in floats.items() if len(s) == 4]
         if len(floats) != 1 and len(maps) != 1:
-            raise OnnxplainError(f"the model has no class-score output (N×classes) and no default target among its "
-                                 f"outputs ({outputs_described(proto)}); choose one with --output NAME "
-                                 f"(load(output=NAME)), or a detector layout with --decoder NAME")
+            raise NoDefaultTarget(f"the model has no class-score output (N×classes) and no default target among its "
+                                  f"outputs ({outputs_described(proto)}); choose one with --output NAME "
+                                  f"(load(output=NAME)), or a detector layout with --decoder NAME", floats)
         wanted = next(iter(floats)) if len(floats) == 1 else maps[0]
     if wanted not in floats:
         raise OnnxplainError(f"output '{wanted}' is not a float tensor; its outputs: {outputs_described(proto)}")

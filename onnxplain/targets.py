@@ -140,18 +140,24 @@ def guesses(model) -> list[tuple[str, tuple, str]]:
         elif name in readers:
             d = readers[name]
             guess = f"detector head, {d.layout} layout ({d.role(name)}): box targets (--decoder to change)"
-        elif len(shape) == 4:
-            guess = "dense maps N×C×H×W (segmentation): region targets"
-        elif len(shape) == 2 and shape[1] == 1:
-            guess = "one value per image (regression or a binary score): output targets"
-        elif len(shape) == 2:
-            guess = "a vector per image (scores or an embedding): output targets"
-        elif shape and shape[0] != 1:
-            guess = "its first axis is not the batch: no target reads it"
         else:
-            guess = "output targets (elements, flattened per image)"
+            guess = guessed(shape)
         rows.append((name, tuple(shape), guess))
     return rows
+
+
+def guessed(shape: tuple) -> str:
+    """What an output of `shape` (for one image, batch first) that no head reads probably is, and which targets read
+    it."""
+    if len(shape) == 4:
+        return "dense maps N×C×H×W (segmentation): region targets"
+    if len(shape) == 2 and shape[1] == 1:
+        return "one value per image (regression or a binary score): output targets"
+    if len(shape) == 2:
+        return "a vector per image (scores or an embedding): output targets"
+    if shape and shape[0] != 1:
+        return "its first axis is not the batch: no target reads it"
+    return "output targets (elements, flattened per image)"
 
 
 # -- targets: a head and an index per image ----------------------------------------------------------------------------

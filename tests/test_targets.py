@@ -260,6 +260,14 @@ def test_models_without_a_default_target_are_refused_in_one_line(tmp_path):
     path = export(Two(), tmp_path / "two.onnx", ["a", "b"])
     with pytest.raises(OnnxplainError, match="no default target .* --output NAME"):
         onnxplain.load(path, device="cpu", preprocessing="unit")
+    from click.testing import CliRunner
+    from onnxplain_cli.main import cli
+    result = CliRunner().invoke(cli, ["inspect", str(path), "--preset", "unit"])  # described, not refused
+    assert result.exit_code == 0 and "target     none by default: choose an output with --output NAME" in result.output
+    assert "a[1, 32, 32]  output targets (elements, flattened per image)" in result.output
+    result = CliRunner().invoke(cli, ["inspect", str(path), "--preset", "unit", "--json"])
+    assert json.loads(result.output)["outputs"][1] == {"name": "b", "shape": [1, 32, 32],
+                                                        "guess": "output targets (elements, flattened per image)"}
     m = onnxplain.load(path, device="cpu", preprocessing="unit", output="b")
     assert isinstance(m.head, targets.Flat) and m.num_classes == SIDE * SIDE
 
