@@ -199,6 +199,35 @@ def test_a_map_that_is_not_finite_is_refused_naming_the_map():
     assert "the saliency map of image 0 has values that are NaN or infinite" in str(e.value)
 
 
+BLANK_CASES = {  # weights of the last layer → words the warning says
+    # onnx's "light" zoo models hold one constant weight: every class scores alike, so the top class is a tie and its
+    # probability (1/classes) never moves
+    "tie": (np.full((10, 256), 0.02), ("its class 0 scores", "as 9 other classes do")),
+    # class 0 sums the Relu's outputs ×1000, the others ×-1000: the logit gap is thousands under every occlusion
+    # window, so class 0's probability stays 1.0 in float64
+    "saturated": (np.where(np.arange(10)[:, None] == 0, 1e3, -1e3) * np.ones((10, 256)),
+                  ("nothing in the input moved the explained score", "-p score=logit")),
+}
+
+
+@pytest.mark.parametrize("case", BLANK_CASES)
+def test_a_blank_map_is_written_with_a_warning_that_says_why(case, recwarn):
+    """Occlusion's map of the class probability is 0 everywhere: it is written, with a warning naming the image and
+    the cause; the logit does move, so its map is not blank and does not warn."""
+    fc, words = BLANK_CASES[case]
+    proto = tiny_cnn()
+    proto.graph.initializer[1].CopyFrom(numpy_helper.from_array(fc.astype(np.float32), "fc"))
+    m = onnxplain.load(proto, preprocessing="unit", device="cpu")
+    e = onnxplain.explain(m, X, "occlusion", window=4, stride=4)
+    blank = [str(w.message) for w in recwarn if "map of image" in str(w.message)]
+    assert not e.maps.any() and len(blank) == 1
+    assert blank[0].startswith("onnxplain: the occlusion map of image 0 is 0 everywhere (1 of 1 images): ")
+    assert all(w in blank[0] for w in words)
+    recwarn.clear()
+    assert np.ptp(onnxplain.explain(m, X, "occlusion", window=4, stride=4, score="logit").maps) > 0
+    assert not [w for w in recwarn if "map of image" in str(w.message)]
+
+
 def test_links_at_output_paths_are_refused_and_never_written_through(model, capsys):
     out, outside = model.parent / "out", model.parent / "outside"
     out.mkdir()
