@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import reprlib
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from numbers import Integral, Real
 from pathlib import Path
@@ -193,6 +194,8 @@ def open_image(source, p: Preprocessing):
     try:
         with Image.open(path) as im:
             im.load()
+            if getattr(im, "n_frames", 1) > 1:
+                warnings.warn(f"onnxplain: {path} holds {im.n_frames} frames; its first is explained")
             return _as_mode(im, path, MODES[p.channels])
     except OnnxplainError:
         raise

@@ -153,3 +153,25 @@ def test_pda_explains_grey_and_rgba_models(channels):
     plain = onnxplain.explain(m, x, "pda", target=2, window=2, samples=4, seed=0, sampling="marginal")
     assert e.maps.shape == (1, 8, 8) and np.isfinite(e.maps).all() and np.abs(e.maps).max() > 0
     assert np.abs(e.maps - plain.maps).max() > 0  # conditioned on the ring, not the marginal
+
+
+def test_photos_in_other_pixel_formats_read_as_the_model_sees_them(tmp_path, recwarn):
+    """16-bit grey maps 0..65535 onto 0..255 (rounded), a CMYK JPEG is Pillow's RGB of it, an animated GIF is its
+    first frame, with a warning naming the frame count."""
+    p = onnxplain.preprocess.Preprocessing.from_dict({"size": [8, 8], "scale": 1.0})
+    deep = RNG.integers(0, 65536, (8, 8)).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    view, _ = onnxplain.preprocess.read_image(tmp_path / "deep.png", p)
+    assert (view == ((deep.astype(np.int64) * 255 + 32767) // 65535)[..., None]).all()
+    rgb = RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=100)
+    with Image.open(tmp_path / "cmyk.jpg") as im:
+        assert im.mode == "CMYK"
+        expected = np.asarray(im.convert("RGB"))
+    assert (onnxplain.preprocess.read_image(tmp_path / "cmyk.jpg", p)[0] == expected).all()
+    frames = [Image.fromarray(np.full((8, 8, 3), v, np.uint8)) for v in (0, 255)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    assert not recwarn
+    assert not onnxplain.preprocess.read_image(tmp_path / "anim.gif", p)[0].any()  # the black first frame
+    assert [str(w.message) for w in recwarn] == [f"onnxplain: {tmp_path / 'anim.gif'} holds 2 frames; its first is "
+                                                 "explained"]
