@@ -458,7 +458,7 @@ def _explain(model: Model, inputs: np.ndarray, photos, m: methods.Method, target
         info = {key: v.reshape(n, k, *v.shape[1:]) for key, v in info.items()}
         logits = logits[::k]
     check_finite(logits, "the model's output for image", "; are its weights finite?")
-    check_finite(maps, f"the {method} map of image")
+    check_finite(maps, f"the {method} map of image", m.non_finite)
     warn_blank(maps, logits, used, m)
     return Explanation(method, attributions, maps.astype(np.float32), used, scores, logits, layer, views, info,
                        photos, given)

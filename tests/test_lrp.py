@@ -481,3 +481,32 @@ def test_bad_parameters_on_the_command_line(tmp_path, capsys):
                                               "stabilizer=-1", "-o", tmp_path)
     assert "method 'cebp' has no parameter 'epsilon'" in fail(capsys, "explain", MOBILENET, IMAGES[0], "-m", "cebp", "-p",
                                                       "epsilon=1", "-o", tmp_path)
+
+
+def test_relevance_that_overflows_is_refused_saying_why_and_what_runs():
+    """x → Gemm → ÷1e-20 → Gemm(×1e-20) → ÷1e-20 → Gemm(×1e-20): the scores are of order 1, but relevance passes
+    each Div by its plain gradient (×1e20, as through a LayerNorm's ÷σ) and each Gemm conserves it, so it reaches
+    1e40 at the first Gemm, beyond float32. The refusal names the map, the cause, and what to run instead."""
+    w1 = R.standard_normal((8, 3 * 4 * 4)).astype(np.float32)
+    w2, w3 = (R.standard_normal(s).astype(np.float32) * np.float32(1e-20) for s in ((8, 8), (10, 8)))
+    nodes = [helper.make_node("Flatten", ["image"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "w1"], ["h1"], transB=1),
+             helper.make_node("Div", ["h1", "tiny"], ["g1"]), helper.make_node("Gemm", ["g1", "w2"], ["h2"], transB=1),
+             helper.make_node("Div", ["h2", "tiny"], ["g2"]),
+             helper.make_node("Gemm", ["g2", "w3"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "overflow", [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT,
+                                                                                [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 10])],
+                              [numpy_helper.from_array(v, k) for k, v in (("w1", w1), ("w2", w2), ("w3", w3),
+                                                                          ("tiny", np.float32(1e-20)))])
+    m = onnxplain.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9),
+                       preprocessing="unit")
+    x = R.standard_normal((1, 3, 4, 4)).astype(np.float32)
+    assert np.isfinite(onnxplain.explain(m, x, "saliency").maps).all()  # and the scores: explain checks them
+    with pytest.raises(OnnxplainError) as error:
+        onnxplain.explain(m, x, "lrp")
+    assert str(error.value).startswith("the lrp map of image 0 has values that are NaN or infinite (1 of 1 images do); "
+                                       "its relevance overflowed float32 through the rules")
+    assert "-p composite=epsilon -p epsilon=1" in str(error.value) and "\n" not in str(error.value)
+    with pytest.raises(OnnxplainError, match="ebp map .* overflowed float32 .*; use a gradient or black-box method"):
+        onnxplain.explain(m, x, "ebp")

@@ -59,6 +59,7 @@ class Method:
     targets: ClassVar[str] = "any"  # the targets it explains (TARGET_KINDS); see `accepts_target`
     one_graph: ClassVar[bool] = True  # its whole computation is the graph of `request()` (so it can be exported);
                                       # methods that override `run()` with several passes set it False
+    non_finite: ClassVar[str] = ""  # what a refusal of its non-finite map adds: why it happens, what runs instead
 
     @classmethod
     def accepts_target(cls, model) -> bool:

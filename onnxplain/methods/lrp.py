@@ -16,6 +16,8 @@ from ..rewrite.modified import lrp as rules
 from .base import Method
 
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon")
+OVERFLOW = ("; its relevance overflowed float32 through the rules, which are CNN rules: each LayerNorm and attention "
+            "block of a transformer amplifies it")
 
 
 def _number(method: str, key: str, value, least: float = 0.0, strict: bool = False) -> None:
@@ -53,6 +55,7 @@ class LRP(Method):
     name = "lrp"
     group = "modified"
     summary = "relevance of y_c by LRP rules per layer, Zennit's composites (Bach 2015; Montavon 2019)"
+    non_finite = OVERFLOW + " (-p composite=epsilon -p epsilon=1 damps it), or use a gradient or black-box method"
     composite: str = "epsilon_plus_flat"  # the composite's name (a parameter: `rules(model)` builds it)
     epsilon: float = 1e-6
     gamma: float = 0.25
@@ -106,6 +109,7 @@ class ExcitationBackprop(Method):
     name = "ebp"
     group = "modified"
     summary = "marginal winning probabilities by z+ without bias, from the class down (Zhang 2016)"
+    non_finite = OVERFLOW + "; use a gradient or black-box method"
     stabilizer: float = 1e-6
 
     def __post_init__(self):
