@@ -252,26 +252,20 @@ def warn_constant(model: Model, inputs: np.ndarray, scores: np.ndarray) -> str |
     return reason
 
 
-def warn_blank(maps: np.ndarray, logits: np.ndarray, used: np.ndarray, m: methods.Method) -> None:
+def warn_blank(maps: np.ndarray, m: methods.Method) -> None:
     """Warn, naming the first image, when its maps are one value everywhere: such a map shows nothing, and the model
-    may truly not depend on its input there, so it is not refused. When the explained class's score ties with
-    another's (a model whose classes all score alike: untrained or placeholder weights), the warning says so."""
+    may truly not depend on its input there, so it is not refused. (Scores that ignore the class or the image, which
+    make every map blank, are said once by `warn_constant` instead.)"""
     flat = maps.reshape(len(maps), -1)
     blank = flat.min(axis=1) == flat.max(axis=1)
     if not blank.any():
         return
     i = int(np.argmax(blank))
-    row, explained = logits[i].ravel(), np.asarray(used[i]).ravel()[0]
-    ties = int((row == row[explained]).sum())
-    if ties > 1:
-        why = (f"its class {explained} scores {row[explained]:.6g}, as {ties - 1} other classes do: the model does not "
-               "tell them apart")
-    else:
-        why = "nothing in the input moved the explained score as this method measures it" + (
-            " (a saturated softmax? -p score=logit explains the logit)" if getattr(m, "score", None) == "probability"
-            else "")
+    hint = " (a saturated softmax? -p score=logit explains the logit)" if getattr(m, "score", None) == "probability" \
+        else ""
     warnings.warn(f"onnxplain: the {m.name} map of image {i} is {flat[i, 0]:.6g} everywhere ({int(blank.sum())} of "
-                  f"{len(maps)} images): {why}", stacklevel=2)
+                  f"{len(maps)} images): nothing in the input moved the explained score as this method measures "
+                  f"it{hint}", stacklevel=2)
 
 
 def as_targets(model: Model, target, n: int) -> np.ndarray:
@@ -459,7 +453,8 @@ def _explain(model: Model, inputs: np.ndarray, photos, m: methods.Method, target
         logits = logits[::k]
     check_finite(logits, "the model's output for image", "; are its weights finite?")
     check_finite(maps, f"the {method} map of image", m.non_finite)
-    warn_blank(maps, logits, used, m)
+    if constant_scores(model, inputs[::k], logits) is None:  # else that warning says why every map is blank
+        warn_blank(maps, m)
     return Explanation(method, attributions, maps.astype(np.float32), used, scores, logits, layer, views, info,
                        photos, given)
 

