@@ -232,11 +232,11 @@ class Model:
         return self.activation == "Softmax"
 
     def probabilities(self, scores: np.ndarray) -> np.ndarray:
-        """Class probabilities from the differentiated scores: softmax (sigmoid for a model ending in one) of the
-        logits; the scores themselves when they are probabilities already, or a head's (targets.py)."""
+        """Class probabilities from the differentiated scores: softmax (sigmoid for a model ending in one, or with one
+        logit) of the logits; the scores themselves when they are probabilities already, or a head's (targets.py)."""
         if self.head is not None or self.activation is not None and self.score == self.output:
             return scores
-        if self.activation == "Sigmoid":
+        if self.activation == "Sigmoid" or scores.shape[-1] == 1:  # one logit: a binary classifier's log-odds
             return 1 / (1 + np.exp(-scores))
         z = np.exp(scores - scores.max(axis=-1, keepdims=True))
         return z / z.sum(axis=-1, keepdims=True)

@@ -440,3 +440,22 @@ def test_every_blackbox_method_runs_on_the_bundled_model(mobilenet, tmp_path):
                                       "-p", "masks=16", "-p", "p=0.3", "-o", str(tmp_path)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "coffee.rise.npy").shape == (224, 224)
+
+
+def test_one_logit_is_a_binary_classifiers_log_odds():
+    """An N×1 logit (docorient's upside-down detector): its probability is the sigmoid, as the softmax of one column
+    is 1 whatever the input, which left every black-box map of the probability blank. Occlusion's one window over
+    the whole image is the sigmoid's drop from the image to the zero baseline."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Flatten", ["image"], ["flat"]), helper.make_node("Gemm", ["flat", "w"], ["logit"],
+                                                                               transB=1)]
+    graph = helper.make_graph(nodes, "one", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("logit", TensorProto.FLOAT, [1, 1])],
+                              [numpy_helper.from_array(rng.standard_normal((1, 48)).astype(np.float32), "w")])
+    m = onnxplain.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9),
+                       preprocessing="unit")
+    x = rng.standard_normal((1, 3, 4, 4)).astype(np.float32)
+    y = float(forward(m, x)[0, 0])
+    assert m.probabilities(np.array([[y]]))[0, 0] == pytest.approx(1 / (1 + np.exp(-y)))
+    e = onnxplain.explain(m, x, "occlusion", window=4, stride=4)
+    assert np.allclose(e.maps, 1 / (1 + np.exp(-y)) - 0.5, atol=1e-6)
