@@ -377,3 +377,34 @@ def test_the_bundled_model_raises_no_alarm(audited, recwarn):
     assert results["warnings"] == []
     e = onnxplain.explain(onnxplain.load(MOBILENET, device="cpu"), IMAGES, "gradcam")
     assert not [w for w in recwarn if "do not depend" in str(w.message)] and len(e.maps) == 2
+
+
+def test_drop_and_increase_share_one_forward_pass_of_the_explanation_images(classes, monkeypatch):
+    from onnxplain import runtime
+    from onnxplain.metrics import confidence
+    model, data = classes
+    m = onnxplain.load(model, device="cpu")
+    records = read_data(m, data).records
+    seen, run = [], runtime.Session.run
+
+    def counting(self, outputs, feeds, batch_size=None):
+        seen.append(max(len(v) for v in feeds.values()))
+        return run(self, outputs, feeds, batch_size)
+    monkeypatch.setattr(runtime.Session, "run", counting)
+
+    def images_run(metrics):
+        seen.clear()
+        rows = audit_batch(m, records, Plan({"gradcam": {}}, metrics, batch_size=8))
+        return sum(seen), rows
+    n = len(records)
+    none, _ = images_run({})
+    one, _ = images_run({"drop": {}})
+    both, rows = images_run({"drop": {}, "increase": {}})
+    apart, _ = images_run({"drop": {}, "increase": {"baseline_kind": "blur"}})
+    assert (one - none, both - none, apart - none) == (2 * n, 2 * n, 4 * n)  # the images, then their explanations
+    x = onnxplain.prepare_images(m, [r.file for r in records])
+    e = onnxplain.explain(m, x, "gradcam", target=[r.label for r in records])
+    drop, increase = confidence(m, x, e.maps, e.targets)
+    np.testing.assert_allclose([r["metrics"]["drop"] for r in rows], drop, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose([r["metrics"]["increase"] for r in rows], increase, rtol=0, atol=0)
+    assert 0 < drop.mean() < 100

@@ -154,8 +154,9 @@ def _again(method, size, images: int, plan: Plan, budget: int | None = None):
 
 def _metrics(model, inputs, e, masks, truth, method, plan) -> tuple[dict, dict]:
     """{metric: value per image (None where it does not apply or is not finite)} and {metric: one-line reason} for
-    those that failed on this batch. Metrics needing masks run on the images that have them."""
-    values, errors = {}, {}
+    those that failed on this batch. Metrics needing masks run on the images that have them; metrics that one
+    computation gives (drop and increase) share it."""
+    values, errors, memo = {}, {}, {}
     n = len(inputs)
     for name, options in plan.metrics.items():
         metric = REGISTRY[name]
@@ -167,7 +168,7 @@ def _metrics(model, inputs, e, masks, truth, method, plan) -> tuple[dict, dict]:
                     np.stack([masks[i] for i in chosen]) if "masks" in metric.needs else None,
                     _again(method, model.input_size, len(chosen), plan))
         try:
-            found = metric(case, **options)
+            found = metric(case, memo=memo, **options)
         except OnnxplainError as exc:
             errors[name] = first_line(exc)
             continue

@@ -39,20 +39,31 @@ class Case:
 @dataclass(frozen=True)
 class Metric:
     """name: Quantus-style snake_case; better: "higher" or "lower"; paper: who defined it; needs: "masks" and/or
-    "explain", what a case must carry; compute(case, **options) -> N values."""
+    "explain", what a case must carry; compute(case, **options) -> N values, or with `part`, {part: N values} for
+    several metrics that one computation gives (drop and increase: one forward pass of the explanation images),
+    this metric being its `part`."""
     name: str
     group: str
     better: str
     paper: str
     compute: Callable[..., np.ndarray]
     needs: tuple[str, ...] = ()
+    part: str | None = None
 
-    def __call__(self, case: Case, **options) -> np.ndarray:
+    def __call__(self, case: Case, *, memo: dict | None = None, **options) -> np.ndarray:
+        """The metric's N values. memo: a dict kept for one case, where a computation that gives several metrics
+        (`part`) leaves its result for the others, run once with the same options."""
         missing = [n for n in self.needs if getattr(case, n) is None]
         if missing:
             raise OnnxplainError(f"metric {self.name} needs {' and '.join(missing)}"
                                  + (" (ground-truth boxes or masks in the data)" if "masks" in missing else ""))
-        return np.asarray(self.compute(case, **options), np.float64)
+        if self.part is None:
+            return np.asarray(self.compute(case, **options), np.float64)
+        memo = {} if memo is None else memo
+        key = (self.compute, self.needs, repr(sorted(options.items())))
+        if key not in memo:
+            memo[key] = self.compute(case, **options)
+        return np.asarray(memo[key][self.part], np.float64)
 
 
 REGISTRY: dict[str, Metric] = {}

@@ -266,10 +266,13 @@ register(Metric("deletion", "faithfulness", "lower", "Petsiuk et al. 2018 (RISE)
                 lambda c, **o: deletion(c.model, c.inputs, c.maps, c.targets, **o)))
 register(Metric("insertion", "faithfulness", "higher", "Petsiuk et al. 2018 (RISE)",
                 lambda c, **o: insertion(c.model, c.inputs, c.maps, c.targets, **o)))
-register(Metric("drop", "faithfulness", "lower", "Chattopadhay et al. 2018 (Grad-CAM++)",
-                lambda c, **o: confidence(c.model, c.inputs, c.maps, c.targets, **o)[0]))
-register(Metric("increase", "faithfulness", "higher", "Chattopadhay et al. 2018 (Grad-CAM++)",
-                lambda c, **o: confidence(c.model, c.inputs, c.maps, c.targets, **o)[1]))
+def _confidence(c, **o) -> dict[str, np.ndarray]:
+    return dict(zip(("drop", "increase"), confidence(c.model, c.inputs, c.maps, c.targets, **o)))
+
+
+register(Metric("drop", "faithfulness", "lower", "Chattopadhay et al. 2018 (Grad-CAM++)", _confidence, part="drop"))
+register(Metric("increase", "faithfulness", "higher", "Chattopadhay et al. 2018 (Grad-CAM++)", _confidence,
+                part="increase"))
 register(Metric("faithfulness_correlation", "faithfulness", "higher", "Bhatt et al. 2020 (IJCAI)",
                 lambda c, **o: faithfulness_correlation(c.model, c.inputs, c.maps, c.targets, **o)))
 register(Metric("road", "faithfulness", "lower", "Rong et al. 2022 (ROAD)",
