@@ -94,6 +94,10 @@ def test_relevance_rank_accuracy_is_the_mask_share_of_the_top_k_pixels():
 def test_metrics_refuse_mismatched_shapes(fn, maps, masks):
     with pytest.raises(OnnxplainError, match="same shape"):
         fn(np.zeros(maps), np.ones(masks, bool))
+    nan = np.zeros((2, 8, 8))
+    nan[1, 3, 4] = np.nan
+    with pytest.raises(OnnxplainError, match="map 1 has values that are NaN"):  # maps checked as every metric's are
+        fn(nan, np.ones((2, 8, 8), bool))
 
 
 @pytest.fixture(scope="module")

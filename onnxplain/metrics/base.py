@@ -76,15 +76,17 @@ def register(metric: Metric) -> Metric:
     return metric
 
 
-def as_maps(maps, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Maps as float64 N×H×W (one H×W map is one image), finite, of `shape` when given, or one line saying why not."""
+def as_maps(maps, shape: tuple[int, ...] | None = None, like: str = "the images") -> np.ndarray:
+    """Maps as float64 N×H×W (one H×W map is one image), finite, of `shape` when given (that of `like`), or one line
+    saying why not."""
     try:
         maps = np.asarray(maps, np.float64)
     except (TypeError, ValueError):
         raise OnnxplainError(f"maps must be an array of numbers, N×H×W, not {reprlib.repr(maps)}") from None
     maps = maps[None] if maps.ndim == 2 else maps
     if maps.ndim != 3 or shape is not None and maps.shape != tuple(shape):
-        raise OnnxplainError(f"maps have shape {maps.shape}; " + (f"the images need {tuple(shape)}" if shape
+        raise OnnxplainError(f"maps have shape {maps.shape}; " + (f"they need the same shape as {like}, "
+                                                                  f"{tuple(shape)}, N×H×W" if shape is not None
                                                                   else "give N×H×W or one H×W map"))
     check_finite(maps, "map")
     return maps

@@ -10,15 +10,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OnnxplainError
-from .base import Metric, register
+from .base import Metric, as_maps, register
 
 
 def _maps_and_masks(maps, masks) -> tuple[np.ndarray, np.ndarray]:
-    maps, masks = np.asarray(maps, np.float64), np.asarray(masks) != 0
-    maps, masks = (maps[None] if maps.ndim == 2 else maps), (masks[None] if masks.ndim == 2 else masks)
-    if maps.ndim != 3 or maps.shape != masks.shape:
-        raise OnnxplainError(f"maps {maps.shape} and masks {masks.shape} must have the same shape, N×H×W or H×W")
-    return maps, masks
+    """`as_maps` of the masks' shape, and the masks as booleans N×H×W (one H×W mask is one image)."""
+    masks = np.asarray(masks) != 0
+    masks = masks[None] if masks.ndim == 2 else masks
+    return as_maps(maps, masks.shape, "the masks"), masks
 
 
 def pointing_game(maps, masks, tolerance: float = 0) -> np.ndarray:
