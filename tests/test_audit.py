@@ -17,7 +17,7 @@ from onnxplain.audit import Plan, audit_batch, read_data
 from onnxplain.audit import batch as audit_batch_module
 from onnxplain.audit import run as audit_run
 from onnxplain.audit.data import ground_truth
-from onnxplain.audit.results import bootstrap, read_rows
+from onnxplain.audit.results import bootstrap, read_rows, summarise
 from onnxplain.errors import OnnxplainError
 from onnxplain.explain import forward
 from onnxplain.metrics import CHECKS, REGISTRY, Case
@@ -408,3 +408,61 @@ def test_drop_and_increase_share_one_forward_pass_of_the_explanation_images(clas
     np.testing.assert_allclose([r["metrics"]["drop"] for r in rows], drop, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose([r["metrics"]["increase"] for r in rows], increase, rtol=0, atol=0)
     assert 0 < drop.mean() < 100
+
+
+def _synthetic_rows(images: int, methods=("gradcam", "saliency"), seed=0) -> list[dict]:
+    """Rows as an audit writes them: some images unreadable, some methods failing, metrics missing, values with many
+    ties, labels missing; the second method's rows of the later half of the images come after all others (a resumed
+    audit's order)."""
+    rng = np.random.default_rng(seed)
+    early, late = [], []
+    for k in range(images):
+        label = int(rng.integers(0, 5)) if rng.random() < 0.8 else None
+        predicted = None if rng.random() < 0.03 else int(rng.integers(0, 5))
+        for j, method in enumerate(methods):
+            error = "cannot read image" if predicted is None else "too dark" if rng.random() < 0.05 else None
+            values = {} if error else {n: None if rng.random() < 0.1 else float(rng.integers(0, 10)) / 10
+                                       for n in ("deletion", "insertion", "sparseness")}
+            row = {"id": f"c{k % 3}__{k}.png", "path": f"c{k % 3}/{k}.png", "label": label,
+                   "label_name": None if label is None else f"class {label}", "predicted": predicted,
+                   "predicted_name": None if predicted is None else f"class {predicted}",
+                   "score": None if predicted is None else float(rng.random()), "target": predicted, "method": method,
+                   "metrics": values, "metric_errors": {}, "map": None if error else f"maps/{k}/{method}.png",
+                   "error": error, "seconds": float(rng.random())}
+            (late if j and k >= images // 2 else early).append(row)
+    return early + late
+
+
+def test_the_summary_streamed_from_the_rows_equals_its_definitions(tmp_path):
+    rows = _synthetic_rows(400)
+    (tmp_path / "per_image.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = {n: REGISTRY[n] for n in ("deletion", "insertion", "sparseness")}
+    part = summarise(tmp_path, metrics, 3)
+    read = [r for r in rows if r["predicted"] is not None]
+    images = list({r["id"]: r for r in reversed(read)}.values())[::-1]   # first row per image
+    labelled = [r for r in images if r["label"] is not None]
+    assert part["accuracy"] == {"top1": np.mean([r["predicted"] == r["label"] for r in labelled]), "n": len(labelled)}
+    assert part["failed"] == [{"path": r["path"], "reason": "cannot read image"}
+                              for r in {r["id"]: r for r in rows if r["predicted"] is None}.values()]
+    assert part["grid"] == [r["id"] for r in images[:8]] and len(part["failed"]) > 5
+    for method in ("gradcam", "saliency"):
+        own = [r for r in read if r["method"] == method]
+        ok = [r for r in own if r["error"] is None]
+        failed = len(own) - len(ok)
+        assert part["methods"][method] == {"status": "ok", "seconds": pytest.approx(sum(r["seconds"] for r in own)),
+                                           "reason": f"failed on {failed} of {len(own)} images: too dark"}
+        for name in metrics:
+            values = [r["metrics"][name] for r in ok if r["metrics"][name] is not None]
+            mean, low, high = bootstrap(values, 3)
+            assert part["summary"][method][name] == {"mean": mean, "low": low, "high": high, "n": len(values)}
+        scored = sorted([(r["metrics"]["insertion"], r["id"]) for r in ok if r["metrics"]["insertion"] is not None],
+                        key=lambda s: s[0], reverse=True)                # a stable sort: ties in row order
+        assert part["gallery"][method] == {"best": [i for _, i in scored[:4]], "worst": [i for _, i in scored[::-1][:4]]}
+        for i in part["gallery"][method]["best"]:
+            assert part["images"][i]["maps"][method] == next(r["map"] for r in own if r["id"] == i)
+        for name, entry in part["per_class"].items():
+            mine = [r for r in ok if (r["label_name"] if r["label"] is not None else r["predicted_name"]) == name]
+            for metric in metrics:
+                values = [r["metrics"][metric] for r in mine if r["metrics"][metric] is not None]
+                assert entry[method][metric] == pytest.approx(np.mean(values), rel=1e-12)
+    assert part["gallery"]["metric"] == "insertion" and len(part["per_class"]) == 5

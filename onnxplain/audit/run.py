@@ -24,7 +24,7 @@ from ..report import write_report
 from ..runtime import prefetched
 from .batch import TARGETS, Plan, constant, read, sanity_batch, score
 from .data import Data, read_data
-from .results import ROWS, read_rows, summarise, write_csv, write_files, write_json, write_rows
+from .results import ROWS, each_row, repair_rows, summarise, write_csv, write_files, write_json, write_rows
 
 SANITY = "sanity.json"
 # Where an audit's default differs from the metric's own (Quantus's): max-sensitivity's 200 re-explanations per image
@@ -93,8 +93,8 @@ def audit(model, data, methods, out, *, metrics=None, target: str = "label", res
               "plan": run_manifest.jsonable({k: getattr(plan, k) for k in ("methods", "metrics", "target", "seed",
                                                                            "reexplain_passes", "sanity_images")})}
     runs = _prepare_folder(out, record, resume, force)
-    done_rows = read_rows(out, repair=True)
-    done = {(r["id"], r["method"]) for r in done_rows}
+    repair_rows(out)
+    done = {(r["id"], r["method"]) for r in each_row(out)}
     todo = [r for r in found.records if any((r.id, m) not in done for m in methods)]
     run_manifest.write(out, runs + [record])
     total, finished = len(found.records), len(found.records) - len(todo)
@@ -172,15 +172,13 @@ def finish(out: Path, model, data: Data, plan: Plan, command: str | None, device
            warnings: list[str]) -> dict:
     """Write results.json and per_image.csv from the rows stored in `out`; returns the results. devices: those the
     sessions ran on (here, or on the Ray actors); warnings: what makes the results doubtful (`constant`)."""
-    rows = read_rows(out)
     metrics = {name: REGISTRY[name] for name in plan.metrics}
     sanity = json.loads((out / SANITY).read_text(encoding="utf-8")) if (out / SANITY).exists() else {}
     checks = [c for c in plan.metrics if c in CHECKS]
     note = (f"{', '.join(checks)} on the first {min(plan.sanity_images, len(data.records))} images; the parameter "
             f"randomisation cascade (top layer first) stops after the layers --reexplain-passes pays for"
             if checks else "no randomisation check (mprt, random_logit) was among the metrics")
-    part = summarise(rows, metrics, plan.seed)
-    failed = {r["id"]: {"path": r["path"], "reason": r["error"]} for r in rows if r["predicted"] is None}
+    part = summarise(out, metrics, plan.seed)
     images = {r.id: r for r in data.records}
     classes = {}
     for r in data.records:
@@ -192,7 +190,7 @@ def finish(out: Path, model, data: Data, plan: Plan, command: str | None, device
         "data": {"source": data.source, "kind": data.kind, "images": len(images),
                  "labelled": sum(r.label is not None for r in data.records),
                  "with_masks": sum(r.has_truth for r in data.records), "classes": classes,
-                 "failed": list(failed.values())},
+                 "failed": part["failed"]},
         "target": plan.target, "accuracy": part["accuracy"],
         "methods": {m: {"status": "ok", "reason": None, "seconds": 0.0, **part["methods"].get(m, {}),
                         "params": run_manifest.parameters(method_registry.get(m, **p))}
@@ -203,7 +201,7 @@ def finish(out: Path, model, data: Data, plan: Plan, command: str | None, device
         "sanity": sanity, "sanity_note": note,
         "per_class": part["per_class"], "gallery": part["gallery"], "grid": part["grid"], "images": part["images"]}
     write_json(out / "results.json", results)
-    write_csv(out / "per_image.csv", rows, list(plan.metrics))
+    write_csv(out / "per_image.csv", each_row(out), list(plan.metrics))
     return results
 
 
