@@ -368,8 +368,8 @@ def test_scores_that_ignore_the_class_or_the_image_are_said_once_and_recorded(tm
     assert len(err) == 1 and len(results["warnings"]) == 1 and err[0] == "warning: " + results["warnings"][0]
     assert "preprocessing was guessed: give --preset or --mean/--std/--scale" in err[0]
     page = (tmp_path / "out" / "report.html").read_text()
-    assert f'<p class="alert" role="alert"><span class="badge warn">⚠ warning</span> {escape(results["warnings"][0])}' \
-           in page
+    banner = '<p class="alert" role="alert"><span class="badge warn">⚠ warning</span> '
+    assert banner + escape(results["warnings"][0]) in page
 
 
 def test_the_bundled_model_raises_no_alarm(audited, recwarn):
@@ -457,7 +457,8 @@ def test_the_summary_streamed_from_the_rows_equals_its_definitions(tmp_path):
             assert part["summary"][method][name] == {"mean": mean, "low": low, "high": high, "n": len(values)}
         scored = sorted([(r["metrics"]["insertion"], r["id"]) for r in ok if r["metrics"]["insertion"] is not None],
                         key=lambda s: s[0], reverse=True)                # a stable sort: ties in row order
-        assert part["gallery"][method] == {"best": [i for _, i in scored[:4]], "worst": [i for _, i in scored[::-1][:4]]}
+        ids = [i for _, i in scored]
+        assert part["gallery"][method] == {"best": ids[:4], "worst": ids[::-1][:4]}
         for i in part["gallery"][method]["best"]:
             assert part["images"][i]["maps"][method] == next(r["map"] for r in own if r["id"] == i)
         for name, entry in part["per_class"].items():
