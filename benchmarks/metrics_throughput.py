@@ -15,6 +15,7 @@ Goal (issue 17): every metric at ≥ 0.9× plain batched inference. The exit sta
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--samples", type=int, default=10, help="max-sensitivity's samples")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each metric and of plain inference (best counts)")
+    ap.add_argument("--metric", action="append", help="only this metric (repeatable; default: every one)")
     args = ap.parse_args()
     m = onnxplain.load(ROOT / "models" / "mobilenet_v2.onnx", device="cpu", batch_size=args.batch)
     x, _ = as_batch(m, [PHOTOS[i % 2] for i in range(args.images)])
@@ -69,7 +71,7 @@ def main() -> int:
     Scorer.outputs = counted
     try:
         for name, metric in REGISTRY.items():
-            if metric.group not in ("faithfulness", "robustness"):
+            if metric.group not in ("faithfulness", "robustness") or args.metric and name not in args.metric:
                 continue
             reference = plain_explain if name == "max_sensitivity" else plain
             options = {"samples": args.samples} if name == "max_sensitivity" else {}
@@ -85,7 +87,8 @@ def main() -> int:
             results.append((name, metric.group, passes, len(x) * passes / min(seconds), max(plains)))
     finally:
         Scorer.outputs = original
-    print(f"mobilenet_v2, {len(x)} images 224×224, batch {args.batch}, CPU")
+    print(f"mobilenet_v2, {len(x)} images 224×224, batch {args.batch}, CPU; load average at the end "
+          f"{', '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
     print(f"{'metric':<26} {'group':<13} {'passes/image':>12} {'images·passes/s':>16} {'plain/s':>8} {'ratio':>6}  "
           f"plain is")
     missed = []

@@ -114,7 +114,7 @@ class Plan:
 
 
 def stream(scorer: Scorer, plans: list[Plan], batch_size: int, progress: Callable[[int, int], object] | None = None,
-           checkpoint: str | os.PathLike | None = None, key: str = "") -> None:
+           checkpoint: str | os.PathLike | None = None, key: str = "", workers: int = 1) -> None:
     """Score every perturbed input of `plans` in batches of `batch_size` (batches run across images).
 
     progress(done, total) is called after each batch (model calls). With `checkpoint`, the sums are saved there
@@ -137,7 +137,7 @@ def stream(scorer: Scorer, plans: list[Plan], batch_size: int, progress: Callabl
         return inputs, pieces
 
     consistent, saved = True, time.monotonic()
-    with closing(prefetched(lambda job: make(*job), batches)) as made:
+    with closing(prefetched(lambda job: make(*job), batches, workers, workers)) as made:
         try:
             for (a, b), (inputs, pieces) in zip(batches, made):
                 scores = scorer(inputs)

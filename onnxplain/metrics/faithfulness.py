@@ -245,7 +245,8 @@ def road_curves(model, x, maps, target=None, *, order: str = "morf", percentages
             state["curve"][a:b] = (s.argmax(axis=1) == t) if accuracy else s[:, t]
 
         plans.append(Plan(len(p), make, take, state))
-    stream(scorer, plans, batch_size or model.batch_size, progress)
+    # the imputations cost more than the model's pass: two batches are imputed at once while onnxruntime runs
+    stream(scorer, plans, batch_size or model.batch_size, progress, workers=2)
     return np.stack([q.state["curve"] for q in plans])
 
 

@@ -4,11 +4,13 @@ included, plus Gaussian noise. The means are one sparse linear system over the r
 channel; numpy alone solves it here.
 
 The system is a masked graph Laplacian (symmetric, positive definite wherever a pixel is kept), solved by conjugate
-gradients preconditioned with one multigrid V-cycle: coarse grids by aggregating 2×2 cells with the Galerkin
+gradients preconditioned with one multigrid cycle: coarse grids by aggregating 2×2 cells with the Galerkin
 product of the stencil (it stays 3×3), one damped-Jacobi sweep before and after, the coarse correction over-weighted
-by 1.9 (Braess's remedy for aggregation), the coarsest (at most 8×8) solved densely. 5 to 10 iterations reach a
-relative residual of 1e-4, whatever the image size or the shape of the removed region; the imputed values are then
-within about 1e-3 of the exact solution for inputs of unit range, below an 8-bit step. Float32 throughout.
+by 1.9 (Braess's remedy for aggregation), each coarse level visited twice (a W-cycle: it costs a fraction of the
+finest level's work and takes a 224² removal from about 11 iterations to 7), the coarsest (at most 8×8) solved
+densely. 4 to 8 iterations reach a relative residual of 1e-4, whatever the image size or the shape of the removed
+region; the imputed values are then within about 1e-3 of the exact solution for inputs of unit range, below an
+8-bit step. Float32 throughout.
 """
 from __future__ import annotations
 
@@ -28,8 +30,13 @@ def _padded(u: np.ndarray) -> np.ndarray:
 def _neighbours(v: np.ndarray) -> np.ndarray:
     """Σ_j w_ij v_j over the 8 neighbours inside the image: ([1 2 1] ⊗ [1 2 1] − 4 δ) / 12, separably."""
     pad = _padded(v)
-    rows = pad[..., :-2, :] + 2 * pad[..., 1:-1, :] + pad[..., 2:, :]
-    return (rows[..., :-2] + 2 * rows[..., 1:-1] + rows[..., 2:] - 4 * v) / 12
+    rows = pad[..., :-2, :] + pad[..., 2:, :]
+    rows += 2 * pad[..., 1:-1, :]
+    out = rows[..., :-2] + rows[..., 2:]
+    out += 2 * rows[..., 1:-1]
+    out -= 4 * v
+    out *= np.float32(1 / 12)
+    return out
 
 
 def _window(pad: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
@@ -45,12 +52,20 @@ def _apply(stencil: dict, u: np.ndarray) -> np.ndarray:
 
 
 def _cells(a: np.ndarray) -> np.ndarray:
-    """H×W → ⌈H/2⌉×2×⌈W/2⌉×2, zero-padded."""
+    """…×H×W → …×⌈H/2⌉×2×⌈W/2⌉×2, zero-padded where H or W is odd."""
     h, w = a.shape[-2:]
     H, W = -(-h // 2), -(-w // 2)
-    pad = np.zeros(a.shape[:-2] + (2 * H, 2 * W), np.float32)
-    pad[..., :h, :w] = a
-    return pad.reshape(a.shape[:-2] + (H, 2, W, 2))
+    if (h, w) != (2 * H, 2 * W):
+        pad = np.zeros(a.shape[:-2] + (2 * H, 2 * W), np.float32)
+        pad[..., :h, :w] = a
+        a = pad
+    return a.reshape(a.shape[:-2] + (H, 2, W, 2))
+
+
+def _restrict(a: np.ndarray) -> np.ndarray:
+    """The sum over each 2×2 cell (Pᵀ a)."""
+    c = _cells(a)
+    return c[..., 0, :, 0] + c[..., 0, :, 1] + c[..., 1, :, 0] + c[..., 1, :, 1]
 
 
 def _coarsen(stencil: dict) -> dict:
@@ -61,7 +76,7 @@ def _coarsen(stencil: dict) -> dict:
         for py in (0, 1):
             for px in (0, 1):
                 o = ((py + dy) // 2, (px + dx) // 2)
-                coarse[o] = coarse.get(o, 0) + cells[:, py, :, px]
+                coarse[o] = coarse.get(o, 0) + cells[..., py, :, px]
     return coarse
 
 
@@ -80,7 +95,8 @@ def _dense_inverse(stencil: dict) -> np.ndarray:
 
 
 class _Multigrid:
-    """A symmetric V-cycle for a stencil on H×W (C×H×W right-hand sides); `fine` applies the first level's."""
+    """A symmetric cycle (V at the finest level, W below) for a stencil on H×W (C×H×W right-hand sides); `fine`
+    applies the first level's."""
 
     def __init__(self, stencil: dict, fine):
         self.levels, self.fine = [stencil], fine
@@ -96,9 +112,11 @@ class _Multigrid:
         apply = self.fine if k == 0 else (lambda u: _apply(self.levels[k], u))
         d = self.damped[k]
         e = d * r
-        coarse = self(_cells(r - apply(e)).sum(axis=(-3, -1)), k + 1)
-        e = e + OVERCORRECT * np.repeat(np.repeat(coarse, 2, -2), 2, -1)[..., :r.shape[-2], :r.shape[-1]]
-        return e + d * (r - apply(e))
+        for _ in range(1 if k == 0 else 2):  # a W-cycle below the finest level: 7 iterations where a V took 11
+            coarse = self(_restrict(r - apply(e)), k + 1)
+            e += OVERCORRECT * np.repeat(np.repeat(coarse, 2, -2), 2, -1)[..., :r.shape[-2], :r.shape[-1]]
+        e += d * (r - apply(e))
+        return e
 
 
 def linear_imputation(image: np.ndarray, removed: np.ndarray, tol: float = 1e-4) -> np.ndarray:
@@ -111,7 +129,9 @@ def linear_imputation(image: np.ndarray, removed: np.ndarray, tol: float = 1e-4)
     stencil.update({o: -w * unknown * _window(pad, o) for o, w in WEIGHTS.items()})
 
     def apply(u):
-        return stencil[0, 0] * u - unknown * _neighbours(unknown * u)
+        out = stencil[0, 0] * u
+        out -= unknown * _neighbours(unknown * u)
+        return out
     b = unknown * _neighbours(np.where(removed, 0, image).astype(np.float32))
     solve = _Multigrid(stencil, apply)
     u, r = np.zeros_like(b), b.copy()
