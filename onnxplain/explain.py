@@ -226,7 +226,8 @@ def constant_scores(model: Model, inputs: np.ndarray, scores: np.ndarray) -> str
     """Why the model's scores (N×classes, for the `inputs` N×…) say nothing about the class or the image, or None:
     every class scores the same for every image (a uniform softmax), or images that differ all score the same
     (within float32's precision). Every map and metric of such scores is noise; the usual cause is a wrong
-    preprocessing. A head's scores (`targets`) and a one-score model are not checked."""
+    preprocessing, else weights that are placeholders (as in onnx's "light" test models). A head's scores
+    (`targets`) and a one-score model are not checked."""
     if model.head is not None or scores.ndim != 2 or len(scores) == 0:
         return None
     s = scores.astype(np.float64)
@@ -238,9 +239,10 @@ def constant_scores(model: Model, inputs: np.ndarray, scores: np.ndarray) -> str
     if not (per_class or per_image):
         return None
     what = " or ".join(w for w, found in (("the class", per_class), ("the image", per_image)) if found)
-    cause = ("its preprocessing was guessed: give --preset or --mean/--std/--scale (preprocessing= in Python)"
-             if model.preprocessing_guessed else "check its preprocessing (--preset, --mean/--std/--scale)")
-    return f"the model's scores do not depend on {what}, so its maps and metrics say nothing; {cause}"
+    cause = ("its preprocessing, which was guessed (give --preset or --mean/--std/--scale; preprocessing= in Python)"
+             if model.preprocessing_guessed else "its preprocessing (--preset, --mean/--std/--scale)")
+    return (f"the model's scores do not depend on {what}, so its maps and metrics say nothing; check {cause}, or "
+            f"whether its weights are placeholders")
 
 
 def warn_constant(model: Model, inputs: np.ndarray, scores: np.ndarray) -> str | None:

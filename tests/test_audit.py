@@ -349,7 +349,7 @@ def test_scores_that_ignore_the_class_or_the_image_are_said_once_and_recorded(tm
     assert "depend on the class, so its maps" in found["one row"]
     assert "depend on the image, so its maps" in found["bias only"]
     assert "depend on the class or the image" in found["nothing"]
-    assert "check its preprocessing" in found["nothing"]
+    assert "check its preprocessing (--preset" in found["nothing"] and "placeholders" in found["nothing"]
     one = tmp_path / "one row.onnx"
     twice = x[:1].repeat(2, 0)  # the same image twice scores the same: no alarm
     assert constant_scores(onnxplain.load(one, device="cpu"), twice, np.tile(np.arange(10.0), (2, 1))) is None
@@ -366,7 +366,7 @@ def test_scores_that_ignore_the_class_or_the_image_are_said_once_and_recorded(tm
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert len(err) == 1 and len(results["warnings"]) == 1 and err[0] == "warning: " + results["warnings"][0]
-    assert "preprocessing was guessed: give --preset or --mean/--std/--scale" in err[0]
+    assert "preprocessing, which was guessed (give --preset or --mean/--std/--scale" in err[0]
     page = (tmp_path / "out" / "report.html").read_text()
     banner = '<p class="alert" role="alert"><span class="badge warn">⚠ warning</span> '
     assert banner + escape(results["warnings"][0]) in page
