@@ -47,6 +47,11 @@ def median_times(fns, repeats: int, warmup: int = 2) -> list[float]:
     hit all of them alike. Each then runs while the previous one's onnxruntime threads may still spin (for a few
     ms after a run), which slows short runs most: on this 2-core VM, blocks of one session at a time gave
     saliency / forward 2.5-3.6x at batch 1 and 3.0-4.5x at batch 16, against 3.9x and 3.0x interleaved."""
+    return [statistics.median(ts) for ts in repeated_times(fns, repeats, warmup)]
+
+
+def repeated_times(fns, repeats: int, warmup: int = 2) -> list[list[float]]:
+    """The times of each function in every repeat, the functions run in turn within a repeat (see median_times)."""
     for _ in range(warmup):
         for fn in fns:
             fn()
@@ -56,7 +61,7 @@ def median_times(fns, repeats: int, warmup: int = 2) -> list[float]:
             start = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - start)
-    return [statistics.median(ts) for ts in times]
+    return times
 
 
 PARTS = ("forward nodes", "gradient convolutions", "gradient element-wise", "layout conversions", "head")

@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 
 from .errors import OnnxplainError, first_line, quiet_onnxruntime
+from .rewrite.graph import SUM
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 # CUDA provider options. float32 stays float32: by default onnxruntime rounds the inputs of matrix products to TF32
@@ -103,23 +104,23 @@ class Session:
             self._error = first_line(exc)
             return None
 
-    def run(self, outputs: list[str], feeds: dict[str, np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
-        """Run `outputs` for `feeds`, every feed batched along axis 0, `batch_size` rows at a time.
+    def run(self, outputs: list[str], feeds: dict[str, np.ndarray], batch_size: int | None = None,
+            whole: tuple[str, ...] = ()) -> list[np.ndarray]:
+        """Run `outputs` for `feeds`, every feed batched along axis 0, `batch_size` rows at a time, except those named
+        in `whole`, fed whole to every run.
 
         With fixed rows (on CUDA), each onnxruntime session only ever sees one row count: a chunk of m rows is padded
         (its last row repeated) to the smallest of 1, 2, 4, … and the batch size that holds it, and run by that count's
         session. onnxruntime's CUDA convolutions are set up for the last input shape they saw: on an H200, ResNet-50's
         forward took 2.4 ms at batch 1 and 8.2 ms at 16 in runs of one shape, and 93 ms each when the two alternated."""
-        n = max(len(v) for v in feeds.values())
+        n = max(len(v) for k, v in feeds.items() if k not in whole)
         step = min(batch_size or n, self.max_batch or n)
         top = min(batch_size or n, self.max_batch or batch_size or n)  # the batch size, even above n
         parts = []
         for start in range(0, n, step):
-            chunk = {k: v[start:start + step] for k, v in feeds.items()}
             m = min(step, n - start)
             rows = ladder(m, top) if self.fixed_rows else m
-            if rows > m:
-                chunk = {k: padded(v, rows) for k, v in chunk.items()}
+            chunk = {k: v if k in whole else padded(v[start:start + step], rows) for k, v in feeds.items()}
             out = self._on_rows(rows, "run", outputs, chunk)
             parts.append([o[:m] for o in out] if rows > m else out)
         if len(parts) == 1:
@@ -155,27 +156,29 @@ class Session:
             raise OnnxplainError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
 
     def run_resident(self, outputs: list[str], feeds: dict, keep: tuple[str, ...] = (),
-                     rows: int | None = None) -> list:
+                     rows: int | None = None, whole: tuple[str, ...] = ()) -> list:
         """One run on OrtValues: a feed is an array, or a value that an earlier run kept on the device (fed without
         a copy); the outputs named in `keep` stay where onnxruntime made them, on the device, as OrtValues (to feed
         a later run), the others come back as arrays. (`session.io_binding()` cannot bind the overridable `target`
         input that the rewritten graphs have; OrtValue runs can.) With fixed rows (CUDA) the array feeds are padded
         as `run` pads them, to the ladder's count below `rows` (the caller's chunk size): a kept output then has
-        those padded rows after its own. With RESIDENT off, or more rows than the session takes at once
-        (`max_batch`), it is the plain run: the same kernels, the same results."""
-        m = max(v.shape()[0] if isinstance(v, ort.OrtValue) else len(v) for v in feeds.values())
+        those padded rows after its own. Feeds named in `whole` are not rows: neither counted nor padded. With
+        RESIDENT off, or more rows than the session takes at once (`max_batch`), it is the plain run: the same
+        kernels, the same results."""
+        m = max(v.shape()[0] if isinstance(v, ort.OrtValue) else len(v) for k, v in feeds.items() if k not in whole)
         if not RESIDENT or (self.max_batch or m) < m:  # a model run one image at a time: in `run`'s chunks
-            return self.run(outputs, {k: v.numpy() if isinstance(v, ort.OrtValue) else v for k, v in feeds.items()})
+            return self.run(outputs, {k: v.numpy() if isinstance(v, ort.OrtValue) else v for k, v in feeds.items()},
+                            rows, whole)
         count = ladder(m, max(rows or m, m)) if self.fixed_rows else m
         values = {k: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(
-            np.ascontiguousarray(padded(v, count) if count > m else v)) for k, v in feeds.items()}
+            np.ascontiguousarray(v if k in whole else padded(v, count))) for k, v in feeds.items()}
         got = self._on_rows(count, "run_with_ort_values", outputs, values)
         return [v if name in keep else v.numpy()[:m] for name, v in zip(outputs, got)]
 
 
 def padded(v: np.ndarray, rows: int) -> np.ndarray:
-    """`v` with its last row repeated up to `rows` rows."""
-    return np.concatenate([v, np.repeat(v[-1:], rows - len(v), axis=0)])
+    """`v` with its last row repeated up to `rows` rows (`v` itself when it has them)."""
+    return v if len(v) >= rows else np.concatenate([v, np.repeat(v[-1:], rows - len(v), axis=0)])
 
 
 def ladder(m: int, step: int) -> int:
@@ -189,54 +192,42 @@ RESIDENT = True  # False: `Session.run_resident` is a plain run (for comparisons
 
 class Sums:
     """Running sums per image of weighted powers of row results, Σ_r w_r · part_r^p over the rows r of each image,
-    kept in float64 on the session's device. A small graph adds each chunk: a MatMul by the chunk's weighted
-    image-by-row selection sums its rows per image in float32, and ScatterND adds those sums to their images' (each
-    image once: onnxruntime's ScatterND adds repeated indices in parallel and loses some of the updates). Run on
-    OrtValues, the parts that a method's session kept on the device, and the sums, never leave it."""
+    in float64. A session whose graph adds them (`Request.sums`, `rewrite.graph.summed`) takes each chunk's rows
+    with the chunk's `feeds` and returns the new sums, kept on its device (`step`); rows that a method gives as
+    arrays are added on the host (`add`)."""
 
-    def __init__(self, n: int, shape: tuple[int, ...], powers: tuple[int, ...], device: str):
-        if not set(powers) <= {1, 2}:
-            raise ValueError(f"Sums adds first and second powers, not {powers}")
+    def __init__(self, n: int, shape: tuple[int, ...], powers: tuple[int, ...]):
         self.shape, self.powers = tuple(shape), tuple(powers)
-        self.session = _summing(self.powers, device)
-        self.names = [f"sum{p}" for p in self.powers]
+        self.names = [SUM.format(p) for p in self.powers]
         self.totals = [np.zeros((n, int(np.prod(shape))), np.float64) for _ in self.powers]
 
-    def add(self, rows: np.ndarray, weights: np.ndarray, part) -> None:
-        """Add the chunk `part` (an array or a kept device value, len(rows) × shape, or more rows: padding, left
-        out), row r weighted by weights[r], to the sums of images rows[r]."""
+    @staticmethod
+    def selection(rows: np.ndarray, weights: np.ndarray, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct images of a chunk's rows (u × 1) and the u × len(rows) matrix weighing each row into its
+        image's sum."""
         images, which = np.unique(np.asarray(rows, np.int64), return_inverse=True)
-        select = np.zeros((len(images), part.shape()[0] if isinstance(part, ort.OrtValue) else len(part)), np.float32)
+        select = np.zeros((len(images), len(which)), dtype)
         select[which, np.arange(len(which))] = weights
-        feeds = dict(zip(self.names, self.totals), images=images.reshape(-1, 1), select=select, part=part)
-        outputs = [f"{n}_out" for n in self.names]
-        self.totals = self.session.run_resident(outputs, feeds, keep=tuple(outputs))
+        return images.reshape(-1, 1), select
+
+    def step(self, session: Session, feeds: dict, rows: np.ndarray, weights: np.ndarray, size: int) -> None:
+        """Run `session` (a summed graph) on one chunk's row `feeds`, row r weighted by weights[r] into the sums of
+        image rows[r]; `size`: the chunk size (see `Session.run_resident`)."""
+        images, select = self.selection(rows, weights)
+        whole = dict(zip(self.names, self.totals), images=images, select=select)
+        outputs = [f"{name}_out" for name in self.names]
+        self.totals = session.run_resident(outputs, {**feeds, **whole}, keep=tuple(outputs), rows=size,
+                                           whole=tuple(whole))
+
+    def add(self, rows: np.ndarray, weights: np.ndarray, part: np.ndarray) -> None:
+        """Add the array `part` (len(rows) × shape) on the host, row r weighted by weights[r] into image rows[r]."""
+        images, select = self.selection(rows, weights, np.float64)
+        flat = part.reshape(len(part), -1).astype(np.float64)
+        for total, p in zip(self.totals, self.powers):
+            total[images[:, 0]] += select @ flat ** p
 
     def result(self) -> list[np.ndarray]:
         return [(t.numpy() if isinstance(t, ort.OrtValue) else t).reshape(-1, *self.shape) for t in self.totals]
-
-
-@functools.lru_cache(maxsize=8)
-def _summing(powers: tuple[int, ...], device: str) -> Session:
-    from onnx import TensorProto, helper
-    nodes = [helper.make_node("Constant", [], ["flat"], value=helper.make_tensor("f", TensorProto.INT64, [2], [0, -1])),
-             helper.make_node("Reshape", ["part", "flat"], ["x1"])]
-    inputs = [helper.make_tensor_value_info("part", TensorProto.FLOAT, None),
-              helper.make_tensor_value_info("images", TensorProto.INT64, ["u", 1]),
-              helper.make_tensor_value_info("select", TensorProto.FLOAT, ["u", "r"])]
-    outputs = []
-    for p in powers:
-        if p == 2:
-            nodes.append(helper.make_node("Mul", ["x1", "x1"], ["x2"]))
-        nodes += [helper.make_node("MatMul", ["select", f"x{p}"], [f"per_image{p}"]),
-                  helper.make_node("Cast", [f"per_image{p}"], [f"add{p}"], to=TensorProto.DOUBLE),
-                  helper.make_node("ScatterND", [f"sum{p}", "images", f"add{p}"], [f"sum{p}_out"], reduction="add")]
-        inputs.append(helper.make_tensor_value_info(f"sum{p}", TensorProto.DOUBLE, ["n", "d"]))
-        outputs.append(helper.make_tensor_value_info(f"sum{p}_out", TensorProto.DOUBLE, ["n", "d"]))
-    graph = helper.make_graph(nodes, "onnxplain_sums", inputs, outputs)
-    return Session(helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 18)]), device,
-                   fixed_rows=False)
-
 
 
 class SessionCache:
@@ -293,13 +284,14 @@ class SessionCache:
 PREFETCH = True  # False: `prefetched` makes each item when it is asked for (for comparisons)
 
 
-def prefetched(make: Callable, jobs: Iterable, ahead: int = 1, workers: int = 1) -> Iterator:
+def prefetched(make: Callable, jobs: Iterable, ahead: int = 1, workers: int = 1, threads: bool = True) -> Iterator:
     """make(job) for each job, in order, made on `workers` threads up to `ahead` jobs before the consumer asks for
     them: a batch is decoded or perturbed while onnxruntime runs the previous one. At most `ahead` + 1 results are
     alive at a time (the one the consumer holds, and those made ahead); closing the iterator early cancels the rest.
+    threads=False (e.g. for a single job, where nothing could overlap): each made in the caller's thread.
     """
     jobs = iter(jobs)
-    if not PREFETCH:
+    if not PREFETCH or not threads:
         yield from map(make, jobs)
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -183,3 +183,32 @@ def test_noise_tunnel_around_ig_equals_captum(monkeypatch, captum):
     Measured worst relative error 7e-7."""
     ig = captum[1].IntegratedGradients(_torch_zoo("resnet"))
     _check_noise_tunnel(monkeypatch, captum, "resnet", methods.get("ig", steps=4), ig, np.sum, n_steps=4)
+
+
+def _small_cnn(opset):
+    """image (N×3×8×8) → Conv → Relu → Flatten → Gemm (4 classes), as written at `opset`."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((4, 128)).astype(np.float32) / 8, "fc"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "fc", "b"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7)
+
+
+def test_rows_summed_on_the_host_below_opset_11_equal_those_summed_in_the_graph():
+    """IG's steps are summed per image in the gradient graph (GatherND and ScatterND: opset 11); an opset-10
+    model's are summed on the host in float64. The same weights at opsets 10, 11 and 17 give the same results."""
+    x = np.random.default_rng(5).random((3, 3, 8, 8)).astype(np.float32)
+    found = {}
+    for opset in (10, 11, 17):
+        m = onnxplain.load(_small_cnn(opset), preprocessing="unit", device="cpu")
+        assert m.opset == opset
+        found[opset] = onnxplain.explain(m, x, "ig", target=[1, 3, 0], steps=5, batch_size=4).attributions
+    assert np.abs(found[17]).max() > 0
+    assert rel_err(found[10], found[17]) <= 1e-6 and rel_err(found[11], found[17]) <= 1e-6

@@ -95,7 +95,18 @@ def test_cli_over_many_files_writes_what_the_api_gives(mobilenet, folder, tmp_pa
         assert (tmp_path / f"{path.stem}.gradcam.png").is_file()
 
 
-def test_sums_per_image_equal_their_definition_on_the_device_and_off_it(monkeypatch):
+def summing_session(shape, powers, fixed_rows):
+    """A session of the summing graph alone (`rewrite.graph.summed`) over a fed `part`."""
+    import onnx_graphsurgeon as gs
+    from onnxplain.rewrite.builder import Builder
+    from onnxplain.rewrite.graph import summed
+    part = gs.Variable("part", np.float32, ["N", *shape])
+    graph = gs.Graph(inputs=[part], opset=17)
+    graph.outputs = summed(Builder(graph, 17), part, powers)
+    return runtime.Session(gs.export_onnx(graph, ir_version=8), "cpu", fixed_rows=fixed_rows)
+
+
+def test_sums_per_image_equal_their_definition_in_the_graph_on_the_device_and_off_it_and_on_the_host(monkeypatch):
     rng = np.random.default_rng(0)
     shape = (3, 64, 64)  # large enough that onnxruntime splits a ScatterND over threads
     rows = np.repeat([0, 1, 2], [3, 16, 2])  # image 1's rows span both chunks below
@@ -104,14 +115,21 @@ def test_sums_per_image_equal_their_definition_on_the_device_and_off_it(monkeypa
     for r, (i, w) in enumerate(zip(rows, weights)):
         expected[0][i] += w * part[r].astype(np.float64)
         expected[1][i] += w * part[r].astype(np.float64) ** 2
-    for resident in (True, False, True, False):
+    for resident, fixed_rows in ((True, False), (False, False), (True, True), (False, True)):
         monkeypatch.setattr(runtime, "RESIDENT", resident)
-        sums = runtime.Sums(3, shape, (1, 2), "cpu")
-        sums.add(rows[:12], weights[:12], part[:12])
-        sums.add(rows[12:], weights[12:], part[12:])
+        session = summing_session(shape, (1, 2), fixed_rows)
+        sums = runtime.Sums(3, shape, (1, 2))
+        sums.step(session, {"part": part[:12]}, rows[:12], weights[:12], 16)  # with fixed rows: padded to 16
+        sums.step(session, {"part": part[12:]}, rows[12:], weights[12:], 16)
         assert all(isinstance(t, runtime.ort.OrtValue) == resident for t in sums.totals)
+        assert sorted(session._by_rows) == ([16] if fixed_rows else [])
         for got, want in zip(sums.result(), expected):  # the rows of a chunk are summed in float32
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    on_host = runtime.Sums(3, shape, (1, 2))
+    on_host.add(rows[:12], weights[:12], part[:12])
+    on_host.add(rows[12:], weights[12:], part[12:])
+    for got, want in zip(on_host.result(), expected):  # in float64
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("method, params", [("ig", {"steps": 5}), ("smoothgrad", {"samples": 3}),

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -11,7 +11,7 @@ from ..errors import OnnxplainError
 from ..limits import check_memory
 from .. import perturb
 from ..perturb import top1
-from ..rewrite.graph import GRAD, TARGET, Request
+from ..rewrite.graph import GRAD, SUMS_OPSET, TARGET, Request
 from ..runtime import Sums, prefetched
 from .base import Method
 
@@ -93,16 +93,12 @@ class IntegratedGradients(Method):
         alphas, weights = quadrature(self.rule, self.steps)
         alphas = alphas.reshape(-1, 1, 1, 1).astype(np.float32)
         path = inputs - base
-        session = model.session(input_gradient(model))
-        gradient, size = GRAD.format(model.input), self.internal_batch_size or batch_size
 
         def points(i, k):  # on a worker thread, while the previous chunk runs
             return {model.input: base[i] + alphas[k] * path[i], TARGET: used[i]}, weights[k]
 
-        def weighted_gradients(feeds):  # kept on the session's device, and summed there
-            return session.run_resident([gradient], feeds, keep=(gradient,), rows=size)[0]
-
-        total, = sums_per_image(n, self.steps, size, inputs.shape[1:], points, weighted_gradients, session.device)
+        total, = sums_per_image(model, input_gradient(model), n, self.steps, self.internal_batch_size or batch_size,
+                                inputs.shape[1:], points)
         attributions = (path * total).astype(np.float32)
         rows = np.arange(n)
         y, y0 = logits[rows, used], logits[n + rows, used]
@@ -140,16 +136,31 @@ def check_batch_size(method: Method) -> None:
         raise OnnxplainError(f"{method.name}: internal_batch_size must be a positive integer, not {size!r}")
 
 
-def sums_per_image(n: int, k: int, size: int, shape: tuple[int, ...], make: Callable, evaluate: Callable,
-                   device: str, powers: tuple[int, ...] = (1,)) -> list[np.ndarray]:
+def sums_per_image(model, request: Request | None, n: int, k: int, size: int, shape: tuple[int, ...],
+                   make: Callable, evaluate: Callable | None = None, powers: tuple[int, ...] = (1,)
+                   ) -> list[np.ndarray]:
     """Σ_j w_ij · A_ij^p over j < k for each image i < n and each power p, the n·k rows run `size` at a time
-    across images. make(i, j) gets the index arrays of one chunk and returns (what `evaluate` takes, the weights w
-    per row); it runs on a worker thread, one chunk ahead of `evaluate`, which returns the chunk's rows A (shaped
-    `shape` each): an array, or a value its session kept on `device`, where the sums stay (`runtime.Sums`)."""
-    sums = Sums(n, shape, powers, device)
+    across images. make(i, j) gets the index arrays of one chunk and returns (the chunk's feeds, the weights w per
+    row); where there are several chunks it runs on a worker thread, one chunk ahead. A is the gradient (no head)
+    or the attributions of `request`'s graph, whose session also adds them up per image (`Request.sums`): they
+    never leave its device and no other run is needed. Where `request` is None (a method of several passes), A is
+    evaluate(feeds), an array summed on the host; so is the graph's A where the model's opset is too old for the
+    summing graph."""
+    sums = Sums(n, shape, powers)
+    session = None
+    if request is not None and model.opset >= SUMS_OPSET:
+        session = model.session(replace(request, sums=powers))
+        size = min(size, session.max_batch or size)  # the running sums go through each run once
+    elif request is not None:
+        plain, name = model.session(request), GRAD.format(request.wrt[0]) if request.head is None else "attributions"
+        evaluate = lambda feeds: plain.run([name], feeds, size)[0]  # noqa: E731
     flat = np.arange(n * k)
     chunks = [np.divmod(flat[a:a + size], k) for a in range(0, n * k, size)]
-    with closing(prefetched(lambda chunk: (chunk[0], *make(*chunk)), chunks)) as made:
+    with closing(prefetched(lambda chunk: (chunk[0], *make(*chunk)), chunks, threads=len(chunks) > 1)) as made:
         for i, fed, weights in made:
-            sums.add(i, np.broadcast_to(weights, i.shape), evaluate(fed))
+            weights = np.broadcast_to(weights, i.shape)
+            if session is None:
+                sums.add(i, weights, evaluate(fed))
+            else:
+                sums.step(session, fed, i, weights, size)
     return sums.result()

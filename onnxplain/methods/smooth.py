@@ -76,21 +76,15 @@ class NoiseTunnel(Method):
         used = top1(targets, logits)
 
         def noisy(i, j):  # on a worker thread, while the previous chunk runs
-            return (self.noisy(inputs, i, j), used[i]), 1.0
+            return {model.input: self.noisy(inputs, i, j), TARGET: used[i]}, 1.0
 
-        session = model.session(inner.request(model, layer)) if inner.one_graph else None
-        size = self.internal_batch_size or batch_size
-
-        def attributions(fed):  # a one-graph method's are kept on the session's device, and summed there
-            x, t = fed
-            if session is None:  # a method of several passes (IG) runs them
-                return inner.run(model, x, t, layer, len(x))[0]
-            return session.run_resident(["attributions"], {model.input: x, TARGET: t}, keep=("attributions",),
-                                        rows=size)[0]
+        def attributions(feeds):  # a method of several passes (IG) runs them
+            x, t = feeds[model.input], feeds[TARGET]
+            return inner.run(model, x, t, layer, len(x))[0]
 
         mean, mean_sq = (s / self.samples for s in sums_per_image(
-            len(inputs), self.samples, size, inputs.shape[1:], noisy, attributions,
-            session.device if session else "cpu", powers=(1, 2)))
+            model, inner.request(model, layer) if inner.one_graph else None, len(inputs), self.samples,
+            self.internal_batch_size or batch_size, inputs.shape[1:], noisy, attributions, powers=(1, 2)))
         attributions = self.statistic(mean, mean_sq)
         maps = inner.reduce_channels(attributions, model.channel_axis)
         return attributions.astype(np.float32), maps.astype(np.float32), logits, used
