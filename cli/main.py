@@ -350,7 +350,8 @@ SLOW = 50_000  # model passes per image above which a method is called slow (min
 @click.option("--skip-existing", is_flag=True,
               help="Skip the images whose output files all exist (to finish an interrupted run); images with only "
                    "some of them still need --force.")
-@click.option("-k", "--top-k", type=click.IntRange(0), default=3, show_default=True, help="Classes to print per image.")
+@click.option("-k", "--top-k", type=click.IntRange(0), default=3, show_default=True,
+              help="Classes (a detector's: detections, as box:K numbers them) to print per image.")
 @click.option("--view", type=click.Choice(VIEWS), default="original", show_default=True,
               help="Overlay on the whole photo (the area outside the model's crop dimmed) or on the crop it saw.")
 @click.option("--colour-scale", "--color-scale", "colour_scale", default=None,
@@ -451,8 +452,12 @@ class _BatchFiles:
         entries = []
         for j in range(len(found[0].maps)):
             i = first + j
+            listed = found[0].detections
             entry = {"image": str(self.images[i]), "target": self.targets[i], "skipped": False,
-                     "top": _top(m, found[0].logits[j], self.top_k), "explained": []}
+                     "top": _top(m, found[0].logits[j], self.top_k) if listed is None else
+                     listed[j]["detections"][:self.top_k], "explained": []}
+            if listed is not None:  # a detector's: its detections, as box:K numbers them
+                entry.update(threshold=listed[j]["threshold"], overlap=listed[j]["overlap"])
             for e in found:
                 for k, per_class in enumerate(self.outputs[i][e.method]):
                     save(e, j, k, [(self.root / png, self.root / npy) for png, npy in per_class], self.view,
@@ -581,15 +586,22 @@ def _explained(m, e, j, k, files) -> dict:
 
 
 def _say(say, entry: dict) -> None:
-    """An image's result as text: one line per explained class and its by-products, then the top-k."""
+    """An image's result as text: one line per explained class and its by-products, then the top-k (a detector's:
+    its top-k detections, box:K as -t takes it)."""
     for item in entry["explained"]:
         say(f"{entry['image']}: explained {item['label']} [{item['class']}] (score {item['score']:.3f}) -> "
             f"{item['files'][0]}")
         if item["by_products"]:  # numbers and short lists; images stay in e.info
             say("  " + ", ".join(f"{name.replace('_', ' ')} {_value(np.asarray(v))}"
                                  for name, v in item["by_products"].items()))
+    if "threshold" in entry and not entry["top"]:
+        say(f"  no detection with score ≥ {entry['threshold']:g}")
     for rank, top in enumerate(entry["top"], 1):
-        say(f"  {rank}. {top['label']:<30} [{top['class']}]  p={top['p']:.3f}")
+        if "anchor" in top:
+            say(f"  {top['target']:<8} {top['label']:<22} score={top['score']:.3f}  "
+                f"box {_value(np.asarray(top['box']))}")
+        else:
+            say(f"  {rank}. {top['label']:<30} [{top['class']}]  p={top['p']:.3f}")
     if "grid" in entry:
         say(f"{entry['image']}: grid -> {entry['grid']}")
 

@@ -38,6 +38,9 @@ class Explanation:
     info: dict = field(default_factory=dict)  # a method's by-products, per image (e.g. IG's completeness gap)
     photos: list[Photo] | None = field(default=None, repr=False)  # the images given, None for an array input
     model: Model | None = field(default=None, repr=False)
+    detections: list[dict] | None = None  # a detector's: per image, its detections as box:K numbers them (the
+    # threshold, overlap and, best first, target box:K, anchor, class, label, score, box x1, y1, x2, y2); see
+    # `targets.detection_boxes`
 
     def map(self, i: int = 0, k: int = 0, part: str | None = None) -> np.ndarray:
         """The map of image i (of its class k, when several were explained), or a method's `part` (e.g.
@@ -423,7 +426,7 @@ def _explain(model: Model, inputs: np.ndarray, photos, m: methods.Method, target
     method = m.name
     batch_size = model.batch_size if batch_size is None else whole("batch_size", batch_size)
     views = [p.view for p in photos] if photos else [to_view(a, model.preprocessing) for a in inputs]
-    given, model = model, model.for_batch(inputs)
+    given, model, wanted = model, model.for_batch(inputs), target
     model, target = resolve(model, target, inputs)
     if model.head != given.head:  # a target's head: its labels and scores describe the results
         given = model
@@ -446,8 +449,10 @@ def _explain(model: Model, inputs: np.ndarray, photos, m: methods.Method, target
         layer = cam_layer(model, layer) if m.at_layer else None
         attributions, maps, logits, used, *extra = m.run(model, inputs, targets.reshape(-1), layer, batch_size)
     info = {**(extra[0] if extra else {}), **({"layer": layers} if scaled else {})}
+    detections = None
     if isinstance(model.head, DetectionScores):  # the explained detection's box (and landmarks), for the overlay
-        info = {**info, **detection_boxes(model, inputs, used)}
+        boxes, detections = detection_boxes(model, inputs, used, wanted)
+        info, detections = {**info, **boxes}, detections[::k]
     scores = logits[np.arange(len(used)), used]
     if targets.ndim == 2:
         attributions, maps, used, scores = (a.reshape(n, k, *a.shape[1:]) for a in (attributions, maps, used, scores))
@@ -458,7 +463,7 @@ def _explain(model: Model, inputs: np.ndarray, photos, m: methods.Method, target
     if constant_scores(model, inputs[::k], logits) is None:  # else that warning says why every map is blank
         warn_blank(maps, m)
     return Explanation(method, attributions, maps.astype(np.float32), used, scores, logits, layer, views, info,
-                       photos, given)
+                       photos, given, detections)
 
 
 def forward(model: Model, inputs: np.ndarray, batch_size: int | None = None) -> np.ndarray:

@@ -78,7 +78,7 @@ class RegionSum:
         return f"the sum of each class map of '{self.output}' {list(shapes[self.output])} over {where}"
 
     def name(self, k: int, shapes: dict, labels=None) -> str:
-        return labels[k] if labels and k < len(labels) else f"class {k}"
+        return _label(labels, k)
 
 
 @dataclass(frozen=True)
@@ -109,11 +109,15 @@ class DetectionScores:
 
     def name(self, k: int, shapes: dict, labels=None) -> str:
         a, c = divmod(k, self.decoder.classes)
-        return f"{labels[c] if labels and c < len(labels) else f'class {c}'} at anchor {a}"
+        return f"{_label(labels, c)} at anchor {a}"
 
     @property
     def output(self) -> str:
         return self.decoder.outputs[0]
+
+
+def _label(labels, c: int) -> str:
+    return labels[c] if labels and c < len(labels) else f"class {c}"
 
 
 def attach(proto: onnx.ModelProto, head, opset: int) -> onnx.ModelProto:
@@ -287,14 +291,25 @@ def _outputs(model, inputs: np.ndarray) -> dict:
     return dict(zip(names, session.run(names, {model.input: inputs}, model.batch_size)))
 
 
-def detection_boxes(model, inputs: np.ndarray, used: np.ndarray) -> dict[str, np.ndarray]:
+def detection_boxes(model, inputs: np.ndarray, used: np.ndarray, target=None) -> tuple[dict, list[dict]]:
     """The boxes (x1, y1, x2, y2 in input pixels) of detections `used` (anchor·C + class per image) as "box" N×4,
-    and their landmarks as "landmarks" N×P×2 (x, y) where the layout has them."""
+    and their landmarks as "landmarks" N×P×2 (x, y) where the layout has them; and each image's detections as
+    `box:K` numbers them for `target` (a Box, or a list with one per image, gives the threshold, overlap and class;
+    other targets: Box's defaults), from the same model run: {"threshold", "overlap", "detections": [{"target":
+    "box:K", "anchor", "class", "label", "score", "box": [x1, y1, x2, y2]}, ...]} per image."""
     decoder, out = model.head.decoder, _outputs(model, inputs)
+    boxes, scores = decoder.decode(out, model.input_size)[:2]
     rows, anchors = np.arange(len(inputs)), used // decoder.classes
-    found = {"box": decoder.decode(out, model.input_size)[0][rows, anchors].astype(np.float32)}
+    found = {"box": boxes[rows, anchors].astype(np.float32)}
     marks = decoder.landmarks(out, model.input_size)
-    return found if marks is None else {**found, "landmarks": marks[rows, anchors].astype(np.float32)}
+    if marks is not None:
+        found["landmarks"] = marks[rows, anchors].astype(np.float32)
+    rules = target if isinstance(target, (list, tuple)) and is_target(target) else [target] * len(inputs)
+    rules = [t if isinstance(t, Box) else Box() for t in rules]
+    return found, [{"threshold": t.threshold, "overlap": t.overlap, "detections": [
+        {"target": f"{'' if t.cls is None else f'class:{t.cls}@'}box:{k}", "anchor": a, "class": c,
+         "label": _label(model.labels, c), "score": float(scores[i, a, c]), "box": boxes[i, a].tolist()}
+        for k, (a, c) in enumerate(_numbered(model, boxes[i], scores[i], t))]} for i, t in zip(rows, rules)]
 
 
 def class_of(model, cls) -> int | None:
@@ -333,14 +348,12 @@ def _box_index(model, t: Box, out: dict) -> int:
     decoder = model.head.decoder
     boxes, scores, _, _ = decoder.decode(out, model.input_size)
     boxes, scores = boxes[0], scores[0]
-    c = class_of(model, t.cls)
-    if c is not None and not 0 <= c < decoder.classes:
-        raise OnnxplainError(f"class {c} is not a class of the detector (0..{decoder.classes - 1})")
+    c = _box_class(model, t)
     if t.index is None and t.box is None:
         if c is None:
             return -1
         return int(np.argmax(scores[:, c])) * decoder.classes + c
-    found = [(a, k) for a, k in detections(boxes, scores, t.threshold, t.overlap) if c is None or k == c]
+    found = _numbered(model, boxes, scores, t)
     if t.box is not None:
         box = np.asarray(t.box, dtype=np.float64)
         if box.shape != (4,) or not np.isfinite(box).all() or (box[2:] <= box[:2]).any():
@@ -355,6 +368,20 @@ def _box_index(model, t: Box, out: dict) -> int:
                              f"{t.threshold} after NMS")
     a, k = found[t.index]
     return a * decoder.classes + k
+
+
+def _box_class(model, t: Box) -> int | None:
+    c = class_of(model, t.cls)
+    if c is not None and not 0 <= c < model.head.decoder.classes:
+        raise OnnxplainError(f"class {c} is not a class of the detector (0..{model.head.decoder.classes - 1})")
+    return c
+
+
+def _numbered(model, boxes: np.ndarray, scores: np.ndarray, t: Box) -> list[tuple[int, int]]:
+    """One image's detections (boxes A×4, scores A×C) as `box:K` numbers them for `t`: (anchor, class), best first,
+    after t's threshold and NMS, of t's class when it names one."""
+    c = _box_class(model, t)
+    return [(a, k) for a, k in detections(boxes, scores, t.threshold, t.overlap) if c is None or k == c]
 
 
 def parse(text: str):

@@ -335,6 +335,60 @@ def test_cli_explains_a_box_draws_it_and_lists_outputs_and_target_kinds(exported
     assert len(err.splitlines()) == 1 and "box 40 does not exist" in err
 
 
+def test_cli_lists_the_detections_box_k_numbers_not_anchors(tmp_path):
+    """The toy detector with hand-set weights (a cell's objectness is its brightness, every box 12×12 about its
+    cell's centre) on two neighbouring bright cells (one object: their boxes overlap at IoU 0.5) and a separate
+    one: explain lists the 2 detections after NMS, as a numpy decode and NMS of the model's output give them, not
+    the 3 top anchors; box:1 explains the second listed; an image without detections says so."""
+    from click.testing import CliRunner
+    from PIL import Image
+    from onnxplain_cli.main import cli
+    net = Detector("yolox", known=True).eval()
+    with torch.no_grad():
+        net.box.bias[2:] = np.log(3.0)
+    path = export(net, tmp_path / "det.onnx", ["output0"])
+    image = np.zeros((SIDE, SIDE, 3), np.uint8)
+    image[8:12, 8:12], image[8:12, 12:16], image[24:28, 24:28] = 255, 204, 230  # cells (2, 2), (2, 3) and (6, 6)
+    Image.fromarray(image).save(tmp_path / "scene.png")
+    Image.fromarray(image * 0).save(tmp_path / "dark.png")
+    with torch.no_grad():
+        out = net(torch.from_numpy(image.transpose(2, 0, 1)[None] / np.float32(255))).numpy()
+    kept = reference_detections(out, "yolox", 2, 0.25, 0.45)
+    xywh = out[0, :, :4].astype(np.float64)
+    corners = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
+    anchors = [a for a, _ in kept]
+    assert anchors == [2 * CELLS + 2, 6 * CELLS + 6]  # the second cell of the first object is suppressed
+    assert (out[0, :, 4] * out[0, :, 5] >= 0.25).sum() == 3
+
+    def run(*args):
+        result = CliRunner().invoke(cli, [str(a) for a in ("explain", path, tmp_path / "scene.png", "-m", "saliency",
+                                          "--preset", "unit", "--device", "cpu", *args)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    entry = json.loads(run("-o", tmp_path / "a", "--json"))["images"][0]
+    assert [t["target"] for t in entry["top"]] == ["box:0", "box:1"] and entry["threshold"] == 0.25
+    assert [(t["anchor"], t["class"], t["label"]) for t in entry["top"]] == [(a, c, "class 0") for a, c in kept]
+    assert np.allclose([t["box"] for t in entry["top"]], corners[anchors], rtol=1e-6)
+    assert np.allclose([t["score"] for t in entry["top"]], out[0, anchors, 4] * out[0, anchors, 5], rtol=1e-5)
+    text = run("-o", tmp_path / "b").splitlines()
+    listed = [line.split() for line in text if line.startswith("  box:")]
+    assert [line[0] for line in listed] == ["box:0", "box:1"] and len(text) == 4
+    assert np.allclose([[float(v.strip("[],")) for v in line[-4:]] for line in listed], corners[anchors], rtol=1e-3)
+    second = json.loads(run("-t", "box:1", "-o", tmp_path / "c", "--json"))["images"][0]
+    assert second["top"] == entry["top"]
+    assert second["explained"][0]["class"] == anchors[1] * 2 + kept[1][1]
+    assert np.allclose(second["explained"][0]["by_products"]["box"], corners[anchors[1]], rtol=1e-6)
+    text = run("-t", "box:1", "-o", tmp_path / "d").splitlines()
+    assert f"[{anchors[1] * 2}]" in text[0] and text[1].split("box ")[1] == " ".join(listed[1][-4:])
+    dark = CliRunner().invoke(cli, ["explain", str(path), str(tmp_path / "dark.png"), "-m", "saliency", "--preset",
+                                    "unit", "--device", "cpu", "-o", str(tmp_path / "e")], catch_exceptions=False)
+    assert dark.output.splitlines()[-1] == "  no detection with score ≥ 0.25"
+    m = onnxplain.load(path, device="cpu", preprocessing="unit")  # a Box's own threshold: the second is below it
+    e = onnxplain.explain(m, [tmp_path / "scene.png"], "saliency", target=targets.Box(index=0, threshold=0.95))
+    assert e.detections[0]["detections"] == entry["top"][:1] and e.detections[0]["threshold"] == 0.95
+
+
 def test_a_heads_default_cam_layer_is_on_every_path_to_it(exported):
     """The toy detector's box and class convolutions both read the ReLU after the first convolution: that is the
     last block end every path to the head's scores passes through (the box conv's output, later, is not)."""
