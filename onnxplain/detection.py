@@ -213,11 +213,13 @@ def _scales(shapes: dict[str, tuple]) -> Decoder | None:
     return Decoder("picodet", (*scores, *boxes), shapes[scores[0]][2])
 
 
-def candidates(shapes: dict[str, tuple]) -> list[Decoder]:
-    """Every reading of outputs of these shapes (name → shape of one image's run, batch first) as a raw head."""
+def candidates(shapes: dict[str, tuple], softmaxed=frozenset()) -> list[Decoder]:
+    """Every reading of outputs of these shapes (name → shape of one image's run, batch first) as a raw head.
+    `softmaxed`: outputs a Softmax makes, which no one-output layout reads (a distribution is no raw head, e.g.
+    PP-OCR's N×T×characters); a split layout's scores may be one (SSD)."""
     found = []
     for name, shape in shapes.items():
-        if len(shape) != 3:
+        if len(shape) != 3 or name in softmaxed:
             continue
         _, a, b = shape
         if b == 6 and a > 6:
@@ -260,14 +262,15 @@ def _faces(shapes: dict[str, tuple]) -> list[Decoder]:
 END2END_MOST = 1000  # an N×D×6 output with D up to this is read as end-to-end detections, a longer one as YOLOX
 
 
-def choose(shapes: dict[str, tuple], wanted: str | None = None, output: str | None = None) -> Decoder | None:
+def choose(shapes: dict[str, tuple], wanted: str | None = None, output: str | None = None,
+           softmaxed=frozenset()) -> Decoder | None:
     """The decoder for outputs of these shapes: layout `wanted` if given, else PicoDet's pairs of outputs per scale
     where they fit, else the one layout they fit (an N×D×6 output: end-to-end when D ≤ END2END_MOST, else YOLOX
-    with one class); None when none fits. `output`: only
-    layouts reading that output."""
+    with one class); None when none fits. `output`: only layouts reading that output; `softmaxed` as in
+    `candidates`."""
     if wanted is not None and wanted not in DECODERS:
         raise OnnxplainError(f"unknown decoder '{wanted}' (known: {', '.join(DECODERS)})")
-    found = [d for d in candidates(shapes) if output is None or output in d.outputs]
+    found = [d for d in candidates(shapes, softmaxed) if output is None or output in d.outputs]
     if wanted is not None:
         found = [d for d in found if d.layout == wanted]
         if len(found) != 1:

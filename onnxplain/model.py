@@ -562,6 +562,11 @@ def _behind_softmax(proto: onnx.ModelProto, name: str, kinds=("Softmax",)):
     return node if node is not None and node.op_type in kinds else None
 
 
+def softmaxed(proto: onnx.ModelProto) -> frozenset:
+    """The outputs a Softmax makes (through Identities)."""
+    return frozenset(o.name for o in proto.graph.output if _behind_softmax(proto, o.name))
+
+
 def _is_float(value_info) -> bool:
     return value_info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
@@ -607,7 +612,7 @@ def _default_head(proto: onnx.ModelProto, wanted: str | None, decoder: str | Non
     the output shapes (or `decoder` is given), else output `wanted` or the only float output (or the only rank-4
     one): a segmentation output summed per class over the whole image, any other flattened per image."""
     floats = {o.name: shapes[o.name] for o in proto.graph.output if _is_float(o) and o.name in shapes}
-    found = detection.choose(floats, decoder, wanted)
+    found = detection.choose(floats, decoder, wanted, softmaxed(proto))
     if found is not None:
         return targets.DetectionScores(found)
     if wanted is None:

@@ -134,8 +134,10 @@ def attach(proto: onnx.ModelProto, head, opset: int) -> onnx.ModelProto:
 def guesses(model) -> list[tuple[str, tuple, str]]:
     """(name, shape for one image, what it probably is and which targets read it) for each output of `model`."""
     from .detection import choose
+    from .model import softmaxed
     shapes = model.output_shapes
-    decoder = model.head.decoder if isinstance(model.head, DetectionScores) else choose(shapes)
+    decoder = (model.head.decoder if isinstance(model.head, DetectionScores) else
+               choose(shapes, softmaxed=softmaxed(model.bare or model.proto)))
     readers = {n: decoder for n in decoder.outputs} if decoder else {}
     rows = []
     for name, shape in shapes.items():

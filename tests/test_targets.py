@@ -272,6 +272,37 @@ def test_models_without_a_default_target_are_refused_in_one_line(tmp_path):
     assert isinstance(m.head, targets.Flat) and m.num_classes == SIDE * SIDE
 
 
+class Recogniser(nn.Module):
+    """An OCR recogniser's N×T×characters output, T = 32 steps (columns) of 40 characters: a YOLOv8 head's shape
+    (N×(4+C)×A with A > 4 + C) unless the Softmax says it is a distribution per step."""
+
+    def __init__(self, softmax: bool):
+        super().__init__()
+        self.conv, self.fc, self.softmax = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 40), softmax
+
+    def forward(self, x):
+        y = self.fc(torch.relu(self.conv(x)).mean(2).transpose(1, 2))
+        return torch.softmax(y, dim=2) if self.softmax else y
+
+
+def test_a_softmax_output_is_no_detector_head(tmp_path):
+    """PP-OCR's recognisers (N×40×6625 behind a Softmax over the characters) were read as YOLOv8 heads of 6625
+    anchors × 36 classes, their maps explaining a made-up detection; a Softmax's output is now read as elements."""
+    torch.manual_seed(12)
+    x = np.random.default_rng(13).uniform(0, 1, (2, 3, SIDE, SIDE)).astype(np.float32)
+    for softmax in (False, True):
+        net = Recogniser(softmax).eval()
+        path = export(net, tmp_path / f"rec{softmax}.onnx", ["chars"])
+        m = onnxplain.load(path, device="cpu", preprocessing="unit")
+        if not softmax:
+            assert isinstance(m.head, targets.DetectionScores) and m.head.decoder.layout == "yolov8"
+            continue
+        assert isinstance(m.head, targets.Flat) and m.num_classes == SIDE * 40
+        assert [g for _, _, g in targets.guesses(m)] == ["output targets (elements, flattened per image)"]
+        e = onnxplain.explain(m, x, "gradxinput", target=3 * 40 + 7)  # step 3, character 7
+        assert rel_err(e.attributions, x * autograd(net, x, lambda y: y[:, 3, 7])) <= 1e-4
+
+
 def test_cli_target_syntax():
     assert targets.parse("box:3") == targets.Box(index=3)
     assert targets.parse("class:dog@box:120,40,300,260") == targets.Box(box=(120, 40, 300, 260), cls="dog")
