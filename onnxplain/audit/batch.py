@@ -123,7 +123,7 @@ def score(model, batch: Batch, plan: Plan) -> list[dict]:
         share = (time.perf_counter() - start) / len(inputs)
         for i, (r, b) in enumerate(zip(batch.records, base)):
             picture, shown = small(e, i, plan.side)
-            files = {f"maps/{r.id}/{name}.png": shown, f"maps/{r.id}/{name}.npy": e.maps[i].astype(np.float16)}
+            files = {f"maps/{r.id}/{name}.png": shown, f"maps/{r.id}/{name}.npy": e.maps[i]}
             if not per_image[r.id]:
                 files[f"maps/{r.id}/image.png"] = picture
             per_image[r.id].append(_row(r, name, **b, metrics={k: v[i] for k, v in values.items()},
