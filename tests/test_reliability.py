@@ -231,6 +231,35 @@ def test_blank_maps_of_tied_classes_are_said_once(recwarn):
     assert len(_said(recwarn, "scores do not depend on the class")) == 1 and not _said(recwarn, "map of image")
 
 
+def test_attributions_that_miss_completeness_by_far_are_said(recwarn):
+    """y = Σ x³² (for class 0, −y for class 1): IG with two right-Riemann steps (α = ½, 1) gives a =
+    x·32((½x)³¹ + x³¹)/2, which sums to 16(1 + 2⁻³¹)·y for y(x) − y(0) = y, a gap of 15 y, past 10×: a warning
+    naming the image and what shrinks it. 32 Gauss-Legendre steps are exact for this integrand and say nothing."""
+    nodes, power = [], "x"
+    for k in (2, 4, 8, 16, 32):
+        nodes.append(helper.make_node("Mul", [power, power], [f"x{k}"]))
+        power = f"x{k}"
+    nodes += [helper.make_node("ReduceSum", [power, "axes"], ["y"], keepdims=1),
+              helper.make_node("Reshape", ["y", "shape"], ["y1"]), helper.make_node("Neg", ["y1"], ["n"]),
+              helper.make_node("Concat", ["y1", "n"], ["logits"], axis=1)]
+    graph = helper.make_graph(nodes, "power", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])],
+                              [numpy_helper.from_array(np.array([1, 2, 3]), "axes"),
+                               numpy_helper.from_array(np.array([-1, 1]), "shape")])
+    m = onnxplain.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+                       preprocessing="unit", device="cpu")
+    x = np.random.default_rng(3).uniform(0.5, 1.0, (1, 3, 8, 8)).astype(np.float32)
+    e = onnxplain.explain(m, x, "ig", target=0, steps=2, rule="riemann_right")
+    y = float(np.sum(x.astype(np.float64) ** 32))
+    assert e.attributions.sum() == pytest.approx(16 * y, rel=1e-4)
+    said = _said(recwarn, "attributions of image")
+    assert len(said) == 1 and said[0].startswith(f"onnxplain: the ig attributions of image 0 sum to {16 * y:.4g} "
+                                                 f"where y(x) − y(x′) = {y:.4g} (1 of 1)") and "-p steps=" in said[0]
+    recwarn.clear()
+    e = onnxplain.explain(m, x, "ig", target=0, steps=32)
+    assert abs(float(e.info["completeness_gap"][0])) < 1e-3 * y and not _said(recwarn, "attributions of image")
+
+
 def test_links_at_output_paths_are_refused_and_never_written_through(model, capsys):
     out, outside = model.parent / "out", model.parent / "outside"
     out.mkdir()
