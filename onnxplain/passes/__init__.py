@@ -34,7 +34,8 @@ def normalise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, tuple[tuple[str,
     return model, tuple(notes)
 
 
-from . import dims  # noqa: E402,F401  (registers; the order of these imports is the order of the passes)
+from . import ir_version  # noqa: E402,F401  (registers; the order of these imports is the order of the passes)
+from . import dims  # noqa: E402,F401
 from . import constants  # noqa: E402,F401
 from . import ifs  # noqa: E402,F401
 from . import precision  # noqa: E402,F401
