@@ -23,7 +23,7 @@ from onnxplain.export import export as export_graph
 from onnxplain.files import image_paths, output_stems, sha256
 from onnxplain.labels import resolve
 from onnxplain.methods import DEFAULT as DEFAULT_METHOD
-from onnxplain.model import _dims
+from onnxplain.protos import dims
 from onnxplain.preprocess import PRESETS
 from onnxplain.render import VIEWS, check_writable, file_names, save, save_png
 from onnxplain.render import colour_scale as colour_scale_of
@@ -268,7 +268,7 @@ def _described(m) -> dict:
             "size_dynamic": not m.fixed_size, "score_why": m.score_why,
             "output": m.output or None, "score": m.score or None, "classes": m.num_classes,
             "head": None if m.head is None else type(m.head).__name__,
-            "outputs": [{"name": o.name, "shape": [d or None for d in _dims(o)]}
+            "outputs": [{"name": o.name, "shape": [d or None for d in dims(o)]}
                         for o in (m.bare or m.proto).graph.output],
             "output_guesses": [{"name": name, "shape": list(shape), "guess": guess} for name, shape, guess in
                                targets.guesses(m)] if len(m.proto.graph.output) > 1 or m.head is not None else [],

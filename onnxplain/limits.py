@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from numbers import Integral, Real
 
 import numpy as np
 import onnx
@@ -15,10 +16,19 @@ MAX_COUNT = 100_000  # steps, samples, masks, iterations: each costs at least on
 MAX_SIDE = 65_536    # pixels on a side of the model input or of an image after resize
 
 
+def is_number(value) -> bool:
+    """Whether `value` is a real number (Python's or numpy's), not a boolean."""
+    return isinstance(value, Real) and not isinstance(value, (bool, np.bool_))
+
+
+def is_whole(value) -> bool:
+    """Whether `value` is an integer (Python's or numpy's), not a boolean."""
+    return isinstance(value, Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def whole(name: str, value, least: int = 1, most: int | None = None) -> int:
     """`value` as an int in [least, most], or one line naming `name`, the value and the range."""
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-    if not ok or value < least or (most is not None and value > most):
+    if not is_whole(value) or value < least or (most is not None and value > most):
         span = f"from {least} to {most}" if most is not None else f"of at least {least}"
         raise OnnxplainError(f"{name} must be a whole number {span}, not {value!r}")
     return int(value)

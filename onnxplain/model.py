@@ -28,6 +28,7 @@ from .passes.input_type import pixel_images
 from .passes.precision import PROMOTED
 from .passes.size import classifier_at_size, free_size
 from .preprocess import MODES, Preprocessing, preset
+from .protos import FLOATS, dims, graph_inputs, guess_layout, past_identities, producers, shown
 from .rewrite.graph import Request, build, dynamic_batch, opset_of
 from .rewrite.layers import Tokens, channel_first, features_before, find_layers, scale_merges
 from .rewrite.rules.quant import QUANTISERS
@@ -216,8 +217,8 @@ class Model:
     @property
     def fixed_size(self) -> bool:
         """Whether the model's input fixes its height and width (else each batch brings its own)."""
-        dims = _dims(next(i for i in self.proto.graph.input if i.name == self.input))
-        return all(isinstance(dims[axis], int) for axis in self.spatial_axes)
+        shape = dims(next(i for i in self.proto.graph.input if i.name == self.input))
+        return all(isinstance(shape[axis], int) for axis in self.spatial_axes)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -450,25 +451,16 @@ def _first_non_finite(proto: onnx.ModelProto) -> str | None:
     constants = [(n.output[0], a.t) for n in proto.graph.node if n.op_type == "Constant"
                  for a in n.attribute if a.name == "value"]
     named = [(t.name, t) for t in proto.graph.initializer] + constants
-    return next((name for name, t in named if t.data_type in _FLOATS and
+    return next((name for name, t in named if t.data_type in FLOATS and
                  not np.isfinite(numpy_helper.to_array(t)).all()), None)
 
 
-_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
-
-
 # -- finding the input and the score ---------------------------------------------------------------------------------
-def _dims(value_info) -> list:
-    dims = value_info.type.tensor_type.shape.dim
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
-
-
 def _image_input(proto: onnx.ModelProto, path: Path | None):
-    initializers = {t.name for t in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in initializers]
-    images = [i for i in inputs if i.type.HasField("tensor_type") and len(_dims(i)) == 4]
+    inputs = graph_inputs(proto.graph)
+    images = [i for i in inputs if i.type.HasField("tensor_type") and len(dims(i)) == 4]
     if len(images) != 1:
-        described = ", ".join(f"{i.name}{_dims(i)}" for i in inputs) or "none"
+        described = ", ".join(f"{i.name}{shown(i)}" for i in inputs) or "none"
         what = "no image input (a rank-4 tensor)" if not images else "several rank-4 inputs"
         raise OnnxplainError(f"{_where(path)} has {what}; its inputs: {described}")
     if len(inputs) > 1:
@@ -477,17 +469,10 @@ def _image_input(proto: onnx.ModelProto, path: Path | None):
     return images[0]
 
 
-def _guess_layout(dims: list) -> str:
-    channels = (1, 3, 4)
-    if dims[3] in channels and dims[1] not in channels:
-        return "NHWC"
-    return "NCHW"
-
-
 def _preprocessing(inp, sidecar: dict, requested, pixels: str | None) -> Preprocessing:
     """The preprocessing asked for (a preset, fields, a Preprocessing), over the sidecar's, fitted to the input's
     layout, size and channels; `pixels`: the integer type of an input that takes raw pixels (no scaling by default)."""
-    dims = _dims(inp)
+    shape = dims(inp)
     fields = dict(requested) if isinstance(requested, dict) else {}
     if isinstance(requested, Preprocessing):
         pre = requested
@@ -501,9 +486,9 @@ def _preprocessing(inp, sidecar: dict, requested, pixels: str | None) -> Preproc
     layout_known = isinstance(requested, Preprocessing) or "layout" in sidecar.get("preprocessing", {}) or (
         "layout" in fields)
     if not layout_known:
-        pre = replace(pre, layout=_guess_layout(dims))
-    spatial = dims[2:4] if pre.layout == "NCHW" else dims[1:3]
-    channels = dims[1] if pre.layout == "NCHW" else dims[3]
+        pre = replace(pre, layout=guess_layout(shape))
+    spatial = shape[2:4] if pre.layout == "NCHW" else shape[1:3]
+    channels = shape[1] if pre.layout == "NCHW" else shape[3]
     if pre.size is None and all(isinstance(d, int) and d > 0 for d in spatial):
         pre = replace(pre, size=tuple(spatial))
     if pre.size is not None:  # else each batch brings its own
@@ -523,8 +508,8 @@ def _probe(proto: onnx.ModelProto, inp, pre: Preprocessing, grow: bool = True) -
     """The shape of every output of the model, from one session run on a zero image of the preprocessing's size and,
     where the input leaves its height and width symbolic and `grow`, a second run on one 8 pixels taller and
     wider."""
-    dims = _dims(inp)
-    spatial = dims[2:4] if pre.layout == "NCHW" else dims[1:3]
+    shape = dims(inp)
+    spatial = shape[2:4] if pre.layout == "NCHW" else shape[1:3]
     free = [not isinstance(d, int) or d < 1 for d in spatial]
     dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
     session = Session(dynamic_batch(proto, inp.name), "cpu")
@@ -550,15 +535,12 @@ class Score:
 
 def outputs_described(proto: onnx.ModelProto) -> str:
     """Every output of the model with its shape, e.g. "logits[N, 1000], boxes[N, 4, 7]"."""
-    return ", ".join(f"{o.name}[{', '.join(str(d or '?') for d in _dims(o))}]" for o in proto.graph.output)
+    return ", ".join(f"{o.name}{shown(o)}" for o in proto.graph.output)
 
 
 def _behind_softmax(proto: onnx.ModelProto, name: str, kinds=("Softmax",)):
     """The Softmax (or other node of `kinds`) that makes tensor `name` through Identities, or None."""
-    producer = {o: n for n in proto.graph.node for o in n.output}  # one map: a search per step is O(nodes²)
-    node = producer.get(name)
-    while node is not None and node.op_type == "Identity":
-        node = producer.get(node.input[0])
+    node = past_identities(producers(proto.graph), name)[0]
     return node if node is not None and node.op_type in kinds else None
 
 
@@ -579,10 +561,10 @@ def _score_output(proto: onnx.ModelProto, wanted: str | None, probabilities: boo
     outputs = {o.name: o for o in proto.graph.output}
     if wanted is not None and wanted not in outputs:
         raise OnnxplainError(f"the model has no output '{wanted}'; its outputs: {outputs_described(proto)}")
-    scores = [n for n, o in outputs.items() if _is_float(o) and len(_dims(o)) == 2]
+    scores = [n for n, o in outputs.items() if _is_float(o) and len(dims(o)) == 2]
     if wanted is not None:
         out, why = wanted, "chosen by output="
-        if len(_dims(outputs[out])) != 2 or not _is_float(outputs[out]):
+        if len(dims(outputs[out])) != 2 or not _is_float(outputs[out]):
             return None
     elif len(scores) == 1:
         out, why = scores[0], "the only N×classes float output"
@@ -593,7 +575,7 @@ def _score_output(proto: onnx.ModelProto, wanted: str | None, probabilities: boo
     else:
         raise OnnxplainError(f"the model has several N×classes outputs ({outputs_described(proto)}); choose the "
                              f"class scores with --output NAME (load(output=NAME))")
-    classes = _dims(outputs[out])[1]
+    classes = dims(outputs[out])[1]
     if not isinstance(classes, int) or classes < 1:
         runs = probe()
         shape, larger = runs[0][out], runs[-1][out]

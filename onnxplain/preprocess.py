@@ -5,13 +5,12 @@ import math
 import reprlib
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
-from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 
 from .errors import OnnxplainError
-from .limits import MAX_SIDE, check_memory
+from .limits import MAX_SIDE, check_memory, is_number, is_whole
 
 _PIL_FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1}
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # Pillow's mode for images of each channel count
@@ -80,11 +79,11 @@ PRESETS = {
 
 
 def _number(v) -> bool:
-    return isinstance(v, Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+    return is_number(v) and math.isfinite(v)
 
 
 def _side(v) -> bool:
-    return isinstance(v, Integral) and not isinstance(v, (bool, np.bool_)) and 1 <= v <= MAX_SIDE
+    return is_whole(v) and 1 <= v <= MAX_SIDE
 
 
 def _per_channel(v, within) -> bool:
@@ -104,7 +103,7 @@ FIELDS = {  # preprocessing field: (whether a value is valid, what is expected),
     "std": (lambda v: _per_channel(v, lambda c: 1 / _BOUND <= c <= _BOUND),
             "1, 3 or 4 numbers (one for all channels, or one each) with 1e-6 ≤ |std| ≤ 1e6"),
     "channel_order": (lambda v: v in ("RGB", "BGR"), "RGB or BGR"),
-    "channels": (lambda v: isinstance(v, Integral) and not isinstance(v, (bool, np.bool_)) and v in MODES,
+    "channels": (lambda v: is_whole(v) and v in MODES,
                  "1 (grey), 3 (RGB) or 4 (RGBA)"),
 }
 

@@ -32,7 +32,7 @@ def test_scalar_declared_output_gets_the_computed_shape(batch):
     _declare(model.graph.input[0], [batch, 3, 8, 8])
     _declare(model.graph.output[0], [])
     m = onnxplain.load(model, preprocessing="unit", device="cpu")
-    assert dict(m.normalised)["output_shapes"] == ("output 'logits' declared [], computed ['N', 10]: shapes set "
+    assert dict(m.normalised)["output_shapes"] == ("output 'logits' declared [], computed [N, 10]: shapes set "
                                                    "from onnxruntime")
     assert m.num_classes == 10
     _same_saliency(m)

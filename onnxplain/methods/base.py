@@ -7,6 +7,7 @@ standalone ONNX file.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -14,7 +15,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import OnnxplainError
-from ..limits import MAX_COUNT
+from ..limits import MAX_COUNT, is_number, is_whole
 from ..rewrite.builder import Builder
 from ..rewrite.graph import TARGET, Request
 
@@ -172,7 +173,7 @@ def get(name: str, **params) -> Method:
         known = ", ".join(f.name for f in fields(cls) if f.init) or "none"
         raise OnnxplainError(f"method '{name}' has no parameter '{unknown[0]}' (its parameters: {known})")
     for key in COUNTS:  # before the method's own checks, which may already allocate by them
-        if key in params and _number(params[key]) and params[key] > MAX_COUNT:
+        if key in params and is_number(params[key]) and params[key] > MAX_COUNT:
             raise OnnxplainError(f"{name}: {key} must be at most {MAX_COUNT} (each costs a model pass per image), "
                                  f"not {params[key]!r}")
     try:
@@ -187,13 +188,9 @@ def get(name: str, **params) -> Method:
 COUNTS = ("steps", "samples", "masks", "iterations")  # parameters counting model passes
 
 
-def _number(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-
-
 KINDS = {  # a part of a parameter's annotation: (whether a value is of that kind, what to ask for)
-    "int": (lambda v: _number(v) and isinstance(v, (int, np.integer)) and v >= 0, "an integer ≥ 0"),
-    "float": (lambda v: _number(v) and bool(np.isfinite(v)), "a number"),
+    "int": (lambda v: is_whole(v) and v >= 0, "an integer ≥ 0"),
+    "float": (lambda v: is_number(v) and math.isfinite(v), "a number"),
     "str": (lambda v: isinstance(v, str), "text"),
     "bool": (lambda v: isinstance(v, (bool, np.bool_)), "true or false"),
     "None": (lambda v: v is None, "None"),

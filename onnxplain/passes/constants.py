@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import onnx
 
+from ..protos import graph_inputs
 from . import register
 
 
@@ -21,7 +22,7 @@ def as_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None
         return model, None
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    kept = [i for i in graph.input if i.name not in initializers]
+    kept = graph_inputs(graph)
     del graph.input[:]
     graph.input.extend(kept)
     model.ir_version = max(model.ir_version, 4)  # IR 4 on: initializers need not be inputs

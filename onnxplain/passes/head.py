@@ -8,11 +8,11 @@ goes before the Softmax instead, so that its input, the logits, is N×C too.
 from __future__ import annotations
 
 import onnx
-from onnx import TensorProto, helper
+from onnx import helper
 
+from ..protos import FLOATS, dims, past_identities, producers, shown
+from ..rewrite.graph import opset_of
 from . import register
-
-FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
 
 @register("head")
@@ -25,18 +25,9 @@ def flatten_heads(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     notes, flat = [], {}
     for out in sorted((o for o in model.graph.output if _class_axis(o) is not None),
                       key=lambda o: _softmax(model, o)[0] is not None):
-        notes.append(f"'{out.name}' {_shape(out)} flattened to N×classes")
+        notes.append(f"'{out.name}' {shown(out)} flattened to N×classes")
         _flatten(model, out, flat)
     return model, "; ".join(notes)
-
-
-def _dims(value_info) -> list:
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in value_info.type.tensor_type.shape.dim]
-
-
-def _shape(value_info) -> list:
-    return [d if d is not None else "?" for d in _dims(value_info)]
 
 
 def _class_axis(value_info) -> int | None:
@@ -44,32 +35,26 @@ def _class_axis(value_info) -> int | None:
     t = value_info.type.tensor_type
     if not value_info.type.HasField("tensor_type") or t.elem_type not in FLOATS or not t.HasField("shape"):
         return None
-    dims = _dims(value_info)
-    if len(dims) != 4:
+    shape = dims(value_info)
+    if len(shape) != 4:
         return None
-    others = [axis for axis in (1, 2, 3) if dims[axis] != 1]
+    others = [axis for axis in (1, 2, 3) if shape[axis] != 1]
     return others[0] if len(others) == 1 else None
 
 
 def _softmax(model: onnx.ModelProto, out):
     """The Softmax over the class axis that makes output `out` through Identities (None if there is none), and the
     names on the way."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    node, chain = producer.get(out.name), {out.name}
-    while node is not None and node.op_type == "Identity":
-        chain.add(node.input[0])
-        node = producer.get(node.input[0])
-    found = node is not None and node.op_type == "Softmax" and _over(node, _class_axis(out), _opset(model))
-    return (node if found else None), chain
+    node, chain = past_identities(producers(model.graph), out.name)
+    found = node is not None and node.op_type == "Softmax" and _over(node, _class_axis(out), opset_of(model))
+    return (node if found else None), set(chain)
 
 
 def _reshaped_back(model: onnx.ModelProto, out):
     """The Reshape that makes output `out` (through Identities) from a Softmax over a Flatten(axis=1) (the form onnx's
     version converter gives an opset < 13 Softmax over an N×C×1×1 head), or None."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    node = producer.get(out.name)
-    while node is not None and node.op_type == "Identity":
-        node = producer.get(node.input[0])
+    producer = producers(model.graph)
+    node = past_identities(producer, out.name)[0]
     softmax = producer.get(node.input[0]) if node is not None and node.op_type == "Reshape" else None
     flat = producer.get(softmax.input[0]) if softmax is not None and softmax.op_type == "Softmax" else None
     axis = next((a.i for a in flat.attribute if a.name == "axis"), 1) if flat is not None else None
@@ -101,8 +86,8 @@ def _flatten(model: onnx.ModelProto, out, flat: dict) -> None:
         graph.node.append(helper.make_node("Flatten", [inner], [out.name], axis=1,
                                            name=f"{out.name}/onnxplain_flatten"))
         flat[inner] = out.name
-    dims = _dims(out)
-    shape = [dims[0], dims[axis]]
+    declared = dims(out)
+    shape = [declared[0], declared[axis]]
     del out.type.tensor_type.shape.dim[:]
     for d in shape:
         entry = out.type.tensor_type.shape.dim.add()
@@ -112,10 +97,6 @@ def _flatten(model: onnx.ModelProto, out, flat: dict) -> None:
             entry.dim_param = d
     for v in [v for v in graph.value_info if v.name in chain]:  # re-inferred as N×C
         graph.value_info.remove(v)
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    return next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 1)
 
 
 def _over(softmax, class_axis: int, opset: int) -> bool:

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..protos import graph_inputs
 from ..rewrite.graph import subgraphs
 from . import register
 
@@ -34,7 +35,7 @@ def _constant_if(model: onnx.ModelProto) -> tuple[int, bool] | None:
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
     initializers = {t.name: t for t in graph.initializer}
-    inputs = {i.name for i in graph.input} - set(initializers)
+    inputs = {i.name for i in graph_inputs(graph)}
     for i, node in enumerate(graph.node):
         if node.op_type == "If":
             nodes = _ancestors(node.input[0], producer, initializers, inputs)

@@ -11,20 +11,18 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
+from ..protos import FLOATS, graph_inputs
 from . import register
 
 PIXELS = {TensorProto.UINT8: "uint8", TensorProto.INT8: "int8", TensorProto.UINT16: "uint16",
           TensorProto.INT16: "int16", TensorProto.INT32: "int32", TensorProto.INT64: "int64",
           TensorProto.DOUBLE: "float64"}  # input types fed as float32
-FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
 
 def pixel_images(model: onnx.ModelProto) -> dict[str, str]:
     """Name → type of the rank-4 inputs of integer or float64 type (initializers listed as inputs excepted)."""
-    initializers = {t.name for t in model.graph.initializer}
-    return {i.name: PIXELS[i.type.tensor_type.elem_type] for i in model.graph.input
-            if i.name not in initializers and i.type.tensor_type.elem_type in PIXELS
-            and len(i.type.tensor_type.shape.dim) == 4}
+    return {i.name: PIXELS[i.type.tensor_type.elem_type] for i in graph_inputs(model.graph)
+            if i.type.tensor_type.elem_type in PIXELS and len(i.type.tensor_type.shape.dim) == 4}
 
 
 @register("input")

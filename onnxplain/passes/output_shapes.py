@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import onnx
 
+from ..protos import graph_inputs, shown
 from . import probe, register
 
 
@@ -27,7 +28,7 @@ def trust_runtime_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str |
     notes = []
     for i in wrong:
         out = model.graph.output[i]
-        declared = _shown(out)
+        declared = shown(out)
         shape = out.type.tensor_type.shape
         shape.Clear()
         for j, d in enumerate(computed[i]):
@@ -35,7 +36,7 @@ def trust_runtime_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str |
                 shape.dim.add().dim_param = "N"
             else:
                 shape.dim.add().dim_value = d
-        notes.append(f"output '{out.name}' declared {declared}, computed {_shown(out)}")
+        notes.append(f"output '{out.name}' declared {declared}, computed {shown(out)}")
     return model, "; ".join(notes) + ": shapes set from onnxruntime"
 
 
@@ -44,15 +45,7 @@ def _undeclared(out: onnx.ValueInfoProto) -> bool:
     return not t.HasField("shape") or not t.shape.dim
 
 
-def _shown(out: onnx.ValueInfoProto):
-    t = out.type.tensor_type
-    if not t.HasField("shape"):
-        return "no shape"
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
-
-
 def _symbolic_batch(model: onnx.ModelProto) -> bool:
     """Whether a rank-4 graph input (the image) leaves its batch symbolic."""
-    initializers = {t.name for t in model.graph.initializer}
     return any(len(i.type.tensor_type.shape.dim) == 4 and i.type.tensor_type.shape.dim[0].dim_value < 1
-               for i in model.graph.input if i.name not in initializers)
+               for i in graph_inputs(model.graph))

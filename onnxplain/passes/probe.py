@@ -7,6 +7,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from ..errors import first_line, quiet_onnxruntime
+from ..protos import graph_inputs, guess_layout
 
 SIDE = 224  # height and width given to a rank-4 input that leaves them symbolic
 
@@ -15,14 +16,13 @@ def feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """A seeded random value for every graph input that is not an initializer: symbolic dims are 1, except the
     height and width of a rank-4 input (SIDE); floats in [0, 1), integers in [0, 255], booleans False."""
     rng = np.random.default_rng(0)
-    initializers = {t.name for t in model.graph.initializer}
     values = {}
-    for inp in model.graph.input:
-        if inp.name in initializers or not inp.type.HasField("tensor_type"):
+    for inp in graph_inputs(model.graph):
+        if not inp.type.HasField("tensor_type"):
             continue
         t = inp.type.tensor_type
         dims = [max(d.dim_value, 0) for d in t.shape.dim]  # 0: symbolic (some exporters write -1)
-        spatial = _spatial_axes(dims) if len(dims) == 4 else ()
+        spatial = ((1, 2) if guess_layout(dims) == "NHWC" else (2, 3)) if len(dims) == 4 else ()
         shape = [d or (SIDE if i in spatial else 1) for i, d in enumerate(dims)]
         dtype = helper.tensor_dtype_to_np_dtype(t.elem_type)
         if np.issubdtype(dtype, np.floating):
@@ -32,11 +32,6 @@ def feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         else:
             values[inp.name] = np.zeros(shape, dtype)
     return values
-
-
-def _spatial_axes(dims: list[int]) -> tuple[int, int]:
-    """The height and width axes of a rank-4 input: NCHW unless the last axis looks like channels."""
-    return (1, 2) if dims[3] in (1, 3, 4) and dims[1] not in (1, 3, 4) else (2, 3)
 
 
 def run(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -9,6 +9,7 @@ from onnx import helper
 
 from ..limits import check_tensor_sizes
 from ..passes import probe
+from ..protos import graph_inputs
 from .graph import fold_constants, infer_shapes
 
 PROBE_BATCHES = (1, 2)  # a dimension that differs between the two runs depends on the batch and stays symbolic
@@ -71,10 +72,8 @@ def _probe(model: onnx.ModelProto, names: set[str]) -> dict[str, tuple[np.dtype,
     have = {o.name for o in copy.graph.output}
     for name in [n for node in copy.graph.node for n in node.output if n in names and n not in have]:
         copy.graph.output.add().name = name
-    initializers = {t.name for t in copy.graph.initializer}
-    inputs = [i for i in copy.graph.input if i.name not in initializers]
     specs = []
-    for i in inputs:
+    for i in graph_inputs(copy.graph):
         dims = i.type.tensor_type.shape.dim
         if any(not d.HasField("dim_value") for d in dims[1:]):
             return None
