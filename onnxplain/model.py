@@ -384,13 +384,14 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
         if note:
             normalised += (("size", note),)
             inp = _image_input(proto, model_path)
-    probe = functools.cache(lambda: _probe(proto, inp, pre))
+    batched = dynamic_batch(proto, inp.name)  # (once: a copy of the whole model)
+    probe = functools.cache(lambda: _probe(batched, inp, pre))
     wanted = output or sidecar.get("output")
     chosen = None if decoder else _score_output(proto, wanted, probabilities, probe)
     classes = chosen.num_classes if chosen else None
     shapes = probe()[0] if probe.cache_info().currsize else None
     if chosen is None:
-        shapes = shapes or _probe(proto, inp, pre, grow=False)[0]
+        shapes = shapes or _probe(batched, inp, pre, grow=False)[0]
         head = _default_head(proto, wanted, decoder, shapes)
         classes = head.decoder.classes if isinstance(head, targets.DetectionScores) else (
             head.size(shapes) if isinstance(head, targets.RegionSum) else None)
@@ -399,7 +400,7 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     if labels is not None and classes is not None and len(labels) != classes:
         raise OnnxplainError(f"the model scores {classes} classes but {len(labels)} labels were given "
                              f"({labels_from})")
-    model = Model(model_path, dynamic_batch(proto, inp.name), inp.name, *(chosen and (
+    model = Model(model_path, batched, inp.name, *(chosen and (
         chosen.output, chosen.score, chosen.num_classes, chosen.activation) or ("", "", 0, None)), pre, labels, device,
         batch_size, normalised, chosen.why if chosen else "", quantized, pixels.get(inp.name, "float32"),
         _shapes=shapes, labels_from=labels_from,
@@ -505,14 +506,14 @@ def _preprocessing(inp, sidecar: dict, requested, pixels: str | None) -> Preproc
 
 
 def _probe(proto: onnx.ModelProto, inp, pre: Preprocessing, grow: bool = True) -> list[dict[str, tuple]]:
-    """The shape of every output of the model, from one session run on a zero image of the preprocessing's size and,
+    """The shape of every output of the model (its batch dynamic: `dynamic_batch`), from one session run on a zero image of the preprocessing's size and,
     where the input leaves its height and width symbolic and `grow`, a second run on one 8 pixels taller and
     wider."""
     shape = dims(inp)
     spatial = shape[2:4] if pre.layout == "NCHW" else shape[1:3]
     free = [not isinstance(d, int) or d < 1 for d in spatial]
     dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
-    session = Session(dynamic_batch(proto, inp.name), "cpu")
+    session = Session(proto, "cpu")
     runs = []
     for grow in (0, 8) if any(free) and grow else (0,):
         h, w = (s + grow * f for s, f in zip(pre.size or (SIDE, SIDE), free))

@@ -40,3 +40,24 @@ def test_weights_become_initializers():
         for method in ("saliency", "eigencam"):
             expected = onnxplain.explain(plain, X, method, target=[0, 1]).maps
             assert rel_err(onnxplain.explain(m, X, method, target=[0, 1]).maps, expected) < 1e-6
+
+
+def test_passes_that_act_share_one_copy_and_leave_the_given_model_alone(monkeypatch):
+    """A model that three passes change (weights in Constant nodes, a uint8 image input, a declared -1 dim) is
+    copied once by them all, and the caller's model is unchanged; outside `normalise` a pass copies as before."""
+    from onnx import TensorProto
+
+    from onnxplain.passes import normalise
+    model = as_constant_nodes(tiny_cnn(reshape_batch=False))
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.UINT8
+    model.graph.node.insert(0, helper.make_node("Cast", ["image"], ["float_image"], to=TensorProto.FLOAT))
+    for node in model.graph.node[1:]:
+        node.input[:] = ["float_image" if i == "image" else i for i in node.input]
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = -1
+    given = model.SerializeToString()
+    copies, parse = [], onnx.ModelProto.FromString
+    monkeypatch.setattr(onnx.ModelProto, "FromString", staticmethod(lambda b: copies.append(1) or parse(b)))
+    normalised, notes = normalise(model)
+    assert [name for name, _ in notes] == ["dims", "constants", "input"] and len(copies) == 1
+    assert model.SerializeToString() == given and normalised is not model
+    assert not [n for n in normalised.graph.node if n.op_type == "Constant"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import onnx
 
 from ..protos import graph_inputs
-from . import register
+from . import register, writable
 
 
 @register("constants")
@@ -20,7 +20,7 @@ def as_initializers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None
                  and [a.name for a in n.attribute] == ["value"]]
     if not listed and not constants:
         return model, None
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = writable(model)
     graph = model.graph
     kept = graph_inputs(graph)
     del graph.input[:]

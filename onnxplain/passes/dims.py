@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import onnx
 
-from . import register
+from . import register, writable
 
 
 @register("dims")
@@ -13,7 +13,7 @@ def symbolic_dims(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     """The pass, noted as "3 declared dims of -1 made symbolic (x, y)"."""
     if not any(_negative(model.graph)):
         return model, None
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = writable(model)
     names = []
     for name, i, dim in _negative(model.graph):
         dim.dim_param = f"{name}_d{i}"

@@ -12,7 +12,7 @@ from onnx import helper
 
 from ..protos import FLOATS, dims, past_identities, producers, shown
 from ..rewrite.graph import opset_of
-from . import register
+from . import register, writable
 
 
 @register("head")
@@ -21,7 +21,7 @@ def flatten_heads(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     heads = [o for o in model.graph.output if _class_axis(o) is not None]
     if not heads:
         return model, None
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = writable(model)
     notes, flat = [], {}
     for out in sorted((o for o in model.graph.output if _class_axis(o) is not None),
                       key=lambda o: _softmax(model, o)[0] is not None):

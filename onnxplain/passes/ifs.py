@@ -13,7 +13,7 @@ from onnx import helper
 
 from ..protos import graph_inputs
 from ..rewrite.graph import subgraphs
-from . import register
+from . import register, writable
 
 
 @register("ifs")
@@ -22,7 +22,7 @@ def fold_constant_ifs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | No
     folded = 0
     while (found := _constant_if(model)) is not None:
         if not folded:
-            model = onnx.ModelProto.FromString(model.SerializeToString())
+            model = writable(model)
         _inline(model.graph, *found)
         folded += 1
     if not folded:

@@ -12,7 +12,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..protos import FLOATS, graph_inputs
-from . import register
+from . import register, writable
 
 PIXELS = {TensorProto.UINT8: "uint8", TensorProto.INT8: "int8", TensorProto.UINT16: "uint16",
           TensorProto.INT16: "int16", TensorProto.INT32: "int32", TensorProto.INT64: "int64",
@@ -31,7 +31,7 @@ def float_pixels(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     found = pixel_images(model)
     if not found:
         return model, None
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = writable(model)
     for inp in model.graph.input:
         if inp.name in found:
             _as_float(model.graph, inp)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import onnx
 
 from ..protos import graph_inputs, shown
-from . import probe, register
+from . import probe, register, writable
 
 
 @register("output_shapes")
@@ -24,7 +24,7 @@ def trust_runtime_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str |
     except RuntimeError:
         return model, None  # the model does not run on a probe input: load's own checks say what is wrong
     batch = _symbolic_batch(model)
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = writable(model)
     notes = []
     for i in wrong:
         out = model.graph.output[i]

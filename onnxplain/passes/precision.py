@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, numpy_helper
 
-from . import register
+from . import register, writable
 
 HALF = {TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}
 PROMOTED = ", explained in float32"  # ends the pass's note, after the half types it found
@@ -30,7 +30,7 @@ def to_float32(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     found = {HALF[_code(p)] for p in _places(model.graph) if _code(p) in HALF}
     if not found:
         return model, None
-    promoted = onnx.ModelProto.FromString(model.SerializeToString())
+    promoted = writable(model)
     for place in _places(promoted.graph):
         if _code(place) in HALF:
             _promote(place)
