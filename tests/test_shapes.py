@@ -177,9 +177,11 @@ def test_inspect_says_where_shapes_came_from_and_explain_asks_for_a_size(dynamic
     assert "has no fixed height and width" in err
 
 
-def test_shapes_are_inferred_once_and_the_probe_builds_one_session(monkeypatch):
-    """Load, the CAM layer search and the first gradient graph share one shape inference of the model at its size;
-    the probe runs its batches 1 and 2 through one session, exposing only the shapes inference left open."""
+def test_shapes_are_inferred_once_and_the_probe_builds_one_session(dynamic, monkeypatch):
+    """Load, the CAM layer search and the first gradient graph share one shape inference of the model at its size
+    (three where the probe declares shapes: the graph as exported is inferred and probed, then folded and inferred
+    again, as each graph was built before); the probe runs its batches 1 and 2 through one session, exposing only
+    the shapes inference left open."""
     from types import SimpleNamespace
 
     from onnxplain.passes import probe
@@ -194,6 +196,11 @@ def test_shapes_are_inferred_once_and_the_probe_builds_one_session(monkeypatch):
     m = onnxplain.load(model, device="cpu")
     x = RNG.random((1, 8, 8, 3), np.float32)
     e = onnxplain.explain(m, x, "gradcam")
-    assert len(inferred) == 1 and e.layer == "pt"
+    assert len(inferred) == 3 and e.layer == "pt"
     assert len(sessions) == 1 and 0 < len(sessions[0].graph.output) - 1 < len(sessions[0].graph.node)
     assert rel_err(onnxplain.explain(m, x, "gradxinput").attributions, autograd_x_grad(twin, x, "NHWC")) <= 1e-4
+    inferred.clear()
+    d = onnxplain.load(dynamic[0], device="cpu", preprocessing="unit")
+    onnxplain.explain(d, RNG.random((1, 3, 8, 8), np.float32), "gradcam")
+    assert len(inferred) == 1 and d.at_size((8, 8)).shapes_note is None and not sessions[1:]
+

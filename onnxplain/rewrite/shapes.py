@@ -29,17 +29,22 @@ def at_size(model: onnx.ModelProto, input_name: str, axes: tuple[int, int], size
             ) -> tuple[onnx.ModelProto, str | None]:
     """`model` with the `axes` of `input_name` fixed to `size`, its constant subgraphs folded and every tensor's shape
     inferred once for all that read it (`build(shaped=True)`, `find_layers`, `scale_merges`), and a note when
-    shapes came from a probe run: where static inference left a shape open, the probe declares it. A tensor larger
+    shapes came from a probe run: where static inference left a shape open, the probe declares the shapes of the
+    model as exported, which are then folded (constants computed from those shapes too) and inferred. A tensor larger
     than the memory available is refused first (`limits.check_tensor_sizes`)."""
-    fixed = fold_constants(sized(model, input_name, axes, size))
+    fixed = sized(model, input_name, axes, size)
     batch = next(i for i in fixed.graph.input if i.name == input_name).type.tensor_type.shape.dim[0].dim_param or None
-    inferred = infer_shapes(fixed)
+    inferred = infer_shapes(fold_constants(fixed))
     check_tensor_sizes(inferred)
-    open_ = _open_shapes(inferred, batch)
-    probed = _probe(inferred, open_) if open_ else None
+    if not _open_shapes(inferred, batch):
+        return inferred, None
+    unfolded = infer_shapes(fixed)  # the probe declares the shapes of the model as exported, and then they fold
+    open_ = _open_shapes(unfolded, batch)
+    probed = _probe(unfolded, open_)
     if probed is None:
         return inferred, None
-    declared = _declare(inferred, probed, open_, batch)
+    declared = _declare(unfolded, probed, open_, batch)
+    inferred = infer_shapes(fold_constants(unfolded))
     return inferred, (f"shapes of {declared} tensors that ONNX shape inference left open come from a probe run of "
                       f"the model at {size[0]}x{size[1]}")
 
