@@ -506,9 +506,9 @@ def _preprocessing(inp, sidecar: dict, requested, pixels: str | None) -> Preproc
 
 
 def _probe(proto: onnx.ModelProto, inp, pre: Preprocessing, grow: bool = True) -> list[dict[str, tuple]]:
-    """The shape of every output of the model (its batch dynamic: `dynamic_batch`), from one session run on a zero image of the preprocessing's size and,
-    where the input leaves its height and width symbolic and `grow`, a second run on one 8 pixels taller and
-    wider."""
+    """The shape of every output of the model (its batch made dynamic: `dynamic_batch`), from one session run on a
+    zero image of the preprocessing's size and, where the input leaves its height and width symbolic and `grow`, a
+    second run on one 8 pixels taller and wider."""
     shape = dims(inp)
     spatial = shape[2:4] if pre.layout == "NCHW" else shape[1:3]
     free = [not isinstance(d, int) or d < 1 for d in spatial]
