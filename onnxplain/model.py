@@ -392,7 +392,7 @@ def load(path: str | os.PathLike | onnx.ModelProto, *, preprocessing: str | dict
     shapes = probe()[0] if probe.cache_info().currsize else None
     if chosen is None:
         shapes = shapes or _probe(batched, inp, pre, grow=False)[0]
-        head = _default_head(proto, wanted, decoder, shapes)
+        head = _default_head(proto, wanted, decoder, shapes, lambda: _probe(batched, inp, pre, False, 2)[0])
         classes = head.decoder.classes if isinstance(head, targets.DetectionScores) else (
             head.size(shapes) if isinstance(head, targets.RegionSum) else None)
     if labels is None:
@@ -490,8 +490,8 @@ def _preprocessing(inp, sidecar: dict, requested, pixels: str | None) -> Preproc
         pre = replace(pre, layout=guess_layout(shape))
     spatial = shape[2:4] if pre.layout == "NCHW" else shape[1:3]
     channels = shape[1] if pre.layout == "NCHW" else shape[3]
-    if pre.size is None and all(isinstance(d, int) and d > 0 for d in spatial):
-        pre = replace(pre, size=tuple(spatial))
+    if pre.size is None and any(isinstance(d, int) and d > 0 for d in spatial):  # a free side: SIDE pixels
+        pre = replace(pre, size=tuple(d if isinstance(d, int) and d > 0 else SIDE for d in spatial))
     if pre.size is not None:  # else each batch brings its own
         pre = replace(pre, size=tuple(int(s) for s in pre.size))
     if isinstance(channels, int) and channels > 0:
@@ -505,10 +505,11 @@ def _preprocessing(inp, sidecar: dict, requested, pixels: str | None) -> Preproc
     return pre
 
 
-def _probe(proto: onnx.ModelProto, inp, pre: Preprocessing, grow: bool = True) -> list[dict[str, tuple]]:
-    """The shape of every output of the model (its batch made dynamic: `dynamic_batch`), from one session run on a
-    zero image of the preprocessing's size and, where the input leaves its height and width symbolic and `grow`, a
-    second run on one 8 pixels taller and wider."""
+def _probe(proto: onnx.ModelProto, inp, pre: Preprocessing, grow: bool = True,
+           batch: int = 1) -> list[dict[str, tuple]]:
+    """The shape of every output of the model (its batch made dynamic: `dynamic_batch`), from one session run on
+    `batch` zero images of the preprocessing's size and, where the input leaves its height and width symbolic and
+    `grow`, a second run on images 8 pixels taller and wider."""
     shape = dims(inp)
     spatial = shape[2:4] if pre.layout == "NCHW" else shape[1:3]
     free = [not isinstance(d, int) or d < 1 for d in spatial]
@@ -517,7 +518,7 @@ def _probe(proto: onnx.ModelProto, inp, pre: Preprocessing, grow: bool = True) -
     runs = []
     for grow in (0, 8) if any(free) and grow else (0,):
         h, w = (s + grow * f for s, f in zip(pre.size or (SIDE, SIDE), free))
-        shape = (1, pre.channels, h, w) if pre.layout == "NCHW" else (1, h, w, pre.channels)
+        shape = (batch, pre.channels, h, w) if pre.layout == "NCHW" else (batch, h, w, pre.channels)
         values = session.run(session.output_names, {inp.name: np.zeros(shape, dtype)})
         runs.append({name: v.shape for name, v in zip(session.output_names, values)})
     return runs
@@ -590,10 +591,11 @@ def _score_output(proto: onnx.ModelProto, wanted: str | None, probabilities: boo
         "; a multi-label head (Sigmoid)" if last is not None and last.op_type == "Sigmoid" else ""))
 
 
-def _default_head(proto: onnx.ModelProto, wanted: str | None, decoder: str | None, shapes: dict):
+def _default_head(proto: onnx.ModelProto, wanted: str | None, decoder: str | None, shapes: dict, pairs):
     """The score head of a model that is no classifier (targets.py): a detector's class scores where a decoder fits
     the output shapes (or `decoder` is given), else output `wanted` or the only float output (or the only rank-4
-    one): a segmentation output summed per class over the whole image, any other flattened per image."""
+    one): a segmentation output summed per class over the whole image, any other flattened per image (images on
+    the axis that doubles in `pairs()`, the output shapes for two images, where it is not the first)."""
     floats = {o.name: shapes[o.name] for o in proto.graph.output if _is_float(o) and o.name in shapes}
     found = detection.choose(floats, decoder, wanted, softmaxed(proto))
     if found is not None:
@@ -609,8 +611,13 @@ def _default_head(proto: onnx.ModelProto, wanted: str | None, decoder: str | Non
         raise OnnxplainError(f"output '{wanted}' is not a float tensor; its outputs: {outputs_described(proto)}")
     shape = floats[wanted]
     if not shape or shape[0] != 1:
-        raise OnnxplainError(f"output '{wanted}' computes {list(shape)} for one image: its first axis is not the "
-                             f"batch, so no target can be read per image; its outputs: {outputs_described(proto)}")
+        two = pairs()[wanted]  # the same output for two images: the axis that doubles holds them (time-major)
+        axes = [i for i, (a, b) in enumerate(zip(shape, two)) if a == 1 and b == 2 and len(two) == len(shape)]
+        if len(axes) != 1:
+            raise OnnxplainError(f"output '{wanted}' computes {list(shape)} for one image and {list(two)} for two: "
+                                 f"no one axis holds the images, so no target can be read per image; re-export it "
+                                 f"with the batch on one axis; its outputs: {outputs_described(proto)}")
+        return targets.Flat(wanted, axes[0], len(shape))
     return targets.RegionSum(wanted) if len(shape) == 4 else targets.Flat(wanted)
 
 

@@ -34,21 +34,34 @@ SCORE = "onnxplain_score"  # the output holding the head's N×K scores
 # -- heads: N×K scores as ONNX nodes -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Flat:
-    """Every element of `output`, flattened per image."""
+    """Every element of `output`, flattened per image; `batch_axis`: where its images lie (1 in a time-major
+    T×N×C output of a CRNN), moved to the front first, of the output's `rank` (as run: some exports declare
+    another)."""
 
     output: str
+    batch_axis: int = 0
+    rank: int = 0
 
     def build(self, g: Builder, tensors: dict):
-        return g.Flatten(tensors[self.output], axis=1)
+        y = tensors[self.output]
+        if self.batch_axis:
+            if y.shape is not None and len(y.shape) != self.rank:  # a declaration the run contradicts (ddddocr's
+                y.shape = [None] * self.rank                         # T×N×C declared [1, seqlen]): its rank only
+            y = g.Transpose(y, perm=[self.batch_axis] + [i for i in range(self.rank) if i != self.batch_axis])
+        return g.Flatten(y, axis=1)
+
+    def _per_image(self, shapes: dict) -> list:
+        return [s for i, s in enumerate(shapes[self.output]) if i != self.batch_axis]
 
     def size(self, shapes: dict) -> int:
-        return math.prod(shapes[self.output][1:])
+        return math.prod(self._per_image(shapes))
 
     def describe(self, shapes: dict) -> str:
-        return f"the elements of '{self.output}' {list(shapes[self.output])}, flattened per image"
+        where = f" (images on its axis {self.batch_axis})" if self.batch_axis else ""
+        return f"the elements of '{self.output}' {list(shapes[self.output])}{where}, flattened per image"
 
     def name(self, k: int, shapes: dict, labels=None) -> str:
-        return f"{self.output}{list(int(i) for i in np.unravel_index(k, shapes[self.output][1:]))}"
+        return f"{self.output}{list(int(i) for i in np.unravel_index(k, self._per_image(shapes)))}"
 
 
 @dataclass(frozen=True)
@@ -235,7 +248,8 @@ def _head(model, t):
     if isinstance(t, Output):
         if t.name not in shapes:
             raise OnnxplainError(f"the model has no output '{t.name}'; its outputs: {model.outputs_text}")
-        return Flat(t.name)
+        same = isinstance(model.head, Flat) and model.head.output == t.name
+        return model.head if same else Flat(t.name)
     if isinstance(t, Box):
         if not isinstance(model.head, DetectionScores):
             raise OnnxplainError(f"a box target needs a detector head, and no decoder fits the outputs "

@@ -331,32 +331,43 @@ def test_wrong_shapes_targets_images_and_sidecars(tmp_path, mobilenet):
     _one_line(e, "input 'image' is declared 8x8 and the model does not run at 5x5: ")
 
 
-def _sequence_model(declared, transpose):
+def _sequence_model(declared, transpose, pooled=False):
     """Grey N×1×8×W images → a per-column score: N×W, or W×N×1 when `transpose` (an OCR model's time-major output),
-    declared `declared` as an exporter wrote it."""
+    declared `declared` as an exporter wrote it; `pooled`: the columns' mean over the batch too (W×1×1 however
+    many images)."""
     from onnx import TensorProto, helper
-    nodes = [helper.make_node("ReduceMean", ["x"], ["cols"], axes=[1, 2], keepdims=0)]
-    if transpose:
+    nodes = [helper.make_node("ReduceMean", ["x"], ["cols"], axes=[0, 1, 2] if pooled else [1, 2],
+                              keepdims=int(pooled))]
+    if pooled:
+        nodes += [helper.make_node("Reshape", ["cols", "column"], ["t"]),
+                  helper.make_node("Unsqueeze", ["t", "axis"], ["y"])]
+    elif transpose:
         nodes += [helper.make_node("Transpose", ["cols"], ["t"], perm=[1, 0]),
                   helper.make_node("Unsqueeze", ["t", "axis"], ["y"])]
     else:
         nodes += [helper.make_node("Identity", ["cols"], ["y"])]
     graph = helper.make_graph(nodes, "seq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, "W"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, declared)],
-                              [helper.make_tensor("axis", TensorProto.INT64, [1], [2])])
+                              [helper.make_tensor("axis", TensorProto.INT64, [1], [2]),
+                               helper.make_tensor("column", TensorProto.INT64, [2], [-1, 1])])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def test_a_symbolic_second_axis_that_is_not_classes_is_a_flat_head_or_refused():
     """A symbolic class count is read from one run; an axis that grows with the image (OCR time steps) is not a class
     axis: its elements become the targets (a flat head, one score per column at the size explained). An output whose
-    first computed axis is not the batch (ddddocr's CRNN declares 1×seqlen and computes T×1×8210) is refused in one
-    line with its computed shape, instead of a 'classifier' whose occlusion crashed."""
+    first computed axis is not the batch (ddddocr's CRNN declares 1×seqlen and computes T×1×8210) holds its images on
+    the axis that doubles from one image to two, and gives the same attributions; one with no such axis is refused
+    in one line with its computed shapes, instead of a 'classifier' whose occlusion crashed."""
     pre = {"size": [8, 16], "mean": [0.5], "std": [0.5]}
     m = onnxplain.load(_sequence_model(["N", "seq"], False), preprocessing=pre, device="cpu")
     assert isinstance(m.head, onnxplain.targets.Flat) and m.num_classes == 16
     x = np.random.default_rng(0).uniform(0, 1, (2, 1, 8, 16)).astype(np.float32)
     e = onnxplain.explain(m, x, "gradxinput", target=5)  # column 5's mean over rows 0..7: gradient 1/8 there
     assert np.allclose(e.attributions[:, 0, :, 5], x[:, 0, :, 5] / 8) and not e.attributions[:, :, :, 6:].any()
-    with pytest.raises(onnxplain.OnnxplainError, match=r"computes \[16, 1, 1\] for one image: its first axis"):
-        onnxplain.load(_sequence_model([1, "seq"], True), preprocessing=pre)
+    time_major = onnxplain.load(_sequence_model([1, "seq"], True), preprocessing=pre, device="cpu")
+    assert time_major.head == onnxplain.targets.Flat("y", 1, 3) and time_major.num_classes == 16
+    assert np.array_equal(onnxplain.explain(time_major, x, "gradxinput", target=5).attributions, e.attributions)
+    with pytest.raises(onnxplain.OnnxplainError, match=r"computes \[16, 1, 1\] for one image and \[16, 1, 1\] for "
+                                                       r"two: no one axis holds the images"):
+        onnxplain.load(_sequence_model([1, "seq"], True, pooled=True), preprocessing=pre)

@@ -303,6 +303,35 @@ def test_a_softmax_output_is_no_detector_head(tmp_path):
         assert rel_err(e.attributions, x * autograd(net, x, lambda y: y[:, 3, 7])) <= 1e-4
 
 
+class TimeMajor(nn.Module):
+    """A CRNN's CTC logits, time-major as captcha and OCR exports give them: T×N×C, T = 32 columns, C = 5."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean(2).permute(2, 0, 1))
+
+
+def test_a_time_major_output_is_read_on_its_image_axis(tmp_path):
+    """captcha_crnn (torch 2.14) and ddddocr's CRNN compute T×N×C: refused before ('its first axis is not the
+    batch'); the axis that doubles from one image to two holds the images, and a step's class is differentiated
+    per image, equal to autograd, two images at once with different targets."""
+    torch.manual_seed(14)
+    net = TimeMajor().eval()
+    path = export(net, tmp_path / "crnn.onnx", ["logits"])
+    m = onnxplain.load(path, device="cpu", preprocessing="unit")
+    assert m.head == targets.Flat("logits", 1, 3) and m.num_classes == SIDE * 5
+    x = np.random.default_rng(15).uniform(0, 1, (2, 3, SIDE, SIDE)).astype(np.float32)
+    e = onnxplain.explain(m, x, "gradxinput", target=[3 * 5 + 2, 20 * 5 + 4])  # step 3 class 2; step 20 class 4
+    pick = lambda y: y[3, 0, 2] + y[20, 1, 4]  # noqa: E731  (each image's scalar depends on that image only)
+    assert rel_err(e.attributions, x * autograd(net, x, pick)) <= 1e-4
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy().transpose(1, 0, 2).reshape(2, -1)
+    assert np.allclose(e.logits, want, atol=1e-5) and m.head.name(3 * 5 + 2, m.output_shapes) == "logits[3, 2]"
+
+
 def test_cli_target_syntax():
     assert targets.parse("box:3") == targets.Box(index=3)
     assert targets.parse("class:dog@box:120,40,300,260") == targets.Box(box=(120, 40, 300, 260), cls="dog")
